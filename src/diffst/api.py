@@ -1,0 +1,168 @@
+"""The Python API, with the same verbs as the command line: train, predict, evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from diffst.data.lr import padded_mask, simulate_lr
+from diffst.data.sample import SampleError, STSample
+from diffst.infer import SRResult, load_model, super_resolve
+from diffst.metrics import evaluate as score_maps
+from diffst.metrics import summarize
+from diffst.model.config import DiffSTConfig
+from diffst.train import TrainConfig, Trainer
+
+ABLATIONS = {
+    "disentangle": "use_disentangle",
+    "modulation": "use_modulation",
+    "attention": "use_dynamic_attention",
+    "graph": "use_gene_graph",
+}
+"""Ablation names -> the :class:`DiffSTConfig` switch they turn off."""
+
+
+def default_work_um_per_px(sample: STSample) -> float:
+    """Working image resolution: 8 px per HR cell, never coarser than 2 µm/px nor finer than
+    the image itself."""
+    return max(sample.image_um_per_px, min(sample.cell_um / 8.0, 2.0))
+
+
+def shared_top_genes(samples: list[STSample], n: int) -> list[str]:
+    """The ``n`` genes present in every sample with the highest total counts in tissue."""
+    common = set(samples[0].genes).intersection(*(s.genes for s in samples[1:]))
+    totals: dict[str, float] = dict.fromkeys(common, 0.0)
+    for s in samples:
+        sums = s.expr[:, s.mask].sum(axis=1)
+        for g, v in zip(s.genes, sums, strict=True):
+            if g in totals:
+                totals[g] += float(v)
+    ranked = sorted(totals, key=lambda g: (-totals[g], g))
+    if not ranked:
+        raise SampleError("the training samples share no gene")
+    return ranked[:n]
+
+
+def model_config_for(ablate: list[str] | None = None, **overrides) -> DiffSTConfig:
+    """A :class:`DiffSTConfig` with the named parts switched off (see :data:`ABLATIONS`)."""
+    cfg = DiffSTConfig(**overrides)
+    for name in ablate or []:
+        if name not in ABLATIONS:
+            raise ValueError(f"unknown ablation {name!r}: choose from {sorted(ABLATIONS)}")
+        setattr(cfg, ABLATIONS[name], False)
+    return cfg
+
+
+def train_model(
+    samples: list[STSample],
+    factor: int,
+    out: str | Path,
+    *,
+    genes: list[str] | None = None,
+    top_genes: int = 25,
+    steps: int = 2000,
+    batch_size: int = 8,
+    lr: float = 1e-4,
+    patch: int | None = None,
+    work_um_per_px: float | None = None,
+    checkpoint: str | Path | None = None,
+    spots_only: bool = False,
+    ablate: list[str] | None = None,
+    seed: int = 0,
+    model_config: DiffSTConfig | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train Diff-ST and write the model file ``out``; returns its path.
+
+    Args:
+        samples: training samples with HR truth (``(G, H, W)`` counts per HR cell). With
+            ``spots_only`` they are measured spot maps instead: training pairs are made by
+            pooling them one level further (spot/s -> spot), and the model is later applied at
+            spot -> spot/s. This assumes the relation between histology and expression looks the
+            same one scale down (self-similarity); it is an assumption, not a guarantee.
+        factor: integer scale factor s.
+        genes: genes to model (default: ``top_genes`` most expressed shared genes).
+        checkpoint: resumable checkpoint path; when it exists training resumes from it.
+    """
+    gene_list = list(genes) if genes else shared_top_genes(samples, top_genes)
+    cfg = model_config or model_config_for(ablate)
+    tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                     patch=patch or 8 * factor,
+                     work_um_per_px=work_um_per_px or default_work_um_per_px(samples[0]))
+    trainer = Trainer(samples, gene_list, factor, cfg, tc, spots_only=spots_only)
+    if checkpoint is not None and Path(checkpoint).exists():
+        trainer.load_checkpoint(checkpoint)
+    trainer.fit(checkpoint=checkpoint, progress=progress)
+    return trainer.export_model(out)
+
+
+def predict(
+    sample: STSample,
+    model: str | Path,
+    out: str | Path | None = None,
+    *,
+    pool: bool = False,
+    n_samples: int = 8,
+    steps: int = 20,
+    sampler: str = "ddim",
+    batch_size: int = 8,
+    seed: int = 0,
+    progress: bool = True,
+) -> SRResult:
+    """Super-resolve ``sample`` with the model file ``model``; optionally write ``out``.
+
+    With ``pool`` the sample is HR truth and is sum-pooled by the model's factor first (its HR
+    mask is kept). ``out`` ending in ``.h5ad`` gets layers mean/std/q05/q95; ``.npz`` the mean.
+    """
+    lm = load_model(model)
+    hr_mask = None
+    if pool:
+        hr_mask = padded_mask(sample.mask, lm.factor)
+        sample = simulate_lr(sample, lm.factor)
+    result = super_resolve(lm, sample, steps=steps, sampler=sampler, n_samples=n_samples,
+                           batch_size=batch_size, hr_mask=hr_mask, seed=seed, progress=progress)
+    if out is not None:
+        write_result(result, sample, out)
+    return result
+
+
+def write_result(result: SRResult, lr: STSample, out: str | Path) -> Path:
+    """Write a super-resolution result as ``.h5ad`` (all layers) or ``.npz`` (mean map)."""
+    out = Path(out)
+    hr = result.as_sample(lr)
+    if out.suffix == ".h5ad":
+        from diffst.io import write_anndata
+
+        return write_anndata(hr, out, layers=result.layers())
+    if out.suffix == ".npz":
+        return hr.save_npz(out)
+    raise ValueError(f"{out}: result files must end in .h5ad or .npz")
+
+
+def evaluate(truth: STSample, pred: STSample) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Per-gene metrics of ``pred`` against ``truth`` on the truth's raster and mask."""
+    if not np.isclose(truth.cell_um, pred.cell_um, rtol=0.02):
+        raise SampleError(
+            f"truth '{truth.name}' has {truth.cell_um:g} µm cells but prediction '{pred.name}' "
+            f"has {pred.cell_um:g} µm cells"
+        )
+    h, w = truth.shape
+    if pred.shape[0] < h or pred.shape[1] < w:
+        raise SampleError(f"prediction raster {pred.shape} is smaller than the truth's {(h, w)}")
+    truth = truth.select_genes(pred.genes)
+    table = score_maps(truth.expr, pred.expr[:, :h, :w], truth.mask, truth.genes)
+    return table, summarize(table)
+
+
+__all__ = [
+    "ABLATIONS",
+    "default_work_um_per_px",
+    "evaluate",
+    "model_config_for",
+    "predict",
+    "shared_top_genes",
+    "train_model",
+    "write_result",
+]

@@ -1,0 +1,202 @@
+"""The ``diffst`` command line: demo, simulate, inspect, train, predict, evaluate, benchmark."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from diffst.data.sample import SampleError
+
+
+def _fail_nicely(fn):
+    """Turn expected user errors into a one-line message and exit code 2."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (SampleError, FileNotFoundError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(package_name="diffst")
+@click.option("--threads", type=int, default=None,
+              help="CPU threads for PyTorch (default: PyTorch's choice).")
+def main(threads: int | None) -> None:
+    """Histology-guided super-resolution of spatial transcriptomics (Diff-ST)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------- demo
+@main.command()
+@click.option("--out", "out_dir", default="diffst_out", show_default=True,
+              type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--steps", default=None, type=int, help="Training steps (default 800).")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--quick", is_flag=True, help="A much shorter run (for smoke tests).")
+@_fail_nicely
+def demo(out_dir: str, steps: int | None, seed: int, quick: bool) -> None:
+    """Simulate a tissue, train Diff-ST, super-resolve a held-out strip and score it."""
+    from diffst.demo import DemoSettings, format_summary, run_demo
+
+    settings = DemoSettings(seed=seed)
+    if quick:
+        settings.size_um, settings.steps, settings.n_genes, settings.n_samples = 800, 20, 8, 1
+    if steps is not None:
+        settings.steps = steps
+    click.echo("diffst demo: simulated tissue (no real data), factor "
+               f"{settings.factor}, {settings.n_genes} genes, {settings.steps} training steps")
+    report = run_demo(out_dir, settings)
+    click.echo("\nHeld-out strip, mean over genes (per-gene min-max of the truth):")
+    click.echo(format_summary(report))
+    click.echo(f"\nwrote {report['model']}, {report['metrics_csv']}, {report['figure']}, "
+               f"{Path(out_dir) / 'summary.json'}")
+
+
+# ---------------------------------------------------------------------------- data
+@main.command()
+@click.argument("out", type=click.Path(dir_okay=False))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--size-um", default=1600.0, show_default=True, help="Side of the tissue in µm.")
+@click.option("--cell-um", default=8.0, show_default=True, help="HR raster cell in µm.")
+@click.option("--genes", "n_genes", default=20, show_default=True, help="Number of genes.")
+@_fail_nicely
+def simulate(out: str, seed: int, size_um: float, cell_um: float, n_genes: int) -> None:
+    """Write a simulated tissue with HR truth (.npz or .h5ad)."""
+    from diffst.data.simulate import simulate_tissue
+
+    sample = simulate_tissue(seed=seed, size_um=size_um, cell_um=cell_um, n_genes=n_genes)
+    _write_sample(sample, Path(out))
+    click.echo(f"wrote {out}: {sample.n_genes} genes, raster {sample.shape}, "
+               f"{sample.cell_um:g} µm cells (simulated)")
+
+
+@main.command()
+@click.argument("path", type=click.Path(exists=True))
+@click.option("--overlay", type=click.Path(dir_okay=False), default=None,
+              help="PNG of tissue spot centres over the image (default PATH-stem_overlay.png "
+                   "in the current folder).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@_fail_nicely
+def inspect(path: str, overlay: str | None, as_json: bool) -> None:
+    """Show what diffst finds at PATH: format, spots, genes, image size, µm/px."""
+    from diffst.io import format_inspection, inspect_path
+
+    overlay = overlay or f"{Path(path).name.split('.')[0]}_overlay.png"
+    info = inspect_path(path, overlay_png=overlay)
+    click.echo(json.dumps(info, indent=2, default=str) if as_json else format_inspection(info))
+
+
+# ---------------------------------------------------------------------------- train
+@main.command()
+@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("--factor", required=True, type=int, help="Integer scale factor (e.g. 5 or 10).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Model file (.pt).")
+@click.option("--genes", default=None, help="Comma-separated genes (default: top expressed).")
+@click.option("--top-genes", default=25, show_default=True)
+@click.option("--steps", default=2000, show_default=True)
+@click.option("--batch-size", default=8, show_default=True)
+@click.option("--lr", "learning_rate", default=1e-4, show_default=True)
+@click.option("--patch", default=None, type=int, help="HR patch side in cells (default 8x factor).")
+@click.option("--work-um-per-px", default=None, type=float,
+              help="Image resolution the model works at (default: 8 px per HR cell).")
+@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
+              help="Resumable checkpoint; training resumes from it when it exists.")
+@click.option("--spots-only", is_flag=True,
+              help="DATA has no HR truth: train LR/s -> LR by pooling it one level further.")
+@click.option("--ablate", multiple=True,
+              type=click.Choice(["disentangle", "modulation", "attention", "graph"]),
+              help="Switch a Diff-ST part off (repeatable).")
+@click.option("--seed", default=0, show_default=True)
+@_fail_nicely
+def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate, patch,
+          work_um_per_px, checkpoint, spots_only, ablate, seed) -> None:
+    """Train Diff-ST on samples with HR truth (or on spots only with --spots-only)."""
+    from diffst.api import train_model
+
+    samples = [_read(p) for p in data]
+    gene_list = genes.split(",") if genes else None
+    path = train_model(
+        samples, factor, out, genes=gene_list, top_genes=top_genes, steps=steps,
+        batch_size=batch_size, lr=learning_rate, patch=patch, work_um_per_px=work_um_per_px,
+        checkpoint=checkpoint, spots_only=spots_only, ablate=list(ablate), seed=seed,
+    )
+    click.echo(f"wrote {path}")
+
+
+# ---------------------------------------------------------------------------- predict
+@main.command()
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True))
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Result: .h5ad (layers mean/std/q05/q95) or .npz (mean map).")
+@click.option("--pool", is_flag=True,
+              help="DATA is HR truth: pool it by the model's factor first (for evaluation).")
+@click.option("--samples", "n_samples", default=8, show_default=True,
+              help="Diffusion samples per tile (mean, std and quantiles).")
+@click.option("--steps", default=20, show_default=True, help="Sampler steps.")
+@click.option("--sampler", default="ddim", show_default=True,
+              type=click.Choice(["ddim", "dpmpp", "ddpm"]))
+@click.option("--batch-size", default=8, show_default=True, help="Tiles per batch.")
+@click.option("--seed", default=0, show_default=True)
+@_fail_nicely
+def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, seed) -> None:
+    """Super-resolve DATA with a trained model."""
+    from diffst.api import predict as api_predict
+
+    result = api_predict(_read(data), model_path, out, pool=pool, n_samples=n_samples,
+                         steps=steps, sampler=sampler, batch_size=batch_size, seed=seed)
+    click.echo(f"wrote {out}: {len(result.genes)} genes on a {result.mean.shape[1]}x"
+               f"{result.mean.shape[2]} raster of {result.cell_um:g} µm cells")
+
+
+# ---------------------------------------------------------------------------- evaluate
+@main.command()
+@click.option("--truth", required=True, type=click.Path(exists=True), help="HR truth sample.")
+@click.option("--pred", "pred_path", required=True, type=click.Path(exists=True),
+              help="Prediction written by `diffst predict`.")
+@click.option("--out", default=None, type=click.Path(dir_okay=False),
+              help="Per-gene metrics CSV.")
+@_fail_nicely
+def evaluate(truth: str, pred_path: str, out: str | None) -> None:
+    """Score a prediction against HR truth: RMSE, SSIM, PCC, PSNR per gene."""
+    from diffst.api import evaluate as api_evaluate
+
+    table, summary = api_evaluate(_read(truth), _read(pred_path))
+    if out:
+        table.to_csv(out)
+    for key in ("rmse", "ssim", "pcc", "psnr"):
+        click.echo(f"{key:>5}: {summary[key]:.4f}")
+    click.echo(f"({int(summary['n_valid'])} of {int(summary['n_genes'])} genes scored)")
+
+
+# ---------------------------------------------------------------------------- helpers
+def _read(path: str):
+    from diffst.io import read_sample
+
+    return read_sample(path)
+
+
+def _write_sample(sample, path: Path) -> None:
+    if path.suffix == ".h5ad":
+        from diffst.io import write_anndata
+
+        write_anndata(sample, path)
+    elif path.suffix == ".npz":
+        sample.save_npz(path)
+    else:
+        raise click.ClickException(f"{path}: use a .npz or .h5ad file name")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""Low-resolution (LR) simulation by sum-pooling a high-resolution (HR) raster."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from diffst.data.sample import SampleError, STSample
+
+
+def pool_sum(expr: np.ndarray, factor: int) -> np.ndarray:
+    """Sum-pool the last two axes by an integer ``factor``.
+
+    Args:
+        expr: ``(..., H, W)`` counts; H and W must be multiples of ``factor``.
+        factor: integer scale s >= 1.
+
+    Returns:
+        ``(..., H // s, W // s)`` counts; totals are preserved exactly.
+    """
+    factor = _check_factor(factor)
+    h, w = expr.shape[-2:]
+    if h % factor or w % factor:
+        raise SampleError(f"raster {h}x{w} is not a multiple of the scale factor {factor}")
+    shp = expr.shape[:-2] + (h // factor, factor, w // factor, factor)
+    return expr.reshape(shp).sum(axis=(-3, -1))
+
+
+def padded_mask(mask: np.ndarray, factor: int) -> np.ndarray:
+    """``(H, W)`` mask zero-padded (bottom/right) to multiples of ``factor``."""
+    factor = _check_factor(factor)
+    h, w = mask.shape
+    return np.pad(mask, ((0, (-h) % factor), (0, (-w) % factor)))
+
+
+def pool_mask(mask: np.ndarray, factor: int) -> np.ndarray:
+    """``(H, W)`` bool -> ``(H/s, W/s)``: an LR cell is tissue when any of its HR cells is."""
+    return pool_sum(mask.astype(np.int32), factor) > 0
+
+
+def pad_to_multiple(sample: STSample, factor: int) -> STSample:
+    """Pad the raster (bottom/right, with zeros outside the mask) to multiples of ``factor``."""
+    factor = _check_factor(factor)
+    h, w = sample.shape
+    ph, pw = (-h) % factor, (-w) % factor
+    if ph == 0 and pw == 0:
+        return sample
+    expr = np.pad(sample.expr, ((0, 0), (0, ph), (0, pw)))
+    mask = np.pad(sample.mask, ((0, ph), (0, pw)))
+    return replace(sample, expr=expr, mask=mask, meta=dict(sample.meta))
+
+
+def simulate_lr(sample: STSample, factor: int) -> STSample:
+    """Simulate the LR measurement of an HR sample: sum-pool counts by ``factor``.
+
+    The raster is first zero-padded to a multiple of ``factor``. The LR sample covers the same
+    tissue with cells ``factor`` times larger; its affine maps LR raster coordinates to the
+    same image pixels. An LR cell is under tissue when any HR cell inside it is.
+    """
+    hr = pad_to_multiple(sample, factor)
+    s = float(factor)
+    # LR centre (c, r) sits at HR coordinate (s*c + (s-1)/2, s*r + (s-1)/2).
+    lr_to_hr = np.array([[s, 0, (s - 1) / 2], [0, s, (s - 1) / 2], [0, 0, 1.0]])
+    meta = dict(sample.meta, lr_factor=int(factor), lr_of=sample.name)
+    return replace(
+        hr,
+        expr=pool_sum(hr.expr, factor),
+        mask=pool_mask(hr.mask, factor),
+        cell_um=sample.cell_um * factor,
+        affine=hr.affine @ lr_to_hr,
+        name=f"{sample.name}_lr{factor}",
+        meta=meta,
+    )
+
+
+def upsample_nearest(expr: np.ndarray, factor: int) -> np.ndarray:
+    """``(..., h, w)`` -> ``(..., h*s, w*s)`` repeating each LR value (no rescaling)."""
+    factor = _check_factor(factor)
+    return np.repeat(np.repeat(expr, factor, axis=-2), factor, axis=-1)
+
+
+def _check_factor(factor: int) -> int:
+    if int(factor) != factor or factor < 1:
+        raise SampleError(f"scale factor must be a positive integer, got {factor!r}")
+    return int(factor)
+
+
+def upsample_bicubic(lr: np.ndarray, factor: int) -> np.ndarray:
+    """Bicubic interpolation ``(G, h, w)`` -> ``(G, h*s, w*s)`` at HR cell centres.
+
+    HR cell ``r`` sits at LR coordinate ``(r + 0.5) / s - 0.5`` (cell-centre alignment, as
+    ``align_corners=False``). Values are interpolated as given (no rescaling); negative
+    overshoots are clipped to 0.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    factor = _check_factor(factor)
+    t = torch.as_tensor(np.asarray(lr, dtype=np.float32))[None]
+    up = F.interpolate(t, scale_factor=factor, mode="bicubic", align_corners=False)
+    return up[0].clamp_min(0).numpy()
+
+
+def hr_frame_affine(lr_sample: STSample, factor: int) -> np.ndarray:
+    """Affine of the HR raster that refines ``lr_sample`` by ``factor`` (inverse of pooling)."""
+    s = float(_check_factor(factor))
+    hr_to_lr = np.array([[1 / s, 0, (1 - s) / (2 * s)], [0, 1 / s, (1 - s) / (2 * s)], [0, 0, 1]])
+    return lr_sample.affine @ hr_to_lr

@@ -1,0 +1,219 @@
+"""Load H&E images as ``(H, W, 3)`` uint8 RGB arrays, optionally at a reduced working resolution.
+
+Pixel-coordinate convention (the same as :mod:`diffst.data.sample`): pixel ``(x, y)`` has its
+centre at integer coordinates, so pixel column ``i`` spans ``[i - 0.5, i + 0.5]``.
+
+* JPEG, PNG and other formats Pillow opens: read with Pillow (no decompression-bomb limit;
+  use ``max_pixels`` to guard against huge files). JPEGs are decoded directly at a reduced
+  size when downscaling (libjpeg DCT scaling), which keeps memory and time small.
+* TIFF / OME-TIFF: read with tifffile; for pyramidal files the smallest level that is still at
+  least as large as the requested size is used. Channel-first ``(C, H, W)``, RGBA (alpha dropped)
+  and grayscale (replicated to RGB) are accepted. Integer images other than uint8 (e.g. uint16)
+  and float images are scaled linearly so their maximum maps to 255 (H&E background is the
+  brightest part of the slide); float images with maximum <= 1 are multiplied by 255.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+Image.MAX_IMAGE_PIXELS = None
+
+_TIFF_SUFFIXES = (".tif", ".tiff")
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(H, W)`` in pixels of the image at ``path``, read from its header only."""
+    path = _existing(path)
+    if _is_tiff(path):
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            return _tiff_hw(tif.series[0].shape, path)
+    with _open_pil(path) as im:
+        return im.height, im.width
+
+
+def read_image(path: str | Path, max_pixels: int | None = None, scale: float = 1.0) -> np.ndarray:
+    """Read an image as ``(H, W, 3)`` uint8 RGB.
+
+    Args:
+        path: JPEG/PNG/TIFF file.
+        max_pixels: refuse (ValueError) images with more than this many pixels at full size.
+        scale: output size factor in (0, 1]; the result has ``round(H * scale)`` x
+            ``round(W * scale)`` pixels, area-averaged. 1 keeps the full resolution.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: unreadable file, unsupported layout, or over ``max_pixels``.
+    """
+    path = _existing(path)
+    if not 0 < scale <= 1:
+        raise ValueError(f"{path}: scale must be in (0, 1], got {scale}")
+    h, w = image_size(path)
+    if max_pixels is not None and h * w > max_pixels:
+        raise ValueError(
+            f"{path}: image has {h}x{w} = {h * w} pixels, more than max_pixels={max_pixels}; "
+            "pass a larger max_pixels or a downsampled image"
+        )
+    target = (max(1, round(h * scale)), max(1, round(w * scale)))
+    img = _read_tiff(path, target) if _is_tiff(path) else _read_pil(path, target)
+    if img.shape[:2] != target:
+        img = _resize_area(img, target)
+    return img
+
+
+def downscale_image(img: np.ndarray, factor: float) -> np.ndarray:
+    """Area-average ``img`` ``(H, W, 3)`` uint8 to ``round(H * factor)`` x ``round(W * factor)``.
+
+    ``factor`` must be in (0, 1]; 1 returns the input unchanged.
+    """
+    if not 0 < factor <= 1:
+        raise ValueError(f"downscale factor must be in (0, 1], got {factor}")
+    if factor == 1:
+        return img
+    h, w = img.shape[:2]
+    return _resize_area(img, (max(1, round(h * factor)), max(1, round(w * factor))))
+
+
+def pixel_rescale_matrix(src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
+    """3x3 map from pixel ``(x, y, 1)`` of an ``src_hw`` image to the same point in ``dst_hw``.
+
+    Pixel centres sit at integer coordinates, so ``x' = (x + 0.5) * sx - 0.5`` with
+    ``sx = W_dst / W_src`` (likewise y).
+    """
+    sy = dst_hw[0] / src_hw[0]
+    sx = dst_hw[1] / src_hw[1]
+    return np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
+
+
+def load_working_image(
+    path: str | Path,
+    um_per_px: float,
+    work_um_per_px: float | None,
+    max_pixels: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Read an image at a working resolution of ``work_um_per_px`` µm per pixel.
+
+    The image is only ever reduced: when it is already coarser than ``work_um_per_px`` (or
+    ``work_um_per_px`` is None) it is returned at full size.
+
+    Returns:
+        ``image`` ``(h, w, 3)`` uint8, ``to_work`` 3x3 mapping full-resolution pixel
+        ``(x, y, 1)`` to working pixels (compose it onto an affine: ``to_work @ affine``), and the
+        working ``um_per_px`` (geometric mean of the two axes' actual scales).
+    """
+    scale = 1.0
+    if work_um_per_px is not None:
+        if not work_um_per_px > 0:
+            raise ValueError(f"work_um_per_px must be positive, got {work_um_per_px}")
+        scale = min(1.0, um_per_px / work_um_per_px)
+    full_hw = image_size(path)
+    img = read_image(path, max_pixels=max_pixels, scale=scale)
+    to_work = pixel_rescale_matrix(full_hw, img.shape[:2])
+    actual = math.sqrt(to_work[0, 0] * to_work[1, 1])
+    return img, to_work, um_per_px / actual
+
+
+# ---------------------------------------------------------------------------- internals
+def _existing(path: str | Path) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: image file not found")
+    return path
+
+
+def _is_tiff(path: Path) -> bool:
+    return path.suffix.lower() in _TIFF_SUFFIXES
+
+
+def _open_pil(path: Path) -> Image.Image:
+    try:
+        return Image.open(path)
+    except Exception as exc:  # Pillow raises several types for unreadable files
+        raise ValueError(f"{path}: cannot read as an image ({exc})") from exc
+
+
+def _read_pil(path: Path, target_hw: tuple[int, int]) -> np.ndarray:
+    with _open_pil(path) as im:
+        if im.format == "JPEG" and (target_hw[0] < im.height or target_hw[1] < im.width):
+            im.draft("RGB", (target_hw[1], target_hw[0]))  # DCT-domain reduction, >= target
+        try:
+            if im.mode in ("RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "YCbCr", "1"):
+                arr = np.asarray(im.convert("RGB"))
+            else:  # 16/32-bit integer or float modes
+                arr = _to_rgb_uint8(np.asarray(im), path)
+        except OSError as exc:
+            raise ValueError(f"{path}: image data is truncated or corrupt ({exc})") from exc
+    return arr
+
+
+def _tiff_hw(shape: tuple[int, ...], path: Path) -> tuple[int, int]:
+    dims = [d for d in shape if d > 1] if len(shape) > 3 else list(shape)
+    if len(dims) == 2:
+        return dims[0], dims[1]
+    if len(dims) == 3:
+        if dims[2] in (1, 3, 4):
+            return dims[0], dims[1]
+        if dims[0] in (1, 3, 4):
+            return dims[1], dims[2]
+    raise ValueError(
+        f"{path}: unsupported TIFF layout {shape}; expected (H, W), (H, W, C) or (C, H, W)"
+    )
+
+
+def _read_tiff(path: Path, target_hw: tuple[int, int]) -> np.ndarray:
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            level = series
+            for lev in series.levels:  # largest first; keep the smallest one still >= target
+                hw = _tiff_hw(lev.shape, path)
+                if hw[0] >= target_hw[0] and hw[1] >= target_hw[1]:
+                    level = lev
+            arr = level.asarray()
+    except (tifffile.TiffFileError, OSError) as exc:
+        raise ValueError(f"{path}: cannot read as a TIFF image ({exc})") from exc
+    return _to_rgb_uint8(arr, path)
+
+
+def _to_rgb_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
+    arr = np.asarray(arr)
+    if arr.ndim > 3:
+        arr = arr.reshape([d for d in arr.shape if d > 1])
+    if arr.ndim == 3 and arr.shape[2] not in (1, 3, 4) and arr.shape[0] in (1, 3, 4):
+        arr = np.moveaxis(arr, 0, 2)
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    if arr.ndim != 3 or arr.shape[2] not in (1, 3, 4):
+        raise ValueError(
+            f"{path}: unsupported image layout {arr.shape}; expected grayscale, RGB or RGBA"
+        )
+    arr = arr[:, :, :3] if arr.shape[2] == 4 else arr
+    arr = np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if arr.dtype == bool or not (
+        np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)
+    ):
+        raise ValueError(f"{path}: unsupported pixel type {arr.dtype}")
+    vals = arr.astype(np.float32)
+    if not np.isfinite(vals).all() or vals.min() < 0:
+        raise ValueError(f"{path}: image has negative or non-finite pixel values")
+    top = float(vals.max())
+    if np.issubdtype(arr.dtype, np.floating) and top <= 1.0:
+        top = 1.0
+    vals *= 255.0 / max(top, 1e-12)
+    return np.clip(vals + 0.5, 0, 255).astype(np.uint8)
+
+
+def _resize_area(img: np.ndarray, target_hw: tuple[int, int]) -> np.ndarray:
+    pil = Image.fromarray(np.ascontiguousarray(img))
+    out = pil.resize((target_hw[1], target_hw[0]), resample=Image.Resampling.BOX)
+    return np.asarray(out)

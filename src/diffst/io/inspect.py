@@ -1,0 +1,344 @@
+"""Detect a sample's file format, read it with the right reader, and summarise it.
+
+:func:`detect_format` recognises:
+
+* ``npz``: a ``.npz`` written by :meth:`STSample.save_npz`;
+* ``h5ad``: an ``.h5ad`` with ``obsm["spatial"]`` (scanpy convention) or written by diffst;
+* ``xenium_cells_h5ad``: an ``.h5ad`` of cells with ``obs["x_pixel"]``/``["y_pixel"]`` (HEST
+  style) and an image of the same stem beside it;
+* ``spaceranger``: a folder (or its ``outs``) with ``spatial/`` and a
+  ``filtered_feature_bc_matrix.h5`` file or ``filtered_feature_bc_matrix/`` folder;
+* ``visium_hd``: a folder with ``binned_outputs/`` (or ``outs/binned_outputs/``), a
+  ``binned_outputs`` folder, or a ``square_XXXum`` folder;
+* ``istar``: a folder with ``cnts.tsv``, ``locs-raw.tsv`` and ``he-raw.*``;
+* ``xenium``: a folder with ``transcripts.parquet``, or ``cells.parquet`` / ``cell_feature_matrix``;
+* ``legacy_st``: a ``*.counts.tsv[.gz]`` file (with ``*.spots.tsv`` and ``*.HE.jpg`` beside it)
+  or a folder of such sections (HER2ST layout; pick one with ``section=``).
+
+:func:`read_sample` dispatches to the reader; :func:`inspect_path` reads cheaply (10 genes) and
+returns a summary dict, optionally drawing the tissue cells on the image
+(:func:`write_overlay`); :func:`format_inspection` prints it.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from diffst.data.sample import STSample, load_npz
+from diffst.io.atomic import atomic_path
+from diffst.io.imageio import downscale_image
+
+_BIN_DIR = re.compile(r"^square_\d+um$")
+_LEGACY_SUFFIXES = (".counts.tsv.gz", ".counts.tsv")
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+_CHEAP_READ = {"spaceranger", "visium_hd", "h5ad"}  # readers that take n_top_genes/make_unique
+MAX_UPSCALE = 4.0
+FORMATS = (
+    "npz", "h5ad", "xenium_cells_h5ad", "spaceranger", "visium_hd", "istar", "xenium", "legacy_st"
+)
+
+
+# ---------------------------------------------------------------------------- detection
+def detect_format(path: str | Path) -> str:
+    """The format name of ``path`` (one of :data:`FORMATS`); unknown layouts raise ValueError."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or folder")
+    if path.is_file():
+        return _detect_file(path)
+    for folder in (path, path / "outs"):
+        fmt = _detect_folder(folder) if folder.is_dir() else None
+        if fmt:
+            return fmt
+    raise ValueError(
+        f"{path}: unrecognised layout. Expected a Space Ranger 'outs' folder (spatial/ + "
+        "filtered_feature_bc_matrix[.h5]), Visium HD binned_outputs/, an iStar folder (cnts.tsv, "
+        "locs-raw.tsv, he-raw.jpg), a Xenium bundle (transcripts.parquet or cells.parquet), "
+        "legacy ST files (*.counts.tsv.gz, *.spots.tsv, *.HE.jpg), an .h5ad or a diffst .npz"
+    )
+
+
+def _detect_file(path: Path) -> str:
+    name = path.name.lower()
+    if name.endswith(".npz"):
+        return "npz"
+    if name.endswith(".h5ad"):
+        return _h5ad_kind(path)
+    if name.endswith(_LEGACY_SUFFIXES):
+        return "legacy_st"
+    if name in ("transcripts.parquet", "cells.parquet"):
+        return "xenium"
+    raise ValueError(
+        f"{path}: unrecognised file type; pass a .h5ad, a diffst .npz, a legacy ST "
+        "*.counts.tsv.gz, or the folder of a Space Ranger / Visium HD / iStar / Xenium output"
+    )
+
+
+def _h5ad_kind(path: Path) -> str:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as fh:
+            has_spatial = "obsm" in fh and "spatial" in fh["obsm"]
+            has_diffst = "uns" in fh and "diffst" in fh["uns"]
+            obs = fh["obs"] if "obs" in fh else {}
+            has_pixels = "x_pixel" in obs and "y_pixel" in obs
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot open as an .h5ad (HDF5) file ({exc})") from exc
+    if not (has_spatial or has_diffst) and has_pixels:
+        return "xenium_cells_h5ad"
+    return "h5ad"
+
+
+def _detect_folder(folder: Path) -> str | None:
+    if _BIN_DIR.match(folder.name) or folder.name == "binned_outputs" \
+            or (folder / "binned_outputs").is_dir():
+        return "visium_hd"
+    if (folder / "spatial").is_dir() and any(
+        (folder / f"{k}_feature_bc_matrix{s}").exists() for k in ("filtered", "raw")
+        for s in (".h5", "")
+    ):
+        return "spaceranger"
+    if (folder / "cnts.tsv").is_file() and (folder / "locs-raw.tsv").is_file():
+        return "istar"
+    if any((folder / n).exists() for n in (
+        "transcripts.parquet", "cells.parquet", "cell_feature_matrix.h5", "cell_feature_matrix",
+        "experiment.xenium",
+    )):
+        return "xenium"
+    if _legacy_sections(folder):
+        return "legacy_st"
+    return None
+
+
+def _legacy_sections(folder: Path) -> list[str]:
+    found = set()
+    for suffix in _LEGACY_SUFFIXES:
+        found.update(p.name[: -len(suffix)] for p in folder.glob(f"*{suffix}"))
+    return sorted(found)
+
+
+# ---------------------------------------------------------------------------- reading
+def read_sample(path: str | Path, **kw: Any) -> STSample:
+    """Read any supported layout (see :func:`detect_format`) into an :class:`STSample`.
+
+    Keyword arguments go to the format's reader (e.g. ``image=``, ``genes=``, ``bin_um=``,
+    ``section=`` for a HER2ST folder, ``image_path=`` for a cells ``.h5ad``).
+    """
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt == "npz":
+        genes = kw.pop("genes", None)
+        if kw:
+            raise TypeError(f"{path}: a .npz sample takes only genes=, got {sorted(kw)}")
+        sample = load_npz(path)
+        return sample.select_genes(genes) if genes is not None else sample
+    if fmt == "h5ad":
+        from diffst.io.anndata_io import read_anndata
+
+        return read_anndata(path, **kw)
+    if fmt == "xenium_cells_h5ad":
+        from diffst.io.xenium import read_xenium_cells_h5ad
+
+        image_path = kw.pop("image_path", None) or _sibling_image(path)
+        return read_xenium_cells_h5ad(path, image_path, **kw)
+    if fmt == "spaceranger":
+        from diffst.io.spaceranger import read_spaceranger
+
+        return read_spaceranger(path, **kw)
+    if fmt == "visium_hd":
+        from diffst.io.visium_hd import read_visium_hd
+
+        return read_visium_hd(path, **kw)
+    if fmt == "istar":
+        from diffst.io.istar import read_istar
+
+        return read_istar(path, **kw)
+    if fmt == "xenium":
+        from diffst.io.xenium import read_xenium
+
+        return read_xenium(path.parent if path.is_file() else path, **kw)
+    return _read_legacy(path, **kw)
+
+
+def _sibling_image(path: Path) -> Path:
+    for suffix in _IMAGE_SUFFIXES:
+        candidate = path.with_suffix(suffix)
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(
+        f"{path}: no image beside it (looked for {path.stem} + {', '.join(_IMAGE_SUFFIXES)}); "
+        "pass image_path="
+    )
+
+
+def _read_legacy(path: Path, **kw: Any) -> STSample:
+    from diffst.io.legacy_st import read_her2st, read_legacy_st
+
+    if path.is_file():
+        suffix = next(s for s in _LEGACY_SUFFIXES if path.name.endswith(s))
+        prefix = path.name[: -len(suffix)]
+        kw.setdefault("name", prefix)
+        return read_legacy_st(
+            path, path.parent / f"{prefix}.spots.tsv", path.parent / f"{prefix}.HE.jpg", **kw
+        )
+    folder = path if _legacy_sections(path) else path / "outs"
+    sections = _legacy_sections(folder)
+    section = kw.pop("section", None)
+    if section is None:
+        if len(sections) > 1:
+            raise ValueError(
+                f"{folder} holds several ST sections ({', '.join(sections)}); pass section="
+            )
+        section = sections[0]
+    elif section not in sections:
+        raise FileNotFoundError(
+            f"no section {section!r} in {folder} (found {', '.join(sections)})"
+        )
+    return read_her2st(folder, section, **kw)
+
+
+# ---------------------------------------------------------------------------- inspection
+def inspect_path(
+    path: str | Path, overlay_png: str | Path | None = None, **read_kw: Any
+) -> dict[str, Any]:
+    """Read ``path`` and summarise it; optionally write an overlay PNG of the tissue cells.
+
+    Space Ranger, Visium HD and AnnData inputs are read with ``n_top_genes=10`` (cheap) and
+    ``make_unique=True`` (duplicate symbols are reported, not fatal) unless ``read_kw`` says
+    otherwise. Warnings raised while reading are collected in ``info["warnings"]``.
+
+    Returns:
+        dict with ``path``, ``format``, ``name``, ``n_spots`` (tissue cells), ``n_genes`` (in
+        the file), ``top_genes``, ``raster_shape`` ``[H, W]``, ``cell_um``, ``cell_um_xy``,
+        ``image_size`` ``[W, H]`` px or None, ``image_um_per_px``, ``image_source``,
+        ``px_per_cell``, ``fit_residual_cells``, ``notes``, ``warnings``, ``overlay_png``.
+    """
+    path = Path(path)
+    fmt = detect_format(path)
+    kw = dict(read_kw)
+    if fmt in _CHEAP_READ and "genes" not in kw:
+        kw.setdefault("n_top_genes", 10)
+    if fmt in _CHEAP_READ:
+        kw.setdefault("make_unique", True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sample = read_sample(path, **kw)
+    meta = sample.meta
+    info: dict[str, Any] = {
+        "path": str(path),
+        "format": fmt,
+        "name": sample.name,
+        "n_spots": int(sample.mask.sum()),
+        "n_genes": int(meta.get("n_genes_in_file", sample.n_genes)),
+        "top_genes": sample.top_genes(min(10, sample.n_genes)),
+        "raster_shape": list(sample.shape),
+        "cell_um": float(sample.cell_um),
+        "cell_um_xy": meta.get("cell_um_xy"),
+        "lattice": meta.get("lattice"),
+        "image_size": None if sample.image is None else [sample.image.shape[1],
+                                                         sample.image.shape[0]],
+        "image_um_per_px": None if sample.image is None else float(sample.image_um_per_px),
+        "image_source": meta.get("image_path"),
+        "px_per_cell": float(sample.px_per_cell),
+        "fit_residual_cells": meta.get("affine_rms_residual_cells"),
+        "notes": _notes(meta),
+        "warnings": [str(w.message) for w in caught],
+        "overlay_png": None,
+    }
+    if overlay_png is not None:
+        info["overlay_png"] = str(write_overlay(sample, overlay_png))
+    return info
+
+
+def _notes(meta: dict[str, Any]) -> list[str]:
+    notes = []
+    if meta.get("duplicate_gene_symbols"):
+        dups = meta["duplicate_gene_symbols"]
+        notes.append(
+            f"{len(dups)} duplicated gene symbol(s) ({', '.join(dups[:5])}"
+            f"{', ...' if len(dups) > 5 else ''}): read with gene_key='id' or make_unique=True"
+        )
+    if meta.get("merged_duplicate_genes"):
+        notes.append(f"duplicate genes merged: {len(meta['merged_duplicate_genes'])}")
+    if meta.get("dropped_feature_types"):
+        notes.append(f"feature types left out: {', '.join(meta['dropped_feature_types'])}")
+    return notes
+
+
+def format_inspection(info: dict[str, Any]) -> str:
+    """A human-readable multi-line summary of :func:`inspect_path`'s dict."""
+    h, w = info["raster_shape"]
+    cell = f"{info['cell_um']:.1f} µm"
+    if info.get("cell_um_xy"):
+        cx, cy = info["cell_um_xy"]
+        cell += f" (equal-area square of {cx:.1f} x {cy:.1f} µm)"
+    lines = [
+        f"path:      {info['path']}",
+        f"format:    {info['format']}",
+        f"name:      {info['name']}",
+        f"spots:     {info['n_spots']} tissue cells",
+        f"genes:     {info['n_genes']} (most counted: {', '.join(info['top_genes'][:5])})",
+        f"raster:    {h} x {w} cells of {cell}"
+        + (f", {info['lattice']} lattice" if info.get("lattice") else ""),
+    ]
+    if info["image_size"] is None:
+        lines.append("image:     none")
+    else:
+        iw, ih = info["image_size"]
+        lines.append(
+            f"image:     {iw} x {ih} px, {info['image_um_per_px']:.3g} µm/px, "
+            f"{info['px_per_cell']:.1f} px per cell"
+            + (f" ({info['image_source']})" if info.get("image_source") else "")
+        )
+    if info.get("fit_residual_cells") is not None:
+        lines.append(f"alignment: rms spot-to-cell-centre offset {info['fit_residual_cells']:.2f} "
+                     "cells")
+    lines += [f"note:      {n}" for n in info.get("notes", [])]
+    lines += [f"warning:   {m}" for m in info.get("warnings", [])]
+    if info.get("overlay_png"):
+        lines.append(f"overlay:   {info['overlay_png']}")
+    return "\n".join(lines)
+
+
+def write_overlay(sample: STSample, path: str | Path, max_px: int = 2000) -> Path:
+    """Draw the tissue cells' centres (circles) on the sample image and save a PNG.
+
+    The image is scaled so its longest side is ``max_px`` (enlarged at most 4x); without an
+    image the circles go on a white canvas covering the raster. Returns ``path``.
+    """
+    path = Path(path)
+    centres = sample.cell_centres_px()[sample.mask]
+    if sample.image is not None:
+        h, w = sample.image.shape[:2]
+        scale = min(MAX_UPSCALE, max_px / max(h, w))  # small images are enlarged for legibility
+        if scale <= 1:
+            canvas = Image.fromarray(downscale_image(sample.image, scale))
+        else:
+            canvas = Image.fromarray(sample.image).resize(
+                (round(w * scale), round(h * scale)), Image.Resampling.BICUBIC
+            )
+        offset = np.zeros(2)
+    else:
+        corners = sample.cell_centres_px().reshape(-1, 2)
+        lo = corners.min(axis=0) - sample.px_per_cell
+        extent = corners.max(axis=0) + sample.px_per_cell - lo
+        scale = max_px / max(extent)
+        size = np.maximum(np.ceil(extent * scale).astype(int), 1)
+        canvas = Image.new("RGB", (int(size[0]), int(size[1])), (255, 255, 255))
+        offset = lo
+    draw = ImageDraw.Draw(canvas)
+    radius = max(1.5, 0.3 * sample.px_per_cell * scale)
+    width = 1 if radius < 6 else 2
+    for x, y in (centres - offset) * scale:
+        draw.ellipse((x - radius, y - radius, x + radius, y + radius),
+                     outline=(0, 200, 255), width=width)
+    with atomic_path(path) as tmp:
+        canvas.save(tmp, format="PNG")
+    return path

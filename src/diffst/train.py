@@ -1,0 +1,291 @@
+"""Training of the Diff-ST denoiser: data preparation, the loss, EMA, curriculum, checkpoints.
+
+Checkpoints hold everything needed to resume exactly (model, EMA, optimiser, step, the patch
+sampler's and torch's random states) and are written atomically; they load with
+``torch.load(weights_only=True)``. :func:`export_model` writes the EMA weights plus what
+inference needs (genes, scaler, factor, image resolution) as a smaller model file.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from diffst.data.image import px_per_cell_for
+from diffst.data.normalize import GeneScaler
+from diffst.data.patches import PatchSampler, PreparedSample, prepare_training_sample
+from diffst.data.sample import SampleError, STSample
+from diffst.diffusion.schedule import NoiseSchedule
+from diffst.io.atomic import atomic_path
+from diffst.model.config import DiffSTConfig
+from diffst.model.diffst import DiffST
+from diffst.model.gene_graph import build_gene_graph, coexpression_intensity
+
+CHECKPOINT_FORMAT = "diffst.checkpoint/1"
+MODEL_FORMAT = "diffst.model/1"
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. ``lr`` 1e-4 and AdamW follow the Diff-ST release.
+
+    ``curriculum`` lists ``(fraction of training, fraction of cell tiles visible)`` stages:
+    the model first sees only the most informative (highest-entropy) tiles and then all.
+    ``patch`` is the HR patch side in raster cells (a multiple of the factor).
+    ``work_um_per_px`` is the image resolution the model works at.
+    """
+
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    patch: int = 40
+    min_tissue: float = 0.3
+    work_um_per_px: float = 1.0
+    seed: int = 0
+    curriculum: list[tuple[float, float]] = field(
+        default_factory=lambda: [(0.0, 0.25), (1 / 3, 0.5), (2 / 3, 1.0)]
+    )
+    checkpoint_every: int = 500
+    bf16: bool = False
+    device: str = "auto"
+
+    def tile_fraction(self, step: int) -> float:
+        """Fraction of cell tiles visible at ``step`` (curriculum, easy to hard)."""
+        progress = step / max(self.steps, 1)
+        frac = self.curriculum[0][1]
+        for start, f in self.curriculum:
+            if progress >= start:
+                frac = f
+        return frac
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def check_training_samples(samples: list[STSample], genes: list[str], factor: int,
+                           patch: int) -> list[STSample]:
+    """Select ``genes`` in every sample and check units and sizes agree."""
+    if not samples:
+        raise SampleError("no training samples given")
+    if patch % factor:
+        raise SampleError(f"patch {patch} must be a multiple of the factor {factor}")
+    out = [s.select_genes(genes) for s in samples]
+    cell = out[0].cell_um
+    for s in out:
+        if not math.isclose(s.cell_um, cell, rel_tol=0.05):
+            raise SampleError(
+                f"sample '{s.name}' has {s.cell_um} µm cells but '{out[0].name}' has {cell} µm"
+            )
+        if s.image is None:
+            raise SampleError(f"sample '{s.name}' has no H&E image; Diff-ST needs one")
+    return out
+
+
+def residual_scale(prepared: list[PreparedSample]) -> float:
+    """Scale so the diffusion variable ``(hr - lr_up) / scale`` has std about 0.5 in tissue."""
+    res = np.concatenate([(p.hr - p.lr_up)[:, p.mask].ravel() for p in prepared])
+    return float(max(2.0 * res.std(), 1e-3))
+
+
+class Trainer:
+    """Holds model, EMA, optimiser and data sampler; one object per training run."""
+
+    def __init__(self, samples: list[STSample], genes: list[str], factor: int,
+                 model_config: DiffSTConfig | None = None,
+                 train_config: TrainConfig | None = None, spots_only: bool = False) -> None:
+        self.tc = train_config or TrainConfig()
+        self.spots_only = spots_only
+        self.genes = list(genes)
+        self.factor = int(factor)
+        samples = check_training_samples(samples, self.genes, self.factor, self.tc.patch)
+        self.k = px_per_cell_for(samples[0].cell_um, self.tc.work_um_per_px)
+        self.cell_um = samples[0].cell_um
+        self.scaler = GeneScaler.fit([s.expr for s in samples], [s.mask for s in samples])
+        prepared = [prepare_training_sample(s, factor, self.scaler, self.k) for s in samples]
+        adjacency = build_gene_graph(
+            coexpression_intensity([p.hr for p in prepared], [p.mask for p in prepared])
+        )
+        mc = copy.deepcopy(model_config) if model_config else DiffSTConfig()
+        mc.n_genes, mc.factor = len(self.genes), self.factor
+        mc.residual_scale = residual_scale(prepared)
+        self.model_config = mc
+        self.device = resolve_device(self.tc.device)
+        torch.manual_seed(self.tc.seed)
+        self.model = DiffST(mc, adjacency).to(self.device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.tc.lr,
+                                     weight_decay=self.tc.weight_decay)
+        self.schedule = NoiseSchedule(mc.num_train_timesteps, mc.beta_start, mc.beta_end)
+        self.sampler = PatchSampler(prepared, self.tc.patch, self.tc.min_tissue, self.tc.seed)
+        self.step = 0
+        self.history: list[float] = []
+
+    # ------------------------------------------------------------------ one step
+    def draw_batch(self) -> dict[str, torch.Tensor]:
+        """Next random training batch (augmented), on the training device."""
+        mc = self.model_config
+        batch = self.sampler.draw(self.tc.batch_size, mc.tissue_px_per_cell, mc.tile_px,
+                                  mc.n_tiles)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def loss(self, model: DiffST, batch: dict[str, torch.Tensor], tile_fraction: float,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Masked noise-prediction MSE plus the weighted disentangling loss."""
+        mc = self.model_config
+        b = batch["hr"].shape[0]
+        keep = curriculum_keep(batch["tile_valid"], tile_fraction)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tc.bf16):
+            cond = model.encode(batch["lr"], batch["lr_up"], batch["mask"],
+                                batch["tissue_image"], batch["tiles"], batch["tile_centres"],
+                                keep)
+            z0 = (batch["hr"] - batch["lr_up"]) / mc.residual_scale
+            t = torch.randint(0, mc.num_train_timesteps, (b,), generator=generator).to(z0.device)
+            noise = torch.randn(z0.shape, generator=generator).to(z0.device)
+            eps = model(self.schedule.add_noise(z0, noise, t), t, cond)
+        w = batch["mask"]
+        mse = (((eps.float() - noise) ** 2) * w).sum() / (w.sum() * z0.shape[1]).clamp_min(1)
+        return mse + mc.disentangle_weight * cond.aux_loss.float()
+
+    def train_step(self) -> float:
+        """One optimiser step on a fresh batch; returns the loss."""
+        self.model.train()
+        batch = self.draw_batch()
+        loss = self.loss(self.model, batch, self.tc.tile_fraction(self.step))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
+        self.opt.step()
+        self._update_ema()
+        self.step += 1
+        value = float(loss.detach())
+        self.history.append(value)
+        return value
+
+    def _update_ema(self) -> None:
+        decay = min(self.tc.ema_decay, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for e, p in zip(self.ema.parameters(), self.model.parameters(), strict=True):
+                e.lerp_(p, 1 - decay)
+            for e, p in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+                e.copy_(p)
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, steps: int | None = None, checkpoint: str | Path | None = None,
+            progress: bool = True) -> list[float]:
+        """Train until ``steps`` total steps (default ``TrainConfig.steps``); returns losses.
+
+        With ``checkpoint`` set, a resumable checkpoint is written every
+        ``checkpoint_every`` steps and at the end.
+        """
+        target = self.tc.steps if steps is None else steps
+        bar = tqdm(total=target, initial=self.step, desc="train", disable=not progress,
+                   dynamic_ncols=True)
+        while self.step < target:
+            value = self.train_step()
+            bar.update(1)
+            if self.step % 10 == 0 or self.step == target:
+                recent = self.history[-50:]
+                bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
+            if checkpoint is not None and (self.step % self.tc.checkpoint_every == 0
+                                           or self.step == target):
+                self.save_checkpoint(checkpoint)
+            del value
+        bar.close()
+        return self.history
+
+    # ------------------------------------------------------------------ persistence
+    def _meta(self) -> dict:
+        return {
+            "model_config": self.model_config.to_dict(),
+            "scaler": self.scaler.state_dict(),
+            "genes": self.genes,
+            "factor": self.factor,
+            "k": self.k,
+            "cell_um": self.cell_um,
+            "work_um_per_px": self.tc.work_um_per_px,
+            "patch": self.tc.patch,
+            "spots_only": self.spots_only,
+        }
+
+    def save_checkpoint(self, path: str | Path) -> Path:
+        """Write a resumable checkpoint atomically."""
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            **self._meta(),
+            "train_config": _plain(asdict(self.tc)),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "step": self.step,
+            "history": list(self.history),
+            "sampler_rng": self.sampler.rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+        }
+        return _atomic_torch_save(state, path)
+
+    def load_checkpoint(self, path: str | Path) -> None:
+        """Restore a checkpoint written by :meth:`save_checkpoint` for the same data."""
+        state = safe_load(path, CHECKPOINT_FORMAT)
+        if state["genes"] != self.genes or state["factor"] != self.factor:
+            raise SampleError(f"{path}: checkpoint genes/factor differ from this training run")
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.history = list(state["history"])
+        self.sampler.rng.bit_generator.state = state["sampler_rng"]
+        torch.set_rng_state(state["torch_rng"])
+
+    def export_model(self, path: str | Path) -> Path:
+        """Write the EMA weights and inference metadata as a model file (atomic)."""
+        return _atomic_torch_save(
+            {"format": MODEL_FORMAT, **self._meta(), "state_dict": self.ema.state_dict()}, path
+        )
+
+
+def curriculum_keep(valid: torch.Tensor, fraction: float) -> torch.Tensor:
+    """``(B, N)`` mask of visible tiles: the first ``ceil(fraction * N)`` ranked tiles."""
+    n = valid.shape[1]
+    visible = max(1, math.ceil(fraction * n))
+    keep = torch.zeros_like(valid)
+    keep[:, :visible] = True
+    return keep & valid
+
+
+def safe_load(path: str | Path, expected_format: str) -> dict:
+    """``torch.load(weights_only=True)`` with clear errors for missing or foreign files."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
+        raise SampleError(f"{path}: not a readable diffst file ({exc})") from exc
+    if not isinstance(state, dict) or state.get("format") != expected_format:
+        found = state.get("format") if isinstance(state, dict) else type(state).__name__
+        raise SampleError(f"{path}: expected a {expected_format} file, found {found!r}")
+    return state
+
+
+def _atomic_torch_save(obj: dict, path: str | Path) -> Path:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return path
+
+
+def _plain(d: dict) -> dict:
+    return {k: [list(x) for x in v] if k == "curriculum" else v for k, v in d.items()}

@@ -1,0 +1,138 @@
+"""LR pooling, normalisation, the sample container and patch extraction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from diffst.data.image import aligned_image
+from diffst.data.lr import (
+    hr_frame_affine,
+    padded_mask,
+    pool_sum,
+    simulate_lr,
+    upsample_bicubic,
+    upsample_nearest,
+)
+from diffst.data.normalize import GeneScaler
+from diffst.data.patches import cell_tiles, extract_patch, prepare_training_sample, tile_entropy
+from diffst.data.sample import SampleError, STSample, load_npz
+
+from conftest import make_sample
+
+
+@pytest.mark.parametrize("factor", [2, 3, 5, 10])
+def test_pooling_preserves_totals(factor):
+    s = make_sample(size=30)
+    lr = simulate_lr(s, factor)
+    assert lr.expr.sum(axis=(1, 2)) == pytest.approx(s.expr.sum(axis=(1, 2)))
+    assert lr.shape == (-(-30 // factor), -(-30 // factor))
+    assert lr.cell_um == s.cell_um * factor
+
+
+def test_pool_sum_by_hand():
+    x = np.arange(16, dtype=float).reshape(1, 4, 4)
+    np.testing.assert_array_equal(pool_sum(x, 2)[0], [[0 + 1 + 4 + 5, 2 + 3 + 6 + 7],
+                                                     [8 + 9 + 12 + 13, 10 + 11 + 14 + 15]])
+    with pytest.raises(SampleError, match="multiple"):
+        pool_sum(np.zeros((1, 5, 4)), 2)
+    with pytest.raises(SampleError, match="positive integer"):
+        pool_sum(x, 0)
+
+
+def test_lr_affine_maps_to_block_centre():
+    s = make_sample(size=20)
+    lr = simulate_lr(s, 5)
+    hr_centres = s.cell_centres_px()
+    # LR cell (1, 2) covers HR rows 5..9, cols 10..14; its centre is their mean.
+    expected = hr_centres[5:10, 10:15].reshape(-1, 2).mean(0)
+    np.testing.assert_allclose(lr.cell_centres_px()[1, 2], expected)
+    np.testing.assert_allclose(hr_frame_affine(lr, 5), s.affine)
+
+
+def test_upsampling_shapes_and_values():
+    lr = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
+    near = upsample_nearest(lr, 2)
+    assert near.shape == (1, 4, 6) and near[0, 3, 5] == 5
+    flat = upsample_bicubic(np.full((2, 3, 3), 7.0), 4)
+    np.testing.assert_allclose(flat, 7.0, rtol=1e-5)
+    assert padded_mask(np.ones((3, 4), bool), 3).shape == (3, 6)
+
+
+def test_normalisation_round_trips():
+    s = make_sample()
+    scaler = GeneScaler.fit([s.expr], [s.mask], quantile=1.0, clip_max=1.5)
+    y = scaler.transform(s.expr)
+    assert y.min() >= 0 and y.max() <= 1.0 + 1e-6
+    np.testing.assert_allclose(scaler.inverse(y), s.expr, rtol=1e-4, atol=1e-4)
+    again = GeneScaler.from_state_dict(scaler.state_dict())
+    np.testing.assert_allclose(again.transform(s.expr), y)
+    lin = GeneScaler.fit([s.expr], [s.mask], log1p=False, quantile=1.0)
+    np.testing.assert_allclose(lin.inverse(lin.transform(s.expr)), s.expr, rtol=1e-5)
+    # LR values are compared per HR cell: a block of equal cells maps to the same scaled value.
+    lr = pool_sum(np.full((s.n_genes, 5, 5), 3.0), 5)
+    np.testing.assert_allclose(scaler.transform_lr(lr, 5)[:, 0, 0],
+                               scaler.transform(np.full((s.n_genes, 1), 3.0))[:, 0], rtol=1e-6)
+
+
+def test_sample_validation_names_the_problem():
+    s = make_sample()
+    bad = s.expr.copy()
+    bad[0, 5, 5] = np.nan
+    with pytest.raises(SampleError, match="NaN"):
+        STSample(expr=bad, genes=s.genes, cell_um=8, mask=s.mask)
+    with pytest.raises(SampleError, match="duplicate gene"):
+        STSample(expr=s.expr, genes=["A", "A", "B", "C"], cell_um=8, mask=s.mask)
+    with pytest.raises(SampleError, match="not in the data"):
+        s.select_genes(["G0", "NOPE"])
+    shifted = STSample(expr=s.expr, genes=s.genes, cell_um=8, mask=s.mask, image=s.image,
+                       affine=s.affine + np.array([[0, 0, 5000.0], [0, 0, 0], [0, 0, 0]]))
+    with pytest.raises(SampleError, match="outside"):
+        shifted.check_alignment()
+    s.check_alignment()
+
+
+def test_npz_round_trip(tmp_path):
+    s = make_sample()
+    path = s.save_npz(tmp_path / "s.npz")
+    back = load_npz(path)
+    np.testing.assert_array_equal(back.expr, s.expr)
+    np.testing.assert_array_equal(back.image, s.image)
+    np.testing.assert_allclose(back.affine, s.affine)
+    assert back.genes == s.genes and back.cell_um == s.cell_um
+    assert not list(tmp_path.glob("*.part"))
+
+
+def test_aligned_image_puts_cells_on_their_pixels():
+    s = make_sample(k=4)
+    img = aligned_image(s, 4)
+    np.testing.assert_array_equal(img, s.image)
+    half = aligned_image(s, 2)
+    assert half.shape == (60, 60, 3)
+    # A cell's pixels in the half-resolution image average its 4x4 source block.
+    block = s.image[8:12, 12:16].astype(float).mean((0, 1))
+    np.testing.assert_allclose(half[4:6, 6:8].astype(float).mean((0, 1)), block, atol=12)
+
+
+def test_tile_entropy_ranks_textured_tiles_first():
+    crop = np.full((16, 16, 3), 200, np.uint8)
+    rng = np.random.default_rng(0)
+    crop[8:, 8:] = rng.integers(0, 255, (8, 8, 3))
+    ent = tile_entropy(crop.mean(2).astype(np.uint8), 8)
+    assert ent[1, 1] > 0 and ent[0, 0] == 0
+    tiles, centres, valid = cell_tiles(crop, 8, 6)
+    np.testing.assert_allclose(centres[0], [0.75, 0.75])
+    assert valid.sum() == 4 and tiles.shape == (6, 3, 8, 8)
+
+
+def test_patch_augmentation_is_shared_by_all_modalities():
+    s = make_sample(size=30)
+    scaler = GeneScaler.fit([s.expr], [s.mask])
+    prep = prepare_training_sample(s, 5, scaler, k=4)
+    base = extract_patch(prep, 10, 5, 10, 2, 4, 6)
+    turned = extract_patch(prep, 10, 5, 10, 2, 4, 6, rot=1, flip=True)
+    for key in ("hr", "lr", "lr_up", "mask", "tissue_image"):
+        expect = np.flip(np.rot90(base[key].numpy(), 1, axes=(-2, -1)), axis=-1)
+        np.testing.assert_allclose(turned[key].numpy(), expect, atol=1e-6, err_msg=key)
+    # The LR patch is the sum-pooled HR truth (in per-HR-cell scaled units).
+    assert base["lr"].shape == (4, 2, 2) and base["hr"].shape == (4, 10, 10)

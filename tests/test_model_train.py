@@ -1,0 +1,160 @@
+"""The Diff-ST denoiser's parts, training, checkpoints and inference on tiny data."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import make_sample, tiny_config
+from diffst.api import ABLATIONS, model_config_for
+from diffst.data.lr import simulate_lr
+from diffst.infer import blend_window, load_model, model_from_trainer, super_resolve, tile_origins
+from diffst.model.diffst import DiffST
+from diffst.model.gene_graph import build_gene_graph, coexpression_intensity
+from diffst.train import TrainConfig, Trainer, curriculum_keep, safe_load
+
+
+def _trainer(steps=6, seed=0, **cfg) -> Trainer:
+    samples = [make_sample(seed=0), make_sample(seed=1)]
+    tc = TrainConfig(steps=steps, batch_size=2, lr=2e-3, patch=10, work_um_per_px=2.0,
+                     seed=seed, checkpoint_every=3)
+    return Trainer(samples, samples[0].genes, 5, tiny_config(**cfg), tc)
+
+
+def test_coexpression_graph_by_hand():
+    a = np.array([[1.0, 0, 1, 0]])
+    b = np.array([[1.0, 0, 1, 0]])
+    c = np.array([[0.0, 1, 0, 1]])
+    values = [np.stack([a, b, c])[:, 0, :].reshape(3, 2, 2)]
+    inten = coexpression_intensity(values, [np.ones((2, 2), bool)])
+    np.testing.assert_allclose(inten, [[1, 1, 0], [1, 1, 0], [0, 0, 1]], atol=1e-12)
+    adj = build_gene_graph(inten, k=1)
+    # genes 0 and 1 are linked (normalised weight 1/2), gene 2 only to itself.
+    np.testing.assert_allclose(adj, [[0.5, 0.5, 0], [0.5, 0.5, 0], [0, 0, 1]], atol=1e-6)
+
+
+@pytest.mark.parametrize("part", sorted(ABLATIONS))
+def test_switching_each_part_off_changes_the_output(part):
+    trainer = _trainer()
+    batch = trainer.draw_batch()
+    torch.manual_seed(0)
+    full = DiffST(trainer.model_config, trainer.model.gene_graph.adjacency.numpy())
+    off_cfg = dataclasses.replace(trainer.model_config, **{ABLATIONS[part]: False})
+    off = DiffST(off_cfg, trainer.model.gene_graph.adjacency.numpy())
+    off.load_state_dict(full.state_dict())
+    for m in (full, off):
+        m.eval()
+    keep = curriculum_keep(batch["tile_valid"], 1.0)
+    args = (batch["lr"], batch["lr_up"], batch["mask"], batch["tissue_image"], batch["tiles"],
+            batch["tile_centres"], keep)
+    z = torch.randn_like(batch["hr"])
+    t = torch.tensor([10, 500])
+    with torch.no_grad():
+        out_full = full(z, t, full.encode(*args))
+        out_off = off(z, t, off.encode(*args))
+    assert not getattr(off_cfg, ABLATIONS[part])
+    assert (out_full - out_off).abs().max() > 1e-4
+
+
+def test_dynamic_attention_weights_depend_on_input():
+    trainer = _trainer()
+    trainer.model.eval()
+    b1, b2 = trainer.draw_batch(), trainer.draw_batch()
+    with torch.no_grad():
+        c1 = trainer.model.encode(b1["lr"], b1["lr_up"], b1["mask"], b1["tissue_image"],
+                                  b1["tiles"], b1["tile_centres"])
+        c2 = trainer.model.encode(b2["lr"], b2["lr_up"], b2["mask"], b2["tissue_image"],
+                                  b2["tiles"], b2["tile_centres"])
+    torch.testing.assert_close(c1.scale_weights.sum(1), torch.ones(2))
+    assert (c1.scale_weights - c2.scale_weights).abs().max() > 0
+    assert c1.aux_loss.item() > 0
+
+
+def test_model_config_for_switches_parts_off():
+    cfg = model_config_for(["graph", "attention"])
+    assert not cfg.use_gene_graph and not cfg.use_dynamic_attention and cfg.use_modulation
+    with pytest.raises(ValueError, match="unknown ablation"):
+        model_config_for(["everything"])
+
+
+def test_curriculum_grows_the_visible_tiles():
+    tc = TrainConfig(steps=90)
+    assert [tc.tile_fraction(s) for s in (0, 40, 80)] == [0.25, 0.5, 1.0]
+    valid = torch.ones(1, 8, dtype=torch.bool)
+    assert curriculum_keep(valid, 0.25).sum() == 2
+    assert curriculum_keep(valid, 1.0).sum() == 8
+
+
+def test_training_lowers_the_loss_on_a_fixed_batch():
+    trainer = _trainer()
+    batch = trainer.draw_batch()
+    gen = lambda: torch.Generator().manual_seed(123)  # noqa: E731
+    before = trainer.loss(trainer.model, batch, 1.0, gen()).item()
+    for _ in range(25):
+        loss = trainer.loss(trainer.model, batch, 1.0, gen())
+        trainer.opt.zero_grad()
+        loss.backward()
+        trainer.opt.step()
+    after = trainer.loss(trainer.model, batch, 1.0, gen()).item()
+    assert after < 0.8 * before
+
+
+def test_checkpoint_resume_gives_the_same_next_steps(tmp_path):
+    ref = _trainer(steps=6)
+    ref.fit(progress=False)
+    first = _trainer(steps=6)
+    first.fit(steps=3, checkpoint=tmp_path / "ck.pt", progress=False)
+    resumed = _trainer(steps=6)
+    resumed.load_checkpoint(tmp_path / "ck.pt")
+    assert resumed.step == 3
+    resumed.fit(progress=False)
+    assert resumed.history == pytest.approx(ref.history, rel=1e-5)
+    for a, b in zip(resumed.model.parameters(), ref.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b)
+    state = torch.load(tmp_path / "ck.pt", weights_only=True)
+    assert state["step"] == 3
+
+
+def test_model_file_round_trip_and_bad_files(tmp_path):
+    trainer = _trainer(steps=2)
+    trainer.fit(progress=False)
+    path = trainer.export_model(tmp_path / "m.pt")
+    lm = load_model(path)
+    assert lm.genes == trainer.genes and lm.factor == 5
+    for a, b in zip(lm.model.state_dict().values(), trainer.ema.state_dict().values(),
+                    strict=True):
+        torch.testing.assert_close(a, b)
+    torch.save({"format": "something else"}, tmp_path / "other.pt")
+    with pytest.raises(Exception, match="expected a diffst.model/1"):
+        safe_load(tmp_path / "other.pt", "diffst.model/1")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(Exception, match="junk.pt"):
+        load_model(tmp_path / "junk.pt")
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_super_resolve_shapes_mask_and_quantiles():
+    trainer = _trainer(steps=2)
+    trainer.fit(progress=False)
+    hr = make_sample(seed=3, size=25)
+    lr = simulate_lr(hr, 5)
+    res = super_resolve(model_from_trainer(trainer), lr, steps=3, n_samples=3, patch=10,
+                        overlap=5, progress=False)
+    assert res.mean.shape == (4, 25, 25)
+    assert (res.mean[:, ~res.mask] == 0).all()
+    assert (res.q05 <= res.mean + 1e-5).all() and (res.mean <= res.q95 + 1e-5).all()
+    assert (res.std >= 0).all() and res.std[:, res.mask].max() > 0
+    with pytest.raises(Exception, match="genes not in the data"):
+        super_resolve(model_from_trainer(trainer), lr.select_genes(["G0", "G1"]), steps=2,
+                      progress=False)
+
+
+def test_tiling_covers_the_raster():
+    starts = tile_origins(47, 10, 5, 5)
+    assert starts[0] == 0 and starts[-1] + 10 >= 45 and all(s % 5 == 0 for s in starts)
+    w = blend_window(10, 2)
+    assert w.shape == (10, 10) and w.min() > 0 and w[5, 5] == 1
