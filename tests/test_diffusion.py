@@ -61,3 +61,17 @@ def test_ddpm_sampler_is_stochastic_and_projection_applies():
     torch.testing.assert_close(out, torch.full_like(out, 0.5), atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="unknown sampler"):
         make_sampler("euler", sch)
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v", "sample"])
+def test_prediction_targets_convert_back_to_the_noise(prediction):
+    sch = NoiseSchedule()
+    gen = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(3, 2, 4, 4, generator=gen), torch.randn(3, 2, 4, 4, generator=gen)
+    t = torch.tensor([0, 400, 999])
+    xt = sch.add_noise(x0, noise, t)
+    target = sch.training_target(x0, noise, t, prediction)
+    torch.testing.assert_close(sch.to_epsilon(target, xt, t, prediction), noise,
+                               atol=2e-3, rtol=1e-3)
+    with pytest.raises(ValueError, match="unknown prediction"):
+        sch.training_target(x0, noise, t, "score")

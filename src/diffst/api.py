@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +99,12 @@ def train_model(
     return trainer.export_model(out)
 
 
+def default_resume_dir(out: str | Path) -> Path:
+    """Where :func:`predict` keeps finished tiles of a run writing ``out``: ``<out>.tiles``."""
+    out = Path(out)
+    return out.with_name(out.name + ".tiles")
+
+
 def predict(
     sample: STSample,
     model: str | Path,
@@ -109,36 +116,79 @@ def predict(
     sampler: str = "ddim",
     batch_size: int = 8,
     seed: int = 0,
+    consistency: bool | str = True,
+    resume: bool = True,
+    resume_dir: str | Path | None = None,
+    report_dir: str | Path | None = None,
+    report_genes: list[str] | None = None,
+    device: str = "auto",
     progress: bool = True,
 ) -> SRResult:
     """Super-resolve ``sample`` with the model file ``model``; optionally write ``out``.
 
-    With ``pool`` the sample is HR truth and is sum-pooled by the model's factor first (its HR
-    mask is kept). ``out`` ending in ``.h5ad`` gets layers mean/std/q05/q95; ``.npz`` the mean.
+    Args:
+        sample: the measured sample (counts per LR cell) with its H&E. With ``pool`` it is HR
+            truth and is sum-pooled by the model's factor first (its HR mask is kept).
+        model: a model file from :func:`train_model` (genes and cell size are checked).
+        out: ``.h5ad`` (X = mean; layers mean/std/q05/q95) or ``.npz`` (mean map), written
+            atomically.
+        n_samples: diffusion samples per tile (uncertainty maps need at least 2).
+        consistency: ``True``/``"draws"`` (default), ``"steps"`` or ``False``: make the mean
+            sum-pool back to the measured counts (:mod:`diffst.infer`).
+        resume: keep finished tile batches in ``resume_dir`` (default ``<out>.tiles``) so an
+            interrupted run continues where it stopped; the folder is removed once ``out`` is
+            written.
+        report_dir: also write a per-gene PNG gallery and ``report.html`` there.
+        report_genes: genes for the gallery (default: the most expressed, at most 24).
     """
-    lm = load_model(model)
+    from diffst.tilestore import remove_store
+
+    if out is not None and Path(out).suffix not in (".h5ad", ".npz"):
+        raise ValueError(f"{out}: result files must end in .h5ad or .npz")
+    lm = load_model(model, device=device)
     hr_mask = None
     if pool:
         hr_mask = padded_mask(sample.mask, lm.factor)
         sample = simulate_lr(sample, lm.factor)
+    tiles = None
+    if resume and (resume_dir is not None or out is not None):
+        tiles = Path(resume_dir) if resume_dir is not None else default_resume_dir(out)
+    t0 = time.perf_counter()
     result = super_resolve(lm, sample, steps=steps, sampler=sampler, n_samples=n_samples,
-                           batch_size=batch_size, hr_mask=hr_mask, seed=seed, progress=progress)
+                           batch_size=batch_size, hr_mask=hr_mask, seed=seed,
+                           consistency=consistency, resume_dir=tiles, progress=progress)
+    timings = {"sampling_s": time.perf_counter() - t0}
+    result.meta["timings_s"] = timings
     if out is not None:
+        t0 = time.perf_counter()
         write_result(result, sample, out)
+        timings["write_s"] = time.perf_counter() - t0
+    if report_dir is not None:
+        from diffst.report import write_report
+
+        settings = {"model": str(model), "device": str(lm.device), "pool": pool,
+                    "output": str(out) if out is not None else "-"}
+        write_report(result, sample, report_dir, settings=settings, timings=timings,
+                     genes=report_genes)
+    if tiles is not None and out is not None:
+        remove_store(tiles)
     return result
 
 
 def write_result(result: SRResult, lr: STSample, out: str | Path) -> Path:
-    """Write a super-resolution result as ``.h5ad`` (all layers) or ``.npz`` (mean map)."""
+    """Write a super-resolution result as ``.h5ad`` (all layers) or ``.npz`` (mean map).
+
+    Both are written atomically: an interrupted write leaves no file under ``out``.
+    """
     out = Path(out)
+    if out.suffix not in (".h5ad", ".npz"):
+        raise ValueError(f"{out}: result files must end in .h5ad or .npz")
     hr = result.as_sample(lr)
     if out.suffix == ".h5ad":
         from diffst.io import write_anndata
 
         return write_anndata(hr, out, layers=result.layers())
-    if out.suffix == ".npz":
-        return hr.save_npz(out)
-    raise ValueError(f"{out}: result files must end in .h5ad or .npz")
+    return hr.save_npz(out)
 
 
 def evaluate(truth: STSample, pred: STSample) -> tuple[pd.DataFrame, dict[str, float]]:
@@ -158,6 +208,7 @@ def evaluate(truth: STSample, pred: STSample) -> tuple[pd.DataFrame, dict[str, f
 
 __all__ = [
     "ABLATIONS",
+    "default_resume_dir",
     "default_work_um_per_px",
     "evaluate",
     "model_config_for",

@@ -106,7 +106,8 @@ def inspect(path: str, overlay: str | None, as_json: bool) -> None:
 @click.option("--top-genes", default=25, show_default=True)
 @click.option("--steps", default=2000, show_default=True)
 @click.option("--batch-size", default=8, show_default=True)
-@click.option("--lr", "learning_rate", default=1e-4, show_default=True)
+@click.option("--lr", "learning_rate", default=1e-3, show_default=True,
+              help="AdamW learning rate (the paper uses 1e-4 for long GPU runs).")
 @click.option("--patch", default=None, type=int, help="HR patch side in cells (default 8x factor).")
 @click.option("--work-um-per-px", default=None, type=float,
               help="Image resolution the model works at (default: 8 px per HR cell).")
@@ -117,19 +118,23 @@ def inspect(path: str, overlay: str | None, as_json: bool) -> None:
 @click.option("--ablate", multiple=True,
               type=click.Choice(["disentangle", "modulation", "attention", "graph"]),
               help="Switch a Diff-ST part off (repeatable).")
+@click.option("--prediction", default="sample", show_default=True,
+              type=click.Choice(["sample", "epsilon", "v"]),
+              help="What the denoiser predicts (the paper uses epsilon; see README).")
 @click.option("--seed", default=0, show_default=True)
 @_fail_nicely
 def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate, patch,
-          work_um_per_px, checkpoint, spots_only, ablate, seed) -> None:
+          work_um_per_px, checkpoint, spots_only, ablate, prediction, seed) -> None:
     """Train Diff-ST on samples with HR truth (or on spots only with --spots-only)."""
-    from diffst.api import train_model
+    from diffst.api import model_config_for, train_model
 
     samples = [_read(p) for p in data]
     gene_list = genes.split(",") if genes else None
     path = train_model(
         samples, factor, out, genes=gene_list, top_genes=top_genes, steps=steps,
         batch_size=batch_size, lr=learning_rate, patch=patch, work_um_per_px=work_um_per_px,
-        checkpoint=checkpoint, spots_only=spots_only, ablate=list(ablate), seed=seed,
+        checkpoint=checkpoint, spots_only=spots_only, seed=seed,
+        model_config=model_config_for(list(ablate), prediction=prediction),
     )
     click.echo(f"wrote {path}")
 

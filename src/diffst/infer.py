@@ -5,11 +5,34 @@ tile the conditioning is computed once, ``n_samples`` HR maps are drawn with the
 and per-tile statistics (mean, standard deviation, 5% and 95% quantiles, in counts per HR cell)
 are blended into the slide with weights that fall off linearly towards tile borders, so
 overlaps leave no seams. Only tiles that touch tissue are sampled; outside the mask the output
-is 0. Memory is bounded by one batch of tiles.
+is 0. Memory is bounded by one batch of tiles plus five ``(G, H, W)`` float64 accumulators.
+
+Spot consistency (:mod:`diffst.consistency`), on by default:
+
+* ``"draws"``: every drawn HR map is redistributed within each LR cell so it sum-pools exactly
+  to the measured LR counts; the tile statistics are computed from these consistent draws.
+  Blending weights vary inside an LR cell, so the blended mean is then corrected once more by
+  the same redistribution (a factor close to 1), which makes ``pool_sum(mean) == LR counts``
+  hold to floating-point precision in every LR cell that contains tissue. ``std``, ``q05`` and
+  ``q95`` get the same per-LR-cell affine map as the mean (``std`` only its scale), which keeps
+  ``q05 <= q95`` and ``std >= 0``. The identity holds for ``mean`` only: a quantile map has no
+  pooling identity.
+* ``"steps"``: as ``"draws"`` plus the redistribution applied to the clean-sample estimate at
+  every sampler step (a data-consistency projection in count space), so later steps denoise
+  around a consistent estimate.
+* ``"off"``: the raw model output.
+
+With K <= 20 samples, ``q05 <= mean <= q95`` holds per tile (the mean of K values lies between
+the interpolated 5% and 95% sample quantiles) and survives blending and the consistency map;
+for larger K a strongly skewed set of draws can put the mean outside ``[q05, q95]``.
+
+Resume: with ``resume_dir`` every finished batch of tiles is saved (:mod:`diffst.tilestore`) and
+a rerun with the same model, input and settings skips it and gives the same result.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,6 +40,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from diffst.consistency import (
+    apply_maps,
+    consistency_maps,
+    max_relative_error,
+    redistribute,
+    unplaced_counts,
+)
 from diffst.data.image import px_per_cell_for
 from diffst.data.lr import hr_frame_affine
 from diffst.data.normalize import GeneScaler
@@ -32,7 +62,13 @@ from diffst.diffusion.samplers import make_sampler
 from diffst.diffusion.schedule import NoiseSchedule
 from diffst.model.config import DiffSTConfig
 from diffst.model.diffst import DiffST
+from diffst.precision import autocast as autocast_context
+from diffst.precision import memory_format
+from diffst.tilestore import STAT_KEYS, TileStore, fingerprint
 from diffst.train import MODEL_FORMAT, Trainer, resolve_device, safe_load
+
+CONSISTENCY_MODES = ("off", "draws", "steps")
+"""Spot-consistency modes of :func:`super_resolve` (module docstring)."""
 
 
 @dataclass
@@ -54,6 +90,14 @@ class LoadedModel:
     def config(self) -> DiffSTConfig:
         """The denoiser's configuration."""
         return self.model.config
+
+    def fingerprint(self) -> str:
+        """Digest of the weights, genes, scaler and geometry (identifies the model in resumes)."""
+        parts: list = [t.detach().cpu().contiguous().numpy() for t in
+                       self.model.state_dict().values()]
+        parts += [",".join(self.genes), self.scaler.lo, self.scaler.hi,
+                  f"{self.scaler.log1p}{self.scaler.clip_max}{self.factor}{self.cell_um}"]
+        return fingerprint(*parts)
 
 
 def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
@@ -124,29 +168,107 @@ def blend_window(patch: int, overlap: int) -> np.ndarray:
     return np.outer(ramp, ramp)
 
 
+def consistency_mode(value: bool | str | None) -> str:
+    """Normalise a consistency option: True -> ``"draws"``, False/None -> ``"off"``."""
+    if value is True:
+        return "draws"
+    if value is False or value is None:
+        return "off"
+    if value in CONSISTENCY_MODES:
+        return str(value)
+    raise ValueError(f"consistency must be one of {CONSISTENCY_MODES} (or True/False), "
+                     f"got {value!r}")
+
+
+def _scaled_to_counts(y: torch.Tensor, scaler: GeneScaler) -> torch.Tensor:
+    """Torch form of :meth:`GeneScaler.inverse` for ``(B, G, P, P)`` scaled values."""
+    lo = torch.as_tensor(scaler.lo, dtype=y.dtype, device=y.device).view(1, -1, 1, 1)
+    hi = torch.as_tensor(scaler.hi, dtype=y.dtype, device=y.device).view(1, -1, 1, 1)
+    z = y * (hi - lo) + lo
+    return (torch.expm1(z) if scaler.log1p else z).clamp_min(0)
+
+
+def _counts_to_scaled(x: torch.Tensor, scaler: GeneScaler) -> torch.Tensor:
+    """Torch form of :meth:`GeneScaler.transform` for ``(B, G, P, P)`` counts."""
+    lo = torch.as_tensor(scaler.lo, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    hi = torch.as_tensor(scaler.hi, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    y = torch.log1p(x.clamp_min(0)) if scaler.log1p else x
+    return ((y - lo) / (hi - lo)).clamp(0, scaler.clip_max)
+
+
 @torch.no_grad()
 def sample_tiles(lm: LoadedModel, batch: dict[str, torch.Tensor], n_samples: int,
-                 steps: int, sampler: str, generator: torch.Generator) -> torch.Tensor:
-    """Draw ``n_samples`` scaled HR maps per tile: ``(B, K, G, P, P)``."""
+                 steps: int, sampler: str, generator: torch.Generator, *,
+                 lr_counts: torch.Tensor | None = None,
+                 progress: Callable[[int], None] | None = None,
+                 autocast: bool = False) -> torch.Tensor:
+    """Draw ``n_samples`` scaled HR maps per tile: ``(B, K, G, P, P)``.
+
+    ``lr_counts`` ``(B, G, P/s, P/s)`` measured LR counts switch on the per-step consistency
+    projection of the clean-sample estimate; ``progress(i)`` is called after sampler step i.
+    ``autocast`` runs the network in bfloat16 (float16 on older GPUs); the sampler stays float32.
+    """
     cfg = lm.config
     batch = {k: v.to(lm.device) for k, v in batch.items()}
-    cond = lm.model.encode(batch["lr"], batch["lr_up"], batch["mask"], batch["tissue_image"],
-                           batch["tiles"], batch["tile_centres"], batch["tile_valid"])
+    with autocast_context(lm.device, autocast):
+        cond = lm.model.encode(batch["lr"], batch["lr_up"], batch["mask"],
+                               batch["tissue_image"], batch["tiles"], batch["tile_centres"],
+                               batch["tile_valid"])
     cond = cond.repeat(n_samples)
     schedule = NoiseSchedule(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)
     lr_up = batch["lr_up"].repeat_interleave(n_samples, 0)
     rs, top = cfg.residual_scale, lm.scaler.clip_max
+    if lr_counts is not None:
+        target = lr_counts.to(lm.device, torch.float32).repeat_interleave(n_samples, 0)
+        tissue = batch["mask"].repeat_interleave(n_samples, 0) > 0
 
     def project(z0: torch.Tensor) -> torch.Tensor:
-        """Keep the HR estimate ``lr_up + rs * z0`` inside the scaled data range."""
-        return ((lr_up + rs * z0).clamp(0, top) - lr_up) / rs
+        """Keep the HR estimate ``lr_up + rs * z0`` inside the data range (and consistent)."""
+        hr = (lr_up + rs * z0).clamp(0, top)
+        if lr_counts is not None:
+            counts = redistribute(_scaled_to_counts(hr.float(), lm.scaler), target, tissue,
+                                  lm.factor)
+            hr = _counts_to_scaled(counts, lm.scaler).to(z0.dtype)
+        return (hr - lr_up) / rs
 
     solver = make_sampler(sampler, schedule, steps, clip_x0=project)
     b, g, p, _ = batch["lr_up"].shape
-    z = solver.sample(lambda x, t: lm.model(x, t, cond), (b * n_samples, g, p, p),
-                      generator=generator, device=lm.device)
+
+    def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return schedule.to_epsilon(lm.model(x, t, cond), x, t, cfg.prediction)
+
+    with autocast_context(lm.device, autocast):
+        z = solver.sample(eps_fn, (b * n_samples, g, p, p), generator=generator,
+                          device=lm.device, progress=progress)
     hr = (lr_up + rs * z).clamp(0, top)
     return hr.view(b, n_samples, g, p, p).float().cpu()
+
+
+def check_model_fits(lm: LoadedModel, lr: STSample) -> STSample:
+    """Check ``lr`` can be super-resolved by ``lm`` (genes, cell size); return its model genes.
+
+    A model trained on another sample applies when the sample has every model gene (extra genes
+    are ignored) and LR cells of ``cell_um * factor`` µm. A spots-only model (trained on spot
+    maps of ``cell_um`` µm pooled by the factor) applies to spot maps of ``cell_um`` µm (its
+    intended use, one scale finer) or of ``cell_um * factor`` µm (the scale it was trained at).
+    """
+    missing = [g for g in lm.genes if g not in set(lr.genes)]
+    if missing:
+        raise SampleError(
+            f"sample '{lr.name}': {len(missing)} of the model's {len(lm.genes)} genes not in "
+            f"the data (e.g. {missing[:5]}); the model applies only to data measuring all of them "
+            "(retrain on shared genes with --genes, or train on this sample)"
+        )
+    f = lm.factor
+    allowed = [lm.cell_um * f] + ([lm.cell_um] if lm.spots_only else [])
+    if not any(np.isclose(lr.cell_um, a, rtol=0.05) for a in allowed):
+        kind = "spots-only model trained on" if lm.spots_only else "model trained with HR"
+        raise SampleError(
+            f"sample '{lr.name}': LR cells are {lr.cell_um:g} µm but this {kind} "
+            f"{lm.cell_um:g} µm cells at factor {f} expects "
+            + " or ".join(f"{a:g} µm" for a in allowed)
+        )
+    return lr.select_genes(lm.genes)
 
 
 def super_resolve(
@@ -161,7 +283,11 @@ def super_resolve(
     batch_size: int = 8,
     hr_mask: np.ndarray | None = None,
     seed: int = 0,
+    consistency: bool | str = True,
+    resume_dir: str | Path | None = None,
     progress: bool = True,
+    autocast: bool = False,
+    channels_last: bool = False,
 ) -> SRResult:
     """Super-resolve an LR sample by the model's factor.
 
@@ -175,71 +301,172 @@ def super_resolve(
         patch: tile side in HR cells (default: the training patch size); ``overlap`` HR cells
             shared by neighbouring tiles
             (default a quarter of the tile, rounded to the factor).
+        batch_size: tiles sampled together (bounds memory: ``batch_size * n_samples`` maps).
         hr_mask: ``(H, W)`` HR tissue mask; default the LR mask repeated.
-        seed: seeds the sampler noise (each tile gets ``seed + tile index``).
+        seed: seeds the sampler noise (each batch gets ``seed + index of its first tile``).
+        consistency: ``True``/``"draws"`` (default), ``"steps"`` or ``False``/``"off"``: make
+            the mean map sum-pool exactly to the LR counts (module docstring).
+        resume_dir: folder for finished tile batches; a rerun with equal settings resumes.
+        autocast: run the network in bfloat16 (float16 on GPUs without bfloat16); faster on
+            GPUs and on CPUs with bfloat16 instructions, slower elsewhere (measure with
+            ``benchmarks/speed.py``). The sampler arithmetic stays float32.
+        channels_last: store the convolution weights NHWC while sampling (restored after).
 
     Returns:
         An :class:`SRResult` on the HR raster ``(lr.H * factor, lr.W * factor)``.
     """
+    mode = consistency_mode(consistency)
+    if n_samples < 1 or steps < 1 or batch_size < 1:
+        raise ValueError("n_samples, steps and batch_size must be at least 1")
+    lr = check_model_fits(lm, lr)
     f = lm.factor
-    if not lm.spots_only and not np.isclose(lr.cell_um, lm.cell_um * f, rtol=0.05):
-        raise SampleError(
-            f"sample '{lr.name}': LR cells are {lr.cell_um:g} µm but the model expects "
-            f"{lm.cell_um * f:g} µm (HR {lm.cell_um:g} µm x factor {f})"
-        )
-    lr = lr.select_genes(lm.genes)
     patch = patch or lm.patch
     overlap = (patch // 4 // f) * f if overlap is None else overlap
+    if patch % f or overlap % f or not 0 <= overlap < patch:
+        raise ValueError(f"patch ({patch}) and overlap ({overlap}) must be multiples of the "
+                         f"factor {f} with 0 <= overlap < patch")
     k = px_per_cell_for(lr.cell_um / f, lm.work_um_per_px) if lm.spots_only else lm.k
     prep = prepare_inference_sample(lr, f, lm.scaler, k, hr_mask=hr_mask)
-    return _blend(lm, prep, lr, patch, overlap, steps, sampler, n_samples, batch_size, seed,
-                  progress)
+    job = _Job(lm, pad_prepared(prep, patch), _padded_counts(lr.expr, prep, patch), patch,
+               overlap, steps, sampler, n_samples, batch_size, seed, mode)
+    store = None
+    if resume_dir is not None:
+        store = TileStore(resume_dir, _store_settings(job, lr, prep))
+    with memory_format(lm.model, channels_last), autocast_context(lm.device, autocast):
+        acc, weight = _accumulate(job, store, progress)
+    return _finish(job, prep, lr, acc, weight)
 
 
-def _blend(lm: LoadedModel, prep: PreparedSample, lr: STSample, patch: int, overlap: int,
-           steps: int, sampler: str, n_samples: int, batch_size: int, seed: int,
-           progress: bool) -> SRResult:
-    cfg = lm.config
-    h, w = prep.shape
-    padded = pad_prepared(prep, patch)
-    ph, pw = padded.shape
-    origins = [(r, c) for r in tile_origins(ph, patch, patch - overlap, prep.factor)
-               for c in tile_origins(pw, patch, patch - overlap, prep.factor)]
-    origins = [(r, c) for r, c in origins if padded.mask[r : r + patch, c : c + patch].any()]
-    window = blend_window(patch, overlap)
-    g = len(lm.genes)
-    acc = {k: np.zeros((g, ph, pw), np.float64) for k in ("mean", "std", "q05", "q95")}
+@dataclass
+class _Job:
+    lm: LoadedModel
+    padded: PreparedSample
+    counts: np.ndarray  # (G, ph/s, pw/s) measured LR counts on the padded raster
+    patch: int
+    overlap: int
+    steps: int
+    sampler: str
+    n_samples: int
+    batch_size: int
+    seed: int
+    mode: str
+
+    def origins(self) -> list[tuple[int, int]]:
+        """Tile origins (HR cells) of tiles that touch tissue, row-major."""
+        ph, pw = self.padded.shape
+        p, s, f = self.patch, self.patch - self.overlap, self.padded.factor
+        every = [(r, c) for r in tile_origins(ph, p, s, f) for c in tile_origins(pw, p, s, f)]
+        return [(r, c) for r, c in every if self.padded.mask[r : r + p, c : c + p].any()]
+
+
+def _padded_counts(counts: np.ndarray, prep: PreparedSample, patch: int) -> np.ndarray:
+    """Measured LR counts zero-padded like :func:`pad_prepared` pads the prepared sample."""
+    padded_lr = pad_prepared(prep, patch).lr
+    out = np.zeros(padded_lr.shape, np.float64)
+    out[:, : counts.shape[1], : counts.shape[2]] = counts
+    return out
+
+
+def _store_settings(job: _Job, lr: STSample, prep: PreparedSample) -> dict:
+    return {
+        "model": job.lm.fingerprint(),
+        "input": fingerprint(lr.expr, lr.mask, prep.mask, prep.image),
+        "steps": job.steps, "sampler": job.sampler, "n_samples": job.n_samples,
+        "patch": job.patch, "overlap": job.overlap, "batch_size": job.batch_size,
+        "seed": job.seed, "consistency": job.mode,
+    }
+
+
+def _accumulate(job: _Job, store: TileStore | None,
+                progress: bool) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Sample (or load) every batch of tiles and add its window-weighted statistics."""
+    origins = job.origins()
+    g = len(job.lm.genes)
+    ph, pw = job.padded.shape
+    acc = {key: np.zeros((g, ph, pw), np.float64) for key in STAT_KEYS}
     weight = np.zeros((ph, pw), np.float64)
-    bar = tqdm(total=len(origins) * steps, desc="sample", disable=not progress,
-               dynamic_ncols=True, unit="step")
-    for start in range(0, len(origins), batch_size):
-        chunk = origins[start : start + batch_size]
-        batch = collate([extract_patch(padded, r, c, patch, cfg.tissue_px_per_cell,
-                                       cfg.tile_px, cfg.n_tiles) for r, c in chunk])
-        gen = torch.Generator().manual_seed(seed + start)
-        draws = sample_tiles(lm, batch, n_samples, steps, sampler, gen).numpy()
-        for (r, c), tile in zip(chunk, draws, strict=True):
-            counts = lm.scaler.inverse(tile.swapaxes(0, 1)).swapaxes(0, 1)
-            stats = tile_statistics(counts)
-            for key, val in stats.items():
-                acc[key][:, r : r + patch, c : c + patch] += val * window
-            weight[r : r + patch, c : c + patch] += window
-        bar.update(len(chunk) * steps)
+    window = blend_window(job.patch, job.overlap)
+    bar = tqdm(total=len(origins) * job.steps, desc="sampling", unit="tile-step",
+               disable=not progress, dynamic_ncols=True)
+    for start in range(0, len(origins), job.batch_size):
+        chunk = origins[start : start + job.batch_size]
+        stats = store.load(start, len(chunk)) if store is not None else None
+        if stats is None:
+            stats = _sample_batch(job, chunk, start, bar)
+            if store is not None:
+                store.save(start, stats)
+        else:
+            bar.update(len(chunk) * job.steps)
+        p = job.patch
+        for i, (r, c) in enumerate(chunk):
+            for key in STAT_KEYS:
+                acc[key][:, r : r + p, c : c + p] += stats[key][i].astype(np.float64) * window
+            weight[r : r + p, c : c + p] += window
     bar.close()
+    return acc, weight
+
+
+def _sample_batch(job: _Job, chunk: list[tuple[int, int]], start: int,
+                  bar: tqdm) -> dict[str, np.ndarray]:
+    """Per-tile statistics ``{key: (B, G, P, P)}`` float32 of one batch of tiles."""
+    lm, cfg, p, f = job.lm, job.lm.config, job.patch, job.padded.factor
+    batch = collate([extract_patch(job.padded, r, c, p, cfg.tissue_px_per_cell, cfg.tile_px,
+                                   cfg.n_tiles) for r, c in chunk])
+    lr_counts = torch.from_numpy(np.stack(
+        [job.counts[:, r // f : (r + p) // f, c // f : (c + p) // f] for r, c in chunk]))
+    gen = torch.Generator().manual_seed(job.seed + start)
+    draws = sample_tiles(lm, batch, job.n_samples, job.steps, job.sampler, gen,
+                         lr_counts=lr_counts if job.mode == "steps" else None,
+                         progress=lambda _i: bar.update(len(chunk))).numpy()
+    # (B, K, G, P, P) scaled -> counts (the scaler wants genes first)
+    counts = np.moveaxis(lm.scaler.inverse(np.moveaxis(draws, 2, 0)), 0, 2)
+    counts = torch.from_numpy(counts.astype(np.float64))
+    tissue = batch["mask"][:, None] > 0  # (B, 1, 1, P, P)
+    if job.mode != "off":
+        counts = redistribute(counts, lr_counts[:, None], tissue, f)
+    else:
+        counts = counts * tissue
+    stats = tile_statistics(counts.numpy().swapaxes(0, 1))
+    return {key: val.astype(np.float32) for key, val in stats.items()}
+
+
+def _finish(job: _Job, prep: PreparedSample, lr: STSample, acc: dict[str, np.ndarray],
+            weight: np.ndarray) -> SRResult:
+    """Normalise the blend, crop to the raster, apply the exact consistency fix to the mean."""
+    h, w = prep.shape
     inside = prep.mask
-    out = {}
-    for key, val in acc.items():
-        blended = val[:, :h, :w] / np.maximum(weight[:h, :w], 1e-12)
-        out[key] = np.where(inside, blended, 0).astype(np.float32)
-    affine = hr_frame_affine(lr, prep.factor)
+    maps = {key: np.where(inside, val[:, :h, :w] / np.maximum(weight[:h, :w], 1e-12), 0)
+            for key, val in acc.items()}
+    f = prep.factor
+    target = np.asarray(lr.expr, np.float64)
+    meta = {"factor": f, "steps": job.steps, "sampler": job.sampler,
+            "n_samples": job.n_samples, "patch": job.patch, "overlap": job.overlap,
+            "seed": job.seed, "consistency": job.mode, "n_tiles": len(job.origins())}
+    if job.mode != "off":
+        maps = _make_mean_consistent(maps, target, inside, f)
+    out = {key: val.astype(np.float32) for key, val in maps.items()}
+    meta["consistency_max_rel_err"] = max_relative_error(out["mean"], target, inside, f)
+    meta["unplaced_counts"] = unplaced_counts(target, inside, f)
     return SRResult(mean=out["mean"], std=out["std"], q05=out["q05"], q95=out["q95"],
-                    mask=inside, genes=list(lm.genes), cell_um=lr.cell_um / prep.factor,
-                    affine=affine,
-                    meta={"factor": prep.factor, "steps": steps, "sampler": sampler,
-                          "n_samples": n_samples, "patch": patch, "overlap": overlap})
+                    mask=inside, genes=list(job.lm.genes), cell_um=lr.cell_um / f,
+                    affine=hr_frame_affine(lr, f), meta=meta)
+
+
+def _make_mean_consistent(maps: dict[str, np.ndarray], target: np.ndarray, mask: np.ndarray,
+                          factor: int) -> dict[str, np.ndarray]:
+    """Redistribute the blended mean exactly; map std/q05/q95 by the same per-cell affine."""
+    t = {key: torch.from_numpy(val) for key, val in maps.items()}
+    m = torch.from_numpy(mask)
+    scale, fill = consistency_maps(t["mean"], torch.from_numpy(target), m, factor)
+    return {
+        "mean": apply_maps(t["mean"], scale, fill, m, factor).numpy(),
+        "std": apply_maps(t["std"], scale, fill, m, factor, add_fill=False).numpy(),
+        "q05": apply_maps(t["q05"], scale, fill, m, factor).numpy(),
+        "q95": apply_maps(t["q95"], scale, fill, m, factor).numpy(),
+    }
 
 
 def tile_statistics(counts: np.ndarray) -> dict[str, np.ndarray]:
-    """Mean, std, 5% and 95% quantiles over samples: ``(K, G, P, P)`` -> 4 x ``(G, P, P)``."""
+    """Mean, std, 5% and 95% quantiles over samples: ``(K, ...)`` -> 4 x ``(...)``."""
     q05, q95 = np.quantile(counts, [0.05, 0.95], axis=0)
     return {"mean": counts.mean(0), "std": counts.std(0), "q05": q05, "q95": q95}

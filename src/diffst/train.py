@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm.auto import tqdm
 
 from diffst.data.image import px_per_cell_for
@@ -100,8 +101,36 @@ def residual_scale(prepared: list[PreparedSample]) -> float:
     return float(max(2.0 * res.std(), 1e-3))
 
 
+class DenoisingStep(nn.Module):
+    """The conditioning encoder and the denoiser in one ``forward`` call.
+
+    Training goes through this wrapper so that a
+    :class:`torch.nn.parallel.DistributedDataParallel` around it sees exactly one forward pass
+    per step (see :mod:`diffst.distributed`). It owns no parameters of its own.
+    """
+
+    def __init__(self, model: DiffST) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: dict[str, torch.Tensor], keep: torch.Tensor, z_t: torch.Tensor,
+                t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, G, P, P)`` denoiser output for noisy residuals ``z_t`` at steps ``t`` ``(B,)``,
+        and the scalar disentangling loss; ``keep`` ``(B, N)`` marks the visible cell tiles."""
+        cond = self.model.encode(batch["lr"], batch["lr_up"], batch["mask"],
+                                 batch["tissue_image"], batch["tiles"], batch["tile_centres"],
+                                 keep)
+        return self.model(z_t, t, cond), cond.aux_loss
+
+
 class Trainer:
-    """Holds model, EMA, optimiser and data sampler; one object per training run."""
+    """Holds model, EMA, optimiser and data sampler; one object per training run.
+
+    ``train_module``, when set (by :mod:`diffst.distributed`: a DistributedDataParallel around
+    a :class:`DenoisingStep` of ``model``), is what :meth:`train_step` passes to :meth:`loss`
+    instead of ``model``. ``model`` always stays the plain denoiser that EMA, checkpoints and
+    exports use.
+    """
 
     def __init__(self, samples: list[STSample], genes: list[str], factor: int,
                  model_config: DiffSTConfig | None = None,
@@ -125,6 +154,7 @@ class Trainer:
         self.device = resolve_device(self.tc.device)
         torch.manual_seed(self.tc.seed)
         self.model = DiffST(mc, adjacency).to(self.device)
+        self.train_module: nn.Module | None = None
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.tc.lr,
                                      weight_decay=self.tc.weight_decay)
@@ -141,29 +171,33 @@ class Trainer:
                                   mc.n_tiles)
         return {k: v.to(self.device) for k, v in batch.items()}
 
-    def loss(self, model: DiffST, batch: dict[str, torch.Tensor], tile_fraction: float,
-             generator: torch.Generator | None = None) -> torch.Tensor:
-        """Masked noise-prediction MSE plus the weighted disentangling loss."""
+    def loss(self, model: DiffST | nn.Module, batch: dict[str, torch.Tensor],
+             tile_fraction: float, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Masked denoising MSE (on the configured target) plus the disentangling loss.
+
+        ``model`` is a :class:`DiffST` or a module with :class:`DenoisingStep`'s ``forward``
+        (e.g. ``train_module``); the latter is called exactly once.
+        """
         mc = self.model_config
         b = batch["hr"].shape[0]
         keep = curriculum_keep(batch["tile_valid"], tile_fraction)
+        step = DenoisingStep(model) if isinstance(model, DiffST) else model
+        z0 = (batch["hr"] - batch["lr_up"]) / mc.residual_scale
+        t = torch.randint(0, mc.num_train_timesteps, (b,), generator=generator).to(z0.device)
+        noise = torch.randn(z0.shape, generator=generator).to(z0.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tc.bf16):
-            cond = model.encode(batch["lr"], batch["lr_up"], batch["mask"],
-                                batch["tissue_image"], batch["tiles"], batch["tile_centres"],
-                                keep)
-            z0 = (batch["hr"] - batch["lr_up"]) / mc.residual_scale
-            t = torch.randint(0, mc.num_train_timesteps, (b,), generator=generator).to(z0.device)
-            noise = torch.randn(z0.shape, generator=generator).to(z0.device)
-            eps = model(self.schedule.add_noise(z0, noise, t), t, cond)
+            out, aux_loss = step(batch, keep, self.schedule.add_noise(z0, noise, t), t)
+        target = self.schedule.training_target(z0, noise, t, mc.prediction)
         w = batch["mask"]
-        mse = (((eps.float() - noise) ** 2) * w).sum() / (w.sum() * z0.shape[1]).clamp_min(1)
-        return mse + mc.disentangle_weight * cond.aux_loss.float()
+        mse = (((out.float() - target) ** 2) * w).sum() / (w.sum() * z0.shape[1]).clamp_min(1)
+        return mse + mc.disentangle_weight * aux_loss.float()
 
     def train_step(self) -> float:
         """One optimiser step on a fresh batch; returns the loss."""
         self.model.train()
         batch = self.draw_batch()
-        loss = self.loss(self.model, batch, self.tc.tile_fraction(self.step))
+        model = self.model if self.train_module is None else self.train_module
+        loss = self.loss(model, batch, self.tc.tile_fraction(self.step))
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
@@ -233,11 +267,19 @@ class Trainer:
             "history": list(self.history),
             "sampler_rng": self.sampler.rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(),
+            **self.checkpoint_extras(),
         }
         return _atomic_torch_save(state, path)
 
-    def load_checkpoint(self, path: str | Path) -> None:
-        """Restore a checkpoint written by :meth:`save_checkpoint` for the same data."""
+    def checkpoint_extras(self) -> dict:
+        """Further checkpoint entries (plain types and tensors); none here, subclasses add."""
+        return {}
+
+    def load_checkpoint(self, path: str | Path) -> dict:
+        """Restore a checkpoint written by :meth:`save_checkpoint` for the same data.
+
+        Returns the checkpoint's contents (for callers that stored extra entries).
+        """
         state = safe_load(path, CHECKPOINT_FORMAT)
         if state["genes"] != self.genes or state["factor"] != self.factor:
             raise SampleError(f"{path}: checkpoint genes/factor differ from this training run")
@@ -248,6 +290,7 @@ class Trainer:
         self.history = list(state["history"])
         self.sampler.rng.bit_generator.state = state["sampler_rng"]
         torch.set_rng_state(state["torch_rng"])
+        return state
 
     def export_model(self, path: str | Path) -> Path:
         """Write the EMA weights and inference metadata as a model file (atomic)."""

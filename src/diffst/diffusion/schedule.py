@@ -47,6 +47,30 @@ class NoiseSchedule:
         ab = self.abar(t.cpu()).to(x0.device, torch.float32).view(-1, *([1] * (x0.ndim - 1)))
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
+    def training_target(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor,
+                        prediction: str) -> torch.Tensor:
+        """What a denoiser of type ``prediction`` (epsilon, v or sample) should output."""
+        if prediction == "epsilon":
+            return noise
+        if prediction == "sample":
+            return x0
+        if prediction == "v":
+            ab = self.abar(t.cpu()).to(x0.device, torch.float32).view(-1, *([1] * (x0.ndim - 1)))
+            return ab.sqrt() * noise - (1 - ab).sqrt() * x0
+        raise ValueError(f"unknown prediction type {prediction!r}")
+
+    def to_epsilon(self, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor,
+                   prediction: str) -> torch.Tensor:
+        """Convert a denoiser output of type ``prediction`` to the noise it implies."""
+        if prediction == "epsilon":
+            return output
+        ab = self.abar(t.cpu()).to(x_t.device, torch.float32).view(-1, *([1] * (x_t.ndim - 1)))
+        if prediction == "sample":
+            return (x_t - ab.sqrt() * output) / (1 - ab).sqrt()
+        if prediction == "v":
+            return ab.sqrt() * output + (1 - ab).sqrt() * x_t
+        raise ValueError(f"unknown prediction type {prediction!r}")
+
     def respaced_timesteps(self, num_steps: int) -> list[int]:
         """``num_steps`` training steps, evenly spaced, descending, ending at step 0."""
         if not 1 <= num_steps <= self.num_train_timesteps:

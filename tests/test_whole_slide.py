@@ -1,0 +1,247 @@
+"""Whole-slide prediction: spot consistency, seams, quantiles, resume, atomic outputs, report."""
+
+from __future__ import annotations
+
+import json
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+from conftest import make_sample, tiny_config
+
+import diffst.infer as infer
+from diffst.api import default_resume_dir, predict, train_model
+from diffst.consistency import consistency_maps, max_relative_error, redistribute_np
+from diffst.data.lr import padded_mask, pool_mask, pool_sum, simulate_lr
+from diffst.data.sample import SampleError
+from diffst.infer import model_from_trainer, super_resolve, tile_origins
+from diffst.tilestore import TileStore
+from diffst.train import TrainConfig, Trainer
+
+F = 5
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny model trained briefly on two toy samples (module-wide: a few seconds)."""
+    torch.set_num_threads(2)
+    samples = [make_sample(seed=0), make_sample(seed=1)]
+    tc = TrainConfig(steps=12, batch_size=4, lr=3e-3, patch=10, work_um_per_px=2.0, seed=0)
+    trainer = Trainer(samples, samples[0].genes, F, tiny_config(), tc)
+    trainer.fit(progress=False)
+    return trainer
+
+
+@pytest.fixture(scope="module")
+def model_file(trained, tmp_path_factory):
+    return trained.export_model(tmp_path_factory.mktemp("model") / "m.pt")
+
+
+@pytest.fixture(scope="module")
+def toy_hr():
+    return make_sample(seed=3, size=40)
+
+
+def _run(trainer, hr, **kw):
+    args = dict(steps=3, n_samples=4, patch=20, overlap=5, progress=False,
+                hr_mask=padded_mask(hr.mask, F))
+    args.update(kw)
+    return super_resolve(model_from_trainer(trainer), simulate_lr(hr, F), **args)
+
+
+def _tissue_lr_cells(mask):
+    return pool_mask(mask, F)
+
+
+# ------------------------------------------------------------------ the projection itself
+def test_redistribution_by_hand():
+    x = np.zeros((1, 2, 4), np.float64)
+    x[0, :, :2] = [[1.0, 3.0], [0.0, 0.0]]  # LR cell 0: sum 4 -> target 8 (scale 2)
+    mask = np.ones((2, 4), bool)  # LR cell 1: sum 0 -> target 6 spread over 3 tissue cells
+    mask[1, 3] = False
+    target = np.array([[[8.0, 6.0]]])
+    out = redistribute_np(x, target, mask, 2)
+    np.testing.assert_allclose(out[0, :, :2], [[2.0, 6.0], [0.0, 0.0]])
+    np.testing.assert_allclose(out[0, :, 2:], [[2.0, 2.0], [2.0, 0.0]])
+    np.testing.assert_allclose(pool_sum(out, 2), target)
+    # a zero count empties the cell; a cell without tissue stays 0 (its count is unplaced)
+    out = redistribute_np(x + 1, np.array([[[0.0, 5.0]]]), np.pad(np.ones((2, 2), bool),
+                                                                  ((0, 0), (0, 2))), 2)
+    assert (out == 0).all()
+    scale, fill = consistency_maps(torch.ones(1, 2, 2, dtype=torch.float64),
+                                   torch.tensor([[[3.0]]], dtype=torch.float64),
+                                   torch.ones(2, 2, dtype=torch.bool), 2)
+    assert scale.item() == pytest.approx(0.75) and fill.item() == 0
+
+
+# ------------------------------------------------------------------ spot consistency
+@pytest.mark.parametrize("mode", ["draws", "steps"])
+def test_mean_pools_back_to_the_measured_counts(trained, toy_hr, mode):
+    res = _run(trained, toy_hr, consistency=mode)
+    lr = simulate_lr(toy_hr, F)
+    cells = _tissue_lr_cells(res.mask)
+    pooled = pool_sum(res.mean.astype(np.float64), F)
+    rel = np.abs(pooled - lr.expr)[:, cells] / np.maximum(lr.expr[:, cells], 1)
+    assert rel.max() < 1e-4
+    assert res.meta["consistency_max_rel_err"] < 1e-4 and res.meta["unplaced_counts"] == 0
+    assert (res.mean[:, ~res.mask] == 0).all()
+
+
+def test_without_consistency_the_identity_does_not_hold(trained, toy_hr):
+    res = _run(trained, toy_hr, consistency=False)
+    lr = simulate_lr(toy_hr, F)
+    assert max_relative_error(res.mean, lr.expr, res.mask, F) > 1e-2
+    with pytest.raises(ValueError, match="consistency must be"):
+        _run(trained, toy_hr, consistency="sometimes")
+
+
+# ------------------------------------------------------------------ uncertainty maps
+@pytest.mark.parametrize("mode", ["draws", "off"])
+def test_quantiles_are_ordered_and_spread_is_positive(trained, toy_hr, mode):
+    res = _run(trained, toy_hr, n_samples=8, consistency=mode)
+    tol = 1e-4 * (1 + np.abs(res.mean))
+    assert (res.q05 <= res.q95 + tol).all()
+    # with K <= 20 samples the mean lies between the 5% and 95% sample quantiles
+    assert (res.q05 <= res.mean + tol).all() and (res.mean <= res.q95 + tol).all()
+    assert (res.std >= 0).all() and res.std[:, res.mask].mean() > 0
+    for arr in (res.std, res.q05, res.q95):
+        assert (arr[:, ~res.mask] == 0).all()
+
+
+# ------------------------------------------------------------------ seams
+def test_blending_removes_steps_between_tiles(trained, toy_hr, monkeypatch):
+    """Tiles with very different (constant) outputs: overlap blending turns the step at tile
+    borders into a ramp; without overlap the full step shows."""
+    levels = iter(np.linspace(0.1, 1.0, 50)[np.random.default_rng(0).permutation(50)])
+
+    def fake(lm, batch, n_samples, steps, sampler, generator, **kw):
+        b, g, p, _ = batch["lr_up"].shape
+        return torch.stack([torch.full((n_samples, g, p, p), float(next(levels)))
+                            for _ in range(b)])
+
+    monkeypatch.setattr(infer, "sample_tiles", fake)
+    steps = {}
+    for overlap in (0, 10):
+        res = _run(trained, toy_hr, overlap=overlap, consistency=False, n_samples=1)
+        inside = res.mask[:, 1:] & res.mask[:, :-1]
+        steps[overlap] = np.abs(np.diff(res.mean, axis=2))[:, inside].max()
+    assert steps[10] < 0.4 * steps[0]
+
+
+def test_no_seams_at_tile_borders_with_a_trained_model(trained, toy_hr):
+    """Column-to-column change of the mean across tile borders is like that across other
+    LR-cell borders (not larger), so tiles leave no visible step."""
+    patch, overlap = 20, 5
+    res = _run(trained, toy_hr, patch=patch, overlap=overlap)
+    width = res.mask.shape[1]
+    starts = tile_origins(width, patch, patch - overlap, F)
+    borders = sorted({c for c in starts if c > 0} | {c + patch for c in starts
+                                                    if c + patch < width})
+    others = [c for c in range(F, width, F) if c not in borders]
+    assert borders and others
+    level = res.mean[:, res.mask].mean(1)[:, None, None] + 1e-9
+    diff = np.abs(np.diff(res.mean / level, axis=2))
+    inside = res.mask[:, 1:] & res.mask[:, :-1]
+
+    def change(cols):
+        return np.mean([diff[:, :, c - 1][:, inside[:, c - 1]].mean() for c in cols])
+
+    assert change(borders) < 1.5 * change(others)
+
+
+# ------------------------------------------------------------------ resume and atomic writes
+class _Stop(RuntimeError):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_result(trained, toy_hr, tmp_path, monkeypatch):
+    kw = dict(patch=20, overlap=10, batch_size=2, n_samples=2)
+    reference = _run(trained, toy_hr, **kw)
+    real = infer.sample_tiles
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise _Stop("interrupted")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(infer, "sample_tiles", flaky)
+    store = tmp_path / "tiles"
+    with pytest.raises(_Stop):
+        _run(trained, toy_hr, resume_dir=store, **kw)
+    assert len(list(store.glob("batch_*.npz"))) == 2
+    assert not list(store.glob("*.part"))
+    calls["n"] = -1000  # the rerun samples only the missing batches
+    resumed = _run(trained, toy_hr, resume_dir=store, **kw)
+    n_batches = len(list(store.glob("batch_*.npz")))
+    assert calls["n"] == -1000 + n_batches - 2
+    for key, val in reference.layers().items():
+        np.testing.assert_allclose(getattr(resumed, key), val, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match="steps differ"):
+        _run(trained, toy_hr, resume_dir=store, steps=2, **kw)
+
+
+def test_tile_store_refuses_other_settings(tmp_path):
+    TileStore(tmp_path / "s", {"steps": 3})
+    with pytest.raises(ValueError, match="different run"):
+        TileStore(tmp_path / "s", {"steps": 4})
+
+
+def test_predict_writes_h5ad_report_and_cleans_up(model_file, toy_hr, tmp_path):
+    out = tmp_path / "res.h5ad"
+    res = predict(toy_hr, model_file, out, pool=True, n_samples=2, steps=2,
+                  report_dir=tmp_path / "report", report_genes=["G0", "G1"], progress=False)
+    adata = ad.read_h5ad(out)
+    assert set(adata.layers) >= {"mean", "std", "q05", "q95"}
+    assert adata.n_obs == int(res.mask.sum()) and list(adata.var_names) == res.genes
+    np.testing.assert_allclose(adata.layers["mean"].sum(0), res.mean[:, res.mask].sum(1),
+                               rtol=1e-4)
+    meta = json.loads(adata.uns["diffst"]["meta_json"])
+    assert meta["consistency"] == "draws" and meta["n_samples"] == 2
+    assert not default_resume_dir(out).exists()
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert "G0" in html and "data:image/png;base64," in html and "n_samples" in html
+    pngs = sorted((tmp_path / "report" / "gallery").glob("*.png"))
+    assert [p.name for p in pngs] == ["000_G0.png", "001_G1.png"]
+    assert (tmp_path / "report" / "overview.png").exists()
+    assert not list(tmp_path.rglob("*.part"))
+
+
+def test_interrupted_write_leaves_no_file_under_the_final_name(model_file, toy_hr, tmp_path,
+                                                              monkeypatch):
+    def broken(self, path, *a, **k):
+        path.write_bytes(b"half a file")
+        raise _Stop("disk full")
+
+    monkeypatch.setattr(ad.AnnData, "write_h5ad", broken)
+    out = tmp_path / "res.h5ad"
+    with pytest.raises(_Stop):
+        predict(toy_hr, model_file, out, pool=True, n_samples=1, steps=1, progress=False)
+    assert not out.exists() and not list(tmp_path.glob("*.part"))
+    # finished tiles are kept for the rerun
+    assert len(list(default_resume_dir(out).glob("batch_*.npz"))) > 0
+    with pytest.raises(ValueError, match="must end in"):
+        predict(toy_hr, model_file, tmp_path / "res.csv", pool=True, progress=False)
+
+
+# ------------------------------------------------------------------ models from elsewhere
+def test_model_genes_and_cell_size_are_checked(trained, toy_hr):
+    lm = model_from_trainer(trained)
+    lr = simulate_lr(toy_hr, F)
+    with pytest.raises(SampleError, match=r"2 of the model's 4 genes not in the data"):
+        super_resolve(lm, lr.select_genes(["G0", "G1"]), steps=1, progress=False)
+    with pytest.raises(SampleError, match="LR cells are 8 µm"):
+        super_resolve(lm, toy_hr, steps=1, progress=False)
+
+
+def test_train_on_own_spots_then_apply_one_scale_finer(tmp_path):
+    spots = make_sample(seed=4, size=10)  # the measured map: no HR truth
+    path = train_model([spots], F, tmp_path / "own.pt", steps=2, batch_size=2, patch=10,
+                       work_um_per_px=2.0, spots_only=True, model_config=tiny_config(),
+                       progress=False)
+    res = predict(spots, path, n_samples=1, steps=1, progress=False)
+    assert res.mean.shape == (4, 50, 50) and res.cell_um == pytest.approx(8.0 / F)
+    measured = spots.select_genes(res.genes).expr
+    assert max_relative_error(res.mean, measured, res.mask, F) < 1e-5
