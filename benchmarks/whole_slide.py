@@ -159,6 +159,7 @@ def _child(spec: dict) -> None:
     from diffst.data.sample import load_npz
     from diffst.io import read_her2st
 
+    rss_imports = _max_rss_mb()
     if spec["kind"] == "her2st":
         sample = read_her2st(spec["root"], spec["section"])
     else:
@@ -170,6 +171,7 @@ def _child(spec: dict) -> None:
                   report_dir=spec["report"], progress=False)
     print(json.dumps({
         "peak_rss_mb": _max_rss_mb(), "rss_before_predict_mb": rss_before,
+        "rss_imports_mb": rss_imports,
         "predict_s": time.perf_counter() - t0, "tiles": res.meta["n_tiles"],
         "hr_raster": list(res.mask.shape), "genes": len(res.genes),
         "pool_err": res.meta["consistency_max_rel_err"],
@@ -177,7 +179,17 @@ def _child(spec: dict) -> None:
 
 
 def _max_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
+    """Peak resident set size of this process in MiB.
+
+    ``VmHWM`` (Linux) is reset by ``exec``; ``ru_maxrss`` is not (a child started from a large
+    parent would report the parent's peak), so it is only the fallback.
+    """
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 # ---------------------------------------------------------------------------- parts
@@ -230,7 +242,8 @@ def memory_part(cfg: Settings, report: dict) -> None:
     for name, r in rows.items():
         print(f"{name:<16} raster {r['hr_raster'][0]}x{r['hr_raster'][1]}, {r['genes']} genes, "
               f"{r['tiles']} tiles: peak RSS {r['peak_rss_mb']:.0f} MB "
-              f"({r['rss_before_predict_mb']:.0f} MB before predict), {r['predict_s']:.1f} s, "
+              f"(imports {r['rss_imports_mb']:.0f} MB, with data and model "
+              f"{r['rss_before_predict_mb']:.0f} MB), {r['predict_s']:.1f} s, "
               f"pooling error {r['pool_err']:.1e}")
     report["memory"] = rows
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import make_sample
 
 from diffst.data.image import aligned_image
 from diffst.data.lr import (
@@ -17,8 +18,6 @@ from diffst.data.lr import (
 from diffst.data.normalize import GeneScaler
 from diffst.data.patches import cell_tiles, extract_patch, prepare_training_sample, tile_entropy
 from diffst.data.sample import SampleError, STSample, load_npz
-
-from conftest import make_sample
 
 
 @pytest.mark.parametrize("factor", [2, 3, 5, 10])

@@ -7,8 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_sample, tiny_config
+
 from diffst.api import ABLATIONS, model_config_for
 from diffst.data.lr import simulate_lr
 from diffst.infer import blend_window, load_model, model_from_trainer, super_resolve, tile_origins

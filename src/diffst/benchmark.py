@@ -300,7 +300,9 @@ def load_benchmark_data(dataset: str | list[str], split: str, preset_name: str,
         root = Path(data_root) if data_root else default_her2st_root()
         from diffst.io import read_her2st
 
-        samples = [read_her2st(root, s) for s in her2st_sections(root)]
+        # read the H&E at the model's resolution once, instead of resampling it per training
+        work = get_preset(preset_name, "spots", overrides).work_um_per_px or 2.0
+        samples = [read_her2st(root, s, work_um_per_px=work) for s in her2st_sections(root)]
         desc = f"HER2ST sections {', '.join(s.name for s in samples)} ({root}); 200 µm spots"
         return _real("her2st", desc, samples, split, preset_name, factors, overrides)
     from diffst.io import read_sample

@@ -327,8 +327,9 @@ def super_resolve(
                          f"factor {f} with 0 <= overlap < patch")
     k = px_per_cell_for(lr.cell_um / f, lm.work_um_per_px) if lm.spots_only else lm.k
     prep = prepare_inference_sample(lr, f, lm.scaler, k, hr_mask=hr_mask)
-    job = _Job(lm, pad_prepared(prep, patch), _padded_counts(lr.expr, prep, patch), patch,
-               overlap, steps, sampler, n_samples, batch_size, seed, mode)
+    padded = pad_prepared(prep, patch)
+    job = _Job(lm, padded, _padded_counts(lr.expr, padded), patch, overlap, steps, sampler,
+               n_samples, batch_size, seed, mode)
     store = None
     if resume_dir is not None:
         store = TileStore(resume_dir, _store_settings(job, lr, prep))
@@ -359,10 +360,9 @@ class _Job:
         return [(r, c) for r, c in every if self.padded.mask[r : r + p, c : c + p].any()]
 
 
-def _padded_counts(counts: np.ndarray, prep: PreparedSample, patch: int) -> np.ndarray:
-    """Measured LR counts zero-padded like :func:`pad_prepared` pads the prepared sample."""
-    padded_lr = pad_prepared(prep, patch).lr
-    out = np.zeros(padded_lr.shape, np.float64)
+def _padded_counts(counts: np.ndarray, padded: PreparedSample) -> np.ndarray:
+    """Measured LR counts ``(G, h, w)`` zero-padded to the padded sample's LR raster."""
+    out = np.zeros(padded.lr.shape, np.float64)
     out[:, : counts.shape[1], : counts.shape[2]] = counts
     return out
 
@@ -383,24 +383,26 @@ def _accumulate(job: _Job, store: TileStore | None,
     origins = job.origins()
     g = len(job.lm.genes)
     ph, pw = job.padded.shape
-    acc = {key: np.zeros((g, ph, pw), np.float64) for key in STAT_KEYS}
+    acc = {key: np.zeros((g, ph, pw), np.float32) for key in STAT_KEYS}
     weight = np.zeros((ph, pw), np.float64)
     window = blend_window(job.patch, job.overlap)
-    bar = tqdm(total=len(origins) * job.steps, desc="sampling", unit="tile-step",
-               disable=not progress, dynamic_ncols=True)
-    for start in range(0, len(origins), job.batch_size):
+    window32 = window.astype(np.float32)
+    starts = range(0, len(origins), job.batch_size)
+    stored = {s for s in starts if store is not None and store.has(s)}
+    resumed = sum(len(origins[s : s + job.batch_size]) for s in stored)
+    bar = tqdm(total=len(origins) * job.steps, initial=resumed * job.steps, desc="sampling",
+               unit="tile-step", disable=not progress, dynamic_ncols=True)
+    for start in starts:
         chunk = origins[start : start + job.batch_size]
-        stats = store.load(start, len(chunk)) if store is not None else None
+        stats = store.load(start, len(chunk)) if start in stored else None
         if stats is None:
             stats = _sample_batch(job, chunk, start, bar)
             if store is not None:
                 store.save(start, stats)
-        else:
-            bar.update(len(chunk) * job.steps)
         p = job.patch
         for i, (r, c) in enumerate(chunk):
             for key in STAT_KEYS:
-                acc[key][:, r : r + p, c : c + p] += stats[key][i].astype(np.float64) * window
+                acc[key][:, r : r + p, c : c + p] += stats[key][i] * window32
             weight[r : r + p, c : c + p] += window
     bar.close()
     return acc, weight
@@ -432,38 +434,36 @@ def _sample_batch(job: _Job, chunk: list[tuple[int, int]], start: int,
 
 def _finish(job: _Job, prep: PreparedSample, lr: STSample, acc: dict[str, np.ndarray],
             weight: np.ndarray) -> SRResult:
-    """Normalise the blend, crop to the raster, apply the exact consistency fix to the mean."""
+    """Normalise the blend, crop to the raster, apply the exact consistency fix to the mean.
+
+    Maps are finished one at a time (float64 only transiently) to keep the peak memory low.
+    """
     h, w = prep.shape
     inside = prep.mask
-    maps = {key: np.where(inside, val[:, :h, :w] / np.maximum(weight[:h, :w], 1e-12), 0)
-            for key, val in acc.items()}
     f = prep.factor
-    target = np.asarray(lr.expr, np.float64)
+    norm = np.maximum(weight[:h, :w], 1e-12)
+    target = torch.from_numpy(np.asarray(lr.expr, np.float64))
+    mask_t = torch.from_numpy(inside)
+    maps_: dict[str, np.ndarray] = {}
+    scale = fill = None
+    for key in STAT_KEYS:  # "mean" first: its consistency map is applied to the others
+        blended = np.where(inside, acc.pop(key)[:, :h, :w] / norm, 0.0)
+        if job.mode != "off":
+            x = torch.from_numpy(blended)
+            if scale is None:
+                scale, fill = consistency_maps(x, target, mask_t, f)
+            blended = apply_maps(x, scale, fill, mask_t, f, add_fill=key != "std").numpy()
+        maps_[key] = blended.astype(np.float32)
+        del blended
+    counts = np.asarray(lr.expr, np.float64)
     meta = {"factor": f, "steps": job.steps, "sampler": job.sampler,
             "n_samples": job.n_samples, "patch": job.patch, "overlap": job.overlap,
-            "seed": job.seed, "consistency": job.mode, "n_tiles": len(job.origins())}
-    if job.mode != "off":
-        maps = _make_mean_consistent(maps, target, inside, f)
-    out = {key: val.astype(np.float32) for key, val in maps.items()}
-    meta["consistency_max_rel_err"] = max_relative_error(out["mean"], target, inside, f)
-    meta["unplaced_counts"] = unplaced_counts(target, inside, f)
-    return SRResult(mean=out["mean"], std=out["std"], q05=out["q05"], q95=out["q95"],
+            "seed": job.seed, "consistency": job.mode, "n_tiles": len(job.origins()),
+            "consistency_max_rel_err": max_relative_error(maps_["mean"], counts, inside, f),
+            "unplaced_counts": unplaced_counts(counts, inside, f)}
+    return SRResult(mean=maps_["mean"], std=maps_["std"], q05=maps_["q05"], q95=maps_["q95"],
                     mask=inside, genes=list(job.lm.genes), cell_um=lr.cell_um / f,
                     affine=hr_frame_affine(lr, f), meta=meta)
-
-
-def _make_mean_consistent(maps: dict[str, np.ndarray], target: np.ndarray, mask: np.ndarray,
-                          factor: int) -> dict[str, np.ndarray]:
-    """Redistribute the blended mean exactly; map std/q05/q95 by the same per-cell affine."""
-    t = {key: torch.from_numpy(val) for key, val in maps.items()}
-    m = torch.from_numpy(mask)
-    scale, fill = consistency_maps(t["mean"], torch.from_numpy(target), m, factor)
-    return {
-        "mean": apply_maps(t["mean"], scale, fill, m, factor).numpy(),
-        "std": apply_maps(t["std"], scale, fill, m, factor, add_fill=False).numpy(),
-        "q05": apply_maps(t["q05"], scale, fill, m, factor).numpy(),
-        "q95": apply_maps(t["q95"], scale, fill, m, factor).numpy(),
-    }
 
 
 def tile_statistics(counts: np.ndarray) -> dict[str, np.ndarray]:

@@ -67,6 +67,10 @@ class TileStore:
     def _batch_path(self, start: int) -> Path:
         return self.folder / f"batch_{start:07d}.npz"
 
+    def has(self, start: int) -> bool:
+        """Whether the batch at ``start`` has a file."""
+        return self._batch_path(start).exists()
+
     def load(self, start: int, n_tiles: int) -> dict[str, np.ndarray] | None:
         """The stored statistics ``{key: (n, G, P, P)}`` of the batch at ``start``, or None."""
         path = self._batch_path(start)
