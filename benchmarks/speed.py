@@ -305,7 +305,7 @@ def bench_references(s: Settings, data: Data, trainer: Trainer | None, mem: Peak
     cls = regression_class()
     if cls is not None and trainer is not None:
         reg = new_trainer(s, data, s.train_steps, cls)
-        reg.model.load_state_dict(trainer.model.state_dict())  # speed only: weights untrained
+        reg.model.load_state_dict(trainer.model.state_dict())  # timing only (not its weights)
         reg.ema.load_state_dict(trainer.ema.state_dict())
         mem.reset()
         pred, sec = timed(lambda: reg.predict(data.lr, hr_mask=data.hr_mask,
@@ -447,7 +447,8 @@ def _render_training(s: Settings, r: dict) -> list[str]:
     base = float(np.median(r["times"]["fp32"]))
     ref = r["ref_s"]
     lines = ["## Training throughput", "",
-             f"Diff-ST {'tiny' if s.quick else 'default'} model, patch {s.patch}, batch {s.batch_size}, factor {s.factor}, "
+             f"Diff-ST {'tiny' if s.quick else 'default'} model, patch {s.patch}, "
+             f"batch {s.batch_size}, factor {s.factor}, "
              f"{s.n_genes} genes; median of {s.speed_rounds * s.speed_steps} steps per mode "
              "(modes interleaved, after one warm-up step each). Patch extraction takes "
              f"{r['draw_s']:.2f} s of each step. Reference: the histology regression baseline "
@@ -482,7 +483,8 @@ def _render_sampling(s: Settings, results: dict) -> list[str]:
              f"in this run for {acc['steps']} steps (batch {s.batch_size}, {acc['mode']}, "
              f"{acc['s'] / 60:.1f} min): a short training, so compare rows with each other "
              "rather than with the paper. Metrics: paper protocol, mean over genes "
-             "(`diffst.metrics`). The regression row times prediction only (untrained weights).",
+             "(`diffst.metrics`). The regression row times prediction only (it runs with the "
+             "diffusion model's weights, so its accuracy is not shown).",
              "", "| method | steps | seconds | HR cells x genes / s | time vs bicubic | "
              "time vs regression | RMSE | SSIM | PCC | peak RSS |",
              "|---|---|---|---|---|---|---|---|---|---|"]

@@ -2,24 +2,27 @@
 
 Three parts, each printed as a small table (and saved to ``<out>/whole_slide.json``):
 
-1. Simulated tissue (held-out truth): a model is trained briefly on the left part of a simulated
-   section; the held-out right strip is pooled by the factor and super-resolved with spot
-   consistency ``off``, ``draws`` (default) and ``steps``. Reported: RMSE/SSIM/PCC/PSNR of the
-   mean map, the coverage of the [q05, q95] interval by the truth (nominal 0.90; with K samples
-   even a perfectly calibrated sampler covers less, see ``expected_cov``), the mean interval
-   width and the largest relative pooling error.
-2. HER2ST (skipped when ``../shared/data/her2st`` is absent): trained on C2-C5 (measured spots
-   as HR, pooled 2x as LR; a spots-only model), tested on C6 pooled 2x against its measured
-   spots; same table.
-3. Peak memory (resident set size) of ``diffst.api.predict`` on a whole 2 mm x 2 mm simulated
-   tissue at factor 10 and on the whole HER2ST section C6 (200 µm spots -> 100 µm), each in a
-   fresh process, with the .h5ad, the PNG gallery and the HTML report written to ``<out>``.
+1. ``sim``: a model is trained briefly on the left part of a simulated section; the held-out
+   right strip is pooled by 5 and super-resolved with spot consistency ``off``, ``draws`` (the
+   default) and ``steps``. Reported: RMSE/SSIM/PCC/PSNR of the mean map (as the demo scores
+   them), the coverage of the [q05, q95] interval by the truth (nominal 0.90; with K samples
+   even a perfectly calibrated sampler covers less: ``expected_cov``), the mean interval width,
+   the largest relative pooling error, and bicubic interpolation for reference. The gallery and
+   HTML report of the ``draws`` result go to ``<out>/report_sim_holdout``.
+2. ``her2st`` (skipped when ``../shared/data/her2st`` is absent): a spots-only model trained on
+   C2-C5 (measured spots as HR, pooled 2x as LR) is tested on C6 pooled 2x against its measured
+   spots (same table), then applied to the whole measured C6 section one scale finer (200 µm ->
+   100 µm): ``<out>/her2st_C6_x2.h5ad`` and ``<out>/report_her2st_C6``.
+3. ``memory``: peak resident memory of ``diffst.api.predict`` with the default-size model, each
+   run in a fresh process, on a whole 2 mm x 2 mm simulated tissue at factor 10 (tile batches of
+   1 and 8) and on the whole HER2ST section C6 with a model trained on C6's own spots.
 
-The defaults are small (a weakly trained, reduced model) so the script finishes in under about
+The defaults are small (a reduced model trained 150 steps) so the script finishes in about
 10 minutes on 2 CPU cores; the numbers then show the mechanics, not a converged model. Usage::
 
-    python benchmarks/whole_slide.py --out bench_whole_slide          # defaults
-    python benchmarks/whole_slide.py --quick --out /tmp/ws           # smoke test (~2 min)
+    python benchmarks/whole_slide.py --out bench_whole_slide              # all parts
+    python benchmarks/whole_slide.py --parts sim --train-steps 600        # a better model
+    python benchmarks/whole_slide.py --quick --out /tmp/ws                # smoke test
 """
 
 from __future__ import annotations
@@ -52,8 +55,6 @@ class Settings:
     her2st_genes: int = 16
     memory_steps: int = 3
     threads: int = 2
-    skip_her2st: bool = False
-    skip_memory: bool = False
 
 
 def small_model_config(**overrides):
@@ -99,37 +100,58 @@ def score(truth, result, lr, factor: int) -> dict[str, float]:
     }
 
 
+def bicubic_row(truth, lr, factor: int) -> dict[str, float]:
+    """Accuracy of bicubic interpolation of the same LR map (no intervals: NaN coverage)."""
+    from diffst.baselines.interpolation import bicubic
+    from diffst.consistency import max_relative_error
+    from diffst.metrics import evaluate, summarize
+
+    hr_shape = (lr.shape[0] * factor, lr.shape[1] * factor)
+    pred = bicubic(lr, factor, hr_shape)
+    h, w = truth.shape
+    s = summarize(evaluate(truth.expr, pred[:, :h, :w], truth.mask, truth.genes))
+    tissue = np.zeros(hr_shape, bool)
+    tissue[:h, :w] = truth.mask
+    return {"rmse": s["rmse"], "ssim": s["ssim"], "pcc": s["pcc"], "psnr": s["psnr"],
+            "coverage90": float("nan"), "width90": float("nan"),
+            "pool_err": max_relative_error(pred * tissue, lr.expr, tissue, factor),
+            "time_s": float("nan")}
+
+
 def train(samples, genes, factor: int, steps: int, out: Path, spots_only: bool = False,
-          work_um_per_px: float = 2.0, patch: int | None = None) -> Path:
-    """Train the reduced model briefly and export it to ``out``."""
+          work_um_per_px: float = 2.0, model_config=None) -> Path:
+    """Train briefly (default: the reduced model) and export the model to ``out``."""
     from diffst.train import TrainConfig, Trainer
 
-    tc = TrainConfig(steps=steps, batch_size=4, lr=1e-3, ema_decay=0.99,
-                     patch=patch or 8 * factor, work_um_per_px=work_um_per_px, seed=0,
-                     checkpoint_every=max(steps, 1))
-    trainer = Trainer(samples, genes, factor, small_model_config(), tc, spots_only=spots_only)
+    tc = TrainConfig(steps=steps, batch_size=4, lr=1e-3, ema_decay=0.99, patch=8 * factor,
+                     work_um_per_px=work_um_per_px, seed=0, checkpoint_every=max(steps, 1))
+    trainer = Trainer(samples, genes, factor, model_config or small_model_config(), tc,
+                      spots_only=spots_only)
     trainer.fit(progress=False)
     return trainer.export_model(out)
 
 
-def calibration_table(name: str, model: Path, truth, cfg: Settings) -> dict[str, dict]:
-    """Super-resolve the pooled ``truth`` with each consistency mode and score it."""
+def calibration_table(name: str, model: Path, truth, cfg: Settings) -> tuple[dict, dict]:
+    """Super-resolve the pooled ``truth`` with each consistency mode and score it; returns the
+    table rows and the results by mode."""
     from diffst.data.lr import padded_mask, simulate_lr
     from diffst.infer import load_model, super_resolve
 
     lm = load_model(model)
     lr = simulate_lr(truth, lm.factor)
-    rows = {}
+    rows, results = {}, {}
     for mode in ("off", "draws", "steps"):
         t0 = time.perf_counter()
         res = super_resolve(lm, lr, steps=cfg.sample_steps, n_samples=cfg.n_samples,
                             hr_mask=padded_mask(truth.mask, lm.factor), consistency=mode,
                             progress=False)
         rows[mode] = {**score(truth, res, lr, lm.factor), "time_s": time.perf_counter() - t0}
+        results[mode] = res
+    rows["bicubic"] = bicubic_row(truth, lr, lm.factor)
     print_table(f"{name}: consistency vs accuracy and calibration (K={cfg.n_samples}, "
                 f"{cfg.sample_steps} DDIM steps; expected_cov with perfect calibration "
                 f"{expected_coverage(cfg.n_samples):.3f}, nominal 0.900)", rows)
-    return rows
+    return rows, results
 
 
 def print_table(title: str, rows: dict[str, dict]) -> None:
@@ -194,20 +216,26 @@ def _max_rss_mb() -> float:
 
 # ---------------------------------------------------------------------------- parts
 def simulated_part(cfg: Settings, report: dict) -> None:
+    from diffst.data.lr import simulate_lr
     from diffst.data.simulate import simulate_tissue
     from diffst.demo import split_holdout
+    from diffst.report import write_report
 
     t0 = time.perf_counter()
     tissue = simulate_tissue(seed=0, size_um=cfg.sim_size_um, cell_um=8.0, n_genes=cfg.sim_genes)
     train_part, test_part = split_holdout(tissue, 0.3, 5)
     model = train([train_part], tissue.genes, 5, cfg.train_steps, cfg.out / "sim_x5.pt")
     report["sim_train_s"] = time.perf_counter() - t0
-    report["simulated"] = calibration_table("simulated tissue, x5, held-out strip", model,
-                                            test_part, cfg)
+    rows, results = calibration_table("simulated tissue, x5, held-out strip", model,
+                                      test_part, cfg)
+    report["simulated"] = rows
+    write_report(results["draws"], simulate_lr(test_part, 5), cfg.out / "report_sim_holdout",
+                 settings={"model": str(model), "note": "held-out strip, pooled x5"},
+                 genes=test_part.top_genes(6))
 
 
 def her2st_part(cfg: Settings, report: dict) -> None:
-    from diffst.api import shared_top_genes
+    from diffst.api import predict, shared_top_genes
     from diffst.io import read_her2st
 
     t0 = time.perf_counter()
@@ -216,31 +244,49 @@ def her2st_part(cfg: Settings, report: dict) -> None:
     model = train(train_secs, genes, 2, cfg.train_steps, cfg.out / "her2st_x2.pt",
                   spots_only=True)
     report["her2st_train_s"] = time.perf_counter() - t0
-    test = read_her2st(HER2ST, "C6").select_genes(genes)
-    report["her2st"] = calibration_table("HER2ST C6 pooled 2x (train C2-C5)", model, test, cfg)
+    section = read_her2st(HER2ST, "C6")
+    rows, _ = calibration_table("HER2ST C6 pooled 2x (train C2-C5)", model,
+                                section.select_genes(genes), cfg)
+    report["her2st"] = rows
+    t0 = time.perf_counter()  # the whole section one scale finer: 200 µm spots -> 100 µm
+    predict(section, model, cfg.out / "her2st_C6_x2.h5ad", n_samples=cfg.n_samples,
+            steps=cfg.sample_steps, report_dir=cfg.out / "report_her2st_C6", progress=False)
+    report["her2st_C6_predict_s"] = time.perf_counter() - t0
 
 
 def memory_part(cfg: Settings, report: dict) -> None:
+    """Peak RSS of whole-slide predictions with the default-size model (trained 2 steps: the
+    weights do not change the memory), each in a fresh process."""
+    from diffst.api import shared_top_genes
     from diffst.data.simulate import simulate_tissue
+    from diffst.io import read_her2st
+    from diffst.model.config import DiffSTConfig
 
     rows = {}
     tissue = simulate_tissue(seed=1, size_um=2000.0, cell_um=8.0, n_genes=cfg.sim_genes)
     tissue.save_npz(cfg.out / "sim_2mm.npz")
-    model = train([tissue], tissue.genes, 10, 2, cfg.out / "sim_x10.pt")
-    common = dict(threads=cfg.threads, n_samples=cfg.n_samples, steps=cfg.memory_steps, batch=8)
-    rows["sim_2mm_x10"] = measure_predict(dict(
-        common, kind="npz", path=str(cfg.out / "sim_2mm.npz"), model=str(model), pool=True,
-        out=str(cfg.out / "sim_2mm_x10.h5ad"), report=str(cfg.out / "report_sim_2mm")))
-    her2st_model = cfg.out / "her2st_x2.pt"
-    if her2st_model.exists():
-        rows["her2st_C6_100um"] = measure_predict(dict(
-            common, kind="her2st", root=str(HER2ST), section="C6", model=str(her2st_model),
-            pool=False, out=str(cfg.out / "her2st_C6_x2.h5ad"),
-            report=str(cfg.out / "report_her2st_C6")))
-    print(f"\nPeak RSS of a whole-slide `predict` (fresh process, K={cfg.n_samples}, "
-          f"batch 8 tiles, {cfg.memory_steps} steps; outputs + report written)")
+    model = train([tissue], tissue.genes, 10, 2, cfg.out / "mem_sim_x10.pt",
+                  model_config=DiffSTConfig())
+    common = dict(threads=cfg.threads, n_samples=cfg.n_samples, steps=cfg.memory_steps)
+    sim = dict(common, kind="npz", path=str(cfg.out / "sim_2mm.npz"), model=str(model),
+               pool=True, out=str(cfg.out / "mem_sim_2mm_x10.h5ad"))
+    for batch in (1, 8):
+        rows[f"sim_2mm_x10_b{batch}"] = measure_predict(dict(
+            sim, batch=batch, report=str(cfg.out / "mem_report_sim") if batch == 8 else None))
+    if HER2ST.exists():  # "train on my own slide": spots-only model of C6, applied to C6
+        section = read_her2st(HER2ST, "C6")
+        model = train([section], shared_top_genes([section], 20), 2, 2,
+                      cfg.out / "mem_her2st_C6_own.pt", spots_only=True,
+                      model_config=DiffSTConfig())
+        rows["her2st_C6_100um_b8"] = measure_predict(dict(
+            common, batch=8, kind="her2st", root=str(HER2ST), section="C6", model=str(model),
+            pool=False, out=str(cfg.out / "mem_her2st_C6.h5ad"),
+            report=str(cfg.out / "mem_report_her2st")))
+    print(f"\nPeak RSS of a whole-slide `predict` with the default-size model (fresh process, "
+          f"K={cfg.n_samples}, {cfg.memory_steps} sampler steps, .h5ad written; b8 runs also "
+          "write the report)")
     for name, r in rows.items():
-        print(f"{name:<16} raster {r['hr_raster'][0]}x{r['hr_raster'][1]}, {r['genes']} genes, "
+        print(f"{name:<20} raster {r['hr_raster'][0]}x{r['hr_raster'][1]}, {r['genes']} genes, "
               f"{r['tiles']} tiles: peak RSS {r['peak_rss_mb']:.0f} MB "
               f"(imports {r['rss_imports_mb']:.0f} MB, with data and model "
               f"{r['rss_before_predict_mb']:.0f} MB), {r['predict_s']:.1f} s, "
@@ -255,8 +301,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--samples", type=int, default=8, help="K samples per tile")
     p.add_argument("--sample-steps", type=int, default=10, help="DDIM steps")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--skip-her2st", action="store_true")
-    p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--parts", default="sim,her2st,memory",
+                   help="comma-separated parts to run: sim, her2st, memory")
     p.add_argument("--quick", action="store_true", help="tiny smoke-test settings")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -266,21 +312,25 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     torch.set_num_threads(a.threads)
+    parts = {x.strip() for x in a.parts.split(",") if x.strip()}
+    unknown = parts - {"sim", "her2st", "memory"}
+    if unknown:
+        p.error(f"unknown parts {sorted(unknown)}")
     cfg = Settings(out=a.out, train_steps=a.train_steps, n_samples=a.samples,
-                   sample_steps=a.sample_steps, threads=a.threads,
-                   skip_her2st=a.skip_her2st or not HER2ST.exists(), skip_memory=a.skip_memory)
+                   sample_steps=a.sample_steps, threads=a.threads)
     if a.quick:
         cfg.train_steps, cfg.sample_steps, cfg.n_samples = 10, 3, 4
         cfg.sim_size_um, cfg.sim_genes, cfg.her2st_genes, cfg.memory_steps = 800.0, 6, 6, 1
     cfg.out.mkdir(parents=True, exist_ok=True)
     report: dict = {"settings": {k: str(v) for k, v in cfg.__dict__.items()}}
     t0 = time.perf_counter()
-    simulated_part(cfg, report)
-    if cfg.skip_her2st:
-        print(f"\nHER2ST skipped ({HER2ST} absent or --skip-her2st)")
-    else:
+    if "sim" in parts:
+        simulated_part(cfg, report)
+    if "her2st" in parts and not HER2ST.exists():
+        print(f"\nHER2ST skipped ({HER2ST} absent)")
+    elif "her2st" in parts:
         her2st_part(cfg, report)
-    if not cfg.skip_memory:
+    if "memory" in parts:
         memory_part(cfg, report)
     report["total_s"] = time.perf_counter() - t0
     print(f"\ntotal {report['total_s']:.0f} s; wrote {cfg.out / 'whole_slide.json'}")

@@ -135,3 +135,19 @@ def test_patch_augmentation_is_shared_by_all_modalities():
         np.testing.assert_allclose(turned[key].numpy(), expect, atol=1e-6, err_msg=key)
     # The LR patch is the sum-pooled HR truth (in per-HR-cell scaled units).
     assert base["lr"].shape == (4, 2, 2) and base["hr"].shape == (4, 10, 10)
+
+
+def test_readme_splicing_replaces_only_marked_blocks(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "update_readme.py"
+    spec = importlib.util.spec_from_file_location("update_readme", script)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    (tmp_path / "a.md").write_text("| x |\n")
+    text = ("top\n<!-- BEGIN results:a.md -->\nold\n<!-- END results:a.md -->\n"
+            "<!-- BEGIN results:b.md -->\nkeep\n<!-- END results:b.md -->\n")
+    out, missing = mod.splice(text, tmp_path)
+    assert "| x |" in out and "old" not in out and "keep" in out
+    assert missing == [str(tmp_path / "b.md")]

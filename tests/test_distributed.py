@@ -9,14 +9,13 @@ import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-
 from conftest import make_sample, tiny_config
+
 from diffst.distributed import DistributedTrainer, all_parts_used, init_process_group, main
 from diffst.train import TrainConfig, Trainer, safe_load
 

@@ -73,7 +73,11 @@ def train_model(
     ablate: list[str] | None = None,
     seed: int = 0,
     model_config: DiffSTConfig | None = None,
+    bf16: bool = False,
+    device: str = "auto",
     progress: bool = True,
+    trainer_cls: type[Trainer] = Trainer,
+    trainer_kwargs: dict | None = None,
 ) -> Path:
     """Train Diff-ST and write the model file ``out``; returns its path.
 
@@ -86,13 +90,19 @@ def train_model(
         factor: integer scale factor s.
         genes: genes to model (default: ``top_genes`` most expressed shared genes).
         checkpoint: resumable checkpoint path; when it exists training resumes from it.
+        bf16: bfloat16 autocast (faster on GPUs and CPUs with bf16 instructions).
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
+        trainer_cls, trainer_kwargs: the trainer class and its extra keyword arguments (e.g.
+            :class:`diffst.distributed.DistributedTrainer`).
     """
     gene_list = list(genes) if genes else shared_top_genes(samples, top_genes)
     cfg = model_config or model_config_for(ablate)
-    tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+    tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, bf16=bf16,
+                     device=device,
                      patch=patch or 8 * factor,
                      work_um_per_px=work_um_per_px or default_work_um_per_px(samples[0]))
-    trainer = Trainer(samples, gene_list, factor, cfg, tc, spots_only=spots_only)
+    trainer = trainer_cls(samples, gene_list, factor, cfg, tc, spots_only=spots_only,
+                          **(trainer_kwargs or {}))
     if checkpoint is not None and Path(checkpoint).exists():
         trainer.load_checkpoint(checkpoint)
     trainer.fit(checkpoint=checkpoint, progress=progress)

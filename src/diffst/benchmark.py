@@ -161,12 +161,16 @@ PRESETS: dict[tuple[str, str], Preset] = {
         "quick", "spots", model=dict(TINY_MODEL), steps=4, batch_size=2, lr=2e-3,
         ema_decay=0.9, patch_um=1600.0, work_um_per_px=12.5, sample_steps=2, n_samples=1,
         n_genes=6, istar=dict(n_models=1, steps=20), figure_genes=2),
-    # about 25 min on 2 CPU cores for the simulated tissue at x5 and x10 with ablations at x5
+    # fits 30 min on 2 CPU cores for ONE dataset at its two default factors (8 trainings:
+    # Diff-ST and regression at both factors, the 4 ablations at the first factor only).
+    # Measured on 2 idle cores: simulated x5 0.25 s/step (batch 8, 40x40-cell patches), so
+    # 8 x 500 steps ~ 16 min plus ~1 min of sampling and baselines; HER2ST x2 0.22 s/step
+    # (8x8-cell patches at 2 µm/px), 8 x 600 steps ~ 18 min plus ~10 s of reading.
     ("cells", "default"): Preset(
         "default", "cells", steps=500, batch_size=8, lr=1e-3, ema_decay=0.995,
         patch_um=320.0, sample_steps=20, n_samples=4),
     ("spots", "default"): Preset(
-        "default", "spots", model=dict(tissue_px_per_cell=16), steps=500, batch_size=8,
+        "default", "spots", model=dict(tissue_px_per_cell=16), steps=600, batch_size=8,
         lr=1e-3, ema_decay=0.995, patch_um=1600.0, sample_steps=20, n_samples=4,
         n_genes=50),
     # the package's own training defaults (TrainConfig) and ablations at every factor
@@ -350,6 +354,7 @@ def _real(name: str, desc: str, samples: list[STSample], split: str, preset_name
     genes = shared_top_genes(samples, preset.n_genes)
     samples = [s.select_genes(genes) for s in samples]
     folds = make_folds(samples, split, preset, factors)
+    desc += f"; the {len(genes)} most expressed genes shared by all sections"
     return BenchmarkData(name, desc, profile, genes, folds, factors), preset
 
 
@@ -795,14 +800,16 @@ def format_tables(summary: dict) -> str:
     """The whole ``table.md`` text from a summary dict."""
     ds, p = summary["dataset"], summary["preset"]
     tc = next(iter(summary["train_config"].values()))
+    patches = "/".join(str(t["patch"]) for t in summary["train_config"].values())
+    scales = "/".join(f"x{f}" for f in summary["train_config"])
     lines = [f"# Benchmark: {ds['name']} (preset `{p['name']}`)", "",
              f"Data: {ds['description']}. Split: `{summary['split']}` "
-             f"({len(ds['folds'])} fold(s): {', '.join(f['name'] for f in ds['folds'])}). "
+             f"({len(ds['folds'])} fold(s): {', '.join(f['name'] for f in ds['folds'])}); "
              f"{ds['n_genes']} genes.", "",
              f"Diff-ST, its ablations and the histology regression: {tc['steps']} training "
              f"steps, batch {tc['batch_size']}, lr {tc['lr']:g}, EMA {tc['ema_decay']:g}, "
-             f"patch {', '.join(str(t['patch']) for t in summary['train_config'].values())} HR "
-             f"cells (per factor), {tc['work_um_per_px']:g} µm/px; Diff-ST maps are the mean of "
+             f"patch {patches} HR cells at {scales}, image at {tc['work_um_per_px']:g} µm/px; "
+             "Diff-ST maps are the mean of "
              f"{p['n_samples']} DDIM samples ({p['sample_steps']} steps). Seed "
              f"{summary['seed']}.", "",
              "Metrics: mean over genes (and test sections) of the per-gene scores of "

@@ -121,10 +121,13 @@ def inspect(path: str, overlay: str | None, as_json: bool) -> None:
 @click.option("--prediction", default="sample", show_default=True,
               type=click.Choice(["sample", "epsilon", "v"]),
               help="What the denoiser predicts (the paper uses epsilon; see README).")
+@click.option("--bf16", is_flag=True, help="bfloat16 autocast (GPUs, CPUs with bf16 support).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--seed", default=0, show_default=True)
 @_fail_nicely
 def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate, patch,
-          work_um_per_px, checkpoint, spots_only, ablate, prediction, seed) -> None:
+          work_um_per_px, checkpoint, spots_only, ablate, prediction, bf16, device,
+          seed) -> None:
     """Train Diff-ST on samples with HR truth (or on spots only with --spots-only)."""
     from diffst.api import model_config_for, train_model
 
@@ -134,7 +137,8 @@ def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate,
         samples, factor, out, genes=gene_list, top_genes=top_genes, steps=steps,
         batch_size=batch_size, lr=learning_rate, patch=patch, work_um_per_px=work_um_per_px,
         checkpoint=checkpoint, spots_only=spots_only, seed=seed,
-        model_config=model_config_for(list(ablate), prediction=prediction),
+        model_config=model_config_for(list(ablate), prediction=prediction), bf16=bf16,
+        device=device,
     )
     click.echo(f"wrote {path}")
 
@@ -183,6 +187,39 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
     for key in ("rmse", "ssim", "pcc", "psnr"):
         click.echo(f"{key:>5}: {summary[key]:.4f}")
     click.echo(f"({int(summary['n_valid'])} of {int(summary['n_genes'])} genes scored)")
+
+
+# ---------------------------------------------------------------------------- benchmark
+@main.command()
+@click.option("--dataset", default="simulated", show_default=True,
+              help="'simulated', 'her2st' or comma-separated sample paths.")
+@click.option("--factors", default=None,
+              help="Comma-separated scale factors (default 5,10; 2,3 for spot data).")
+@click.option("--split", default="holdout", show_default=True,
+              help="holdout | loo (leave-one-section-out) | seeds (simulated) | a section.")
+@click.option("--preset", default="default", show_default=True,
+              type=click.Choice(["quick", "default", "full"]))
+@click.option("--out", "out_dir", default="benchmark_out", show_default=True,
+              type=click.Path(file_okay=False))
+@click.option("--methods", default=None, help="Comma-separated subset of the methods.")
+@click.option("--ablations/--no-ablations", default=True, show_default=True,
+              help="Also train Diff-ST with each part switched off.")
+@click.option("--steps", default=None, type=int, help="Override the preset's training steps.")
+@click.option("--data-root", default=None, type=click.Path(file_okay=False),
+              help="HER2ST folder (default ../shared/data/her2st).")
+@click.option("--seed", default=0, show_default=True)
+@_fail_nicely
+def benchmark(dataset, factors, split, preset, out_dir, methods, ablations, steps, data_root,
+              seed) -> None:
+    """Train and score Diff-ST and the baselines on held-out data; write tables and figures."""
+    from diffst.benchmark import run_benchmark
+
+    summary = run_benchmark(
+        dataset, [int(f) for f in factors.split(",")] if factors else None, split, preset,
+        out_dir, methods=methods.split(",") if methods else None, ablations=ablations,
+        seed=seed, data_root=data_root, overrides={"steps": steps} if steps else None,
+    )
+    click.echo(summary["table"])
 
 
 # ---------------------------------------------------------------------------- helpers

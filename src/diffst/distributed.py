@@ -191,22 +191,18 @@ def train_ddp(
     CPU). Joins (and afterwards leaves) the process group unless one exists already. Rank 0
     writes ``out`` (and ``checkpoint``); returns the path of ``out`` in every rank.
     """
-    from diffst.api import default_work_um_per_px, model_config_for, shared_top_genes
+    from diffst.api import train_model
 
     owns_group = not dist.is_initialized()
     info = init_process_group(backend, device)
     try:
-        gene_list = list(genes) if genes else shared_top_genes(samples, top_genes)
-        tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                         patch=patch or 8 * factor, bf16=bf16, device=device,
-                         work_um_per_px=work_um_per_px or default_work_um_per_px(samples[0]))
-        trainer = DistributedTrainer(samples, gene_list, factor,
-                                     model_config or model_config_for(ablate), tc, spots_only,
-                                     local_rank=info.local_rank)
-        if checkpoint is not None and Path(checkpoint).exists():
-            trainer.load_checkpoint(checkpoint)
-        trainer.fit(checkpoint=checkpoint, progress=progress)
-        return trainer.export_model(out)
+        return train_model(
+            samples, factor, out, genes=genes, top_genes=top_genes, steps=steps,
+            batch_size=batch_size, lr=lr, patch=patch, work_um_per_px=work_um_per_px,
+            checkpoint=checkpoint, spots_only=spots_only, ablate=ablate, seed=seed,
+            model_config=model_config, bf16=bf16, device=device, progress=progress,
+            trainer_cls=DistributedTrainer, trainer_kwargs={"local_rank": info.local_rank},
+        )
     finally:
         if owns_group:
             dist.destroy_process_group()

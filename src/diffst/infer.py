@@ -5,7 +5,8 @@ tile the conditioning is computed once, ``n_samples`` HR maps are drawn with the
 and per-tile statistics (mean, standard deviation, 5% and 95% quantiles, in counts per HR cell)
 are blended into the slide with weights that fall off linearly towards tile borders, so
 overlaps leave no seams. Only tiles that touch tissue are sampled; outside the mask the output
-is 0. Memory is bounded by one batch of tiles plus five ``(G, H, W)`` float64 accumulators.
+is 0. Memory is bounded by one batch of tiles (``batch_size * n_samples`` maps) plus four
+``(G, H, W)`` float32 accumulators.
 
 Spot consistency (:mod:`diffst.consistency`), on by default:
 
@@ -22,12 +23,18 @@ Spot consistency (:mod:`diffst.consistency`), on by default:
   around a consistent estimate.
 * ``"off"``: the raw model output.
 
+The redistribution keeps each LR cell's pattern but not its level: where the model's total for
+an LR cell is far from the measurement, the mean shows a step at that LR cell's border (the LR
+grid shows through). ``benchmarks/whole_slide.py`` measures what each mode does to accuracy
+and to the coverage of ``[q05, q95]``.
+
 With K <= 20 samples, ``q05 <= mean <= q95`` holds per tile (the mean of K values lies between
 the interpolated 5% and 95% sample quantiles) and survives blending and the consistency map;
 for larger K a strongly skewed set of draws can put the mean outside ``[q05, q95]``.
 
 Resume: with ``resume_dir`` every finished batch of tiles is saved (:mod:`diffst.tilestore`) and
-a rerun with the same model, input and settings skips it and gives the same result.
+a rerun with the same model, input and settings (including ``batch_size``, which fixes the
+noise seeds) skips it and gives the same result; other settings are refused with a message.
 """
 
 from __future__ import annotations
@@ -332,7 +339,8 @@ def super_resolve(
                n_samples, batch_size, seed, mode)
     store = None
     if resume_dir is not None:
-        store = TileStore(resume_dir, _store_settings(job, lr, prep))
+        store = TileStore(resume_dir, {**_store_settings(job, lr, prep),
+                                       "autocast": bool(autocast)})
     with memory_format(lm.model, channels_last), autocast_context(lm.device, autocast):
         acc, weight = _accumulate(job, store, progress)
     return _finish(job, prep, lr, acc, weight)

@@ -60,7 +60,7 @@ def gene_figure(gene_index: int, result: SRResult, measured: np.ndarray,
     """One gene's row of panels (:data:`PANELS`) with labels and colour-scale maxima."""
     mask = result.mask
     h, w = mask.shape
-    scale = tile_px / max(h, w)
+    scale = max(tile_px / max(h, w), 120 / w)  # narrow strips still get room for the labels
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     mean, std = result.mean[gene_index], result.std[gene_index]
     top_mean, top_std = _top(mean, mask), _top(std, mask)
@@ -70,14 +70,15 @@ def gene_figure(gene_index: int, result: SRResult, measured: np.ndarray,
         ("mean", mean / top_mean, top_mean),
         ("std", std / top_std, top_std),
     ]
-    head = 34
+    head = 46
     canvas = Image.new("RGB", (size[0] * len(panels), size[1] + head), "white")
     draw = ImageDraw.Draw(canvas)
     draw.text((4, 2), result.genes[gene_index], fill="black")
     for j, (label, values, top) in enumerate(panels):
         canvas.paste(_panel(background, values, mask, size), (j * size[0], head))
-        text = label if values is None else f"{label} (0-{top:.3g})"
-        draw.text((j * size[0] + 4, 18), text, fill="black")
+        draw.text((j * size[0] + 4, 17), label, fill="black")
+        if values is not None:
+            draw.text((j * size[0] + 4, 30), f"0 - {top:.3g}", fill="dimgray")
     return canvas
 
 

@@ -58,6 +58,9 @@ def simulate_lr(sample: STSample, factor: int) -> STSample:
     tissue with cells ``factor`` times larger; its affine maps LR raster coordinates to the
     same image pixels. An LR cell is under tissue when any HR cell inside it is.
     """
+    if _check_factor(factor) > max(sample.shape):
+        raise SampleError(f"sample '{sample.name}': scale factor {factor} exceeds the raster "
+                          f"{sample.shape[0]}x{sample.shape[1]}; choose a factor that fits")
     hr = pad_to_multiple(sample, factor)
     s = float(factor)
     # LR centre (c, r) sits at HR coordinate (s*c + (s-1)/2, s*r + (s-1)/2).
@@ -81,7 +84,11 @@ def upsample_nearest(expr: np.ndarray, factor: int) -> np.ndarray:
 
 
 def _check_factor(factor: int) -> int:
-    if int(factor) != factor or factor < 1:
+    try:
+        ok = int(factor) == factor and factor >= 1
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
         raise SampleError(f"scale factor must be a positive integer, got {factor!r}")
     return int(factor)
 

@@ -41,10 +41,20 @@ class GeneScaler:
         clip_max: float = 1.5,
     ) -> GeneScaler:
         """Fit from HR rasters ``values[i]`` of shape ``(G, H, W)`` with masks ``(H, W)``."""
-        cols = [v[:, m] for v, m in zip(values, masks, strict=True)]
+        if not values or len(values) != len(masks):
+            raise ValueError(f"cannot fit gene scaling: {len(values)} rasters for "
+                             f"{len(masks)} masks (need one mask per raster, at least one)")
+        shapes = {np.shape(v)[0] for v in values}
+        for v, m in zip(values, masks, strict=True):
+            if np.ndim(v) != 3 or np.shape(m) != np.shape(v)[1:] or len(shapes) != 1:
+                raise ValueError(f"cannot fit gene scaling: rasters must be (G, H, W) with one "
+                                 f"G and masks (H, W); got {np.shape(v)} and {np.shape(m)}")
+        cols = [np.asarray(v)[:, np.asarray(m, bool)] for v, m in zip(values, masks, strict=True)]
         data = np.concatenate(cols, axis=1)
         if data.shape[1] == 0:
             raise ValueError("cannot fit gene scaling: the tissue masks are empty")
+        if not np.isfinite(data).all() or (data < 0).any():
+            raise ValueError("cannot fit gene scaling: counts in tissue must be finite and >= 0")
         if log1p:
             data = np.log1p(data)
         hi = np.quantile(data, quantile, axis=1)
@@ -53,6 +63,9 @@ class GeneScaler:
         return cls(lo=np.zeros_like(hi), hi=hi.astype(np.float64), log1p=log1p, clip_max=clip_max)
 
     def _cols(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if np.ndim(x) < 1 or np.shape(x)[0] != len(self.hi):
+            raise ValueError(f"gene scaler fitted on {len(self.hi)} genes got values of shape "
+                             f"{np.shape(x)} (genes first)")
         shape = (-1,) + (1,) * (x.ndim - 1)
         return self.lo.reshape(shape), self.hi.reshape(shape)
 
@@ -85,6 +98,9 @@ class GeneScaler:
     @classmethod
     def from_state_dict(cls, state: dict) -> GeneScaler:
         """Inverse of :meth:`state_dict`."""
+        missing = {"lo", "hi", "log1p", "clip_max"} - set(state)
+        if missing:
+            raise ValueError(f"gene scaler state lacks {sorted(missing)}")
         return cls(
             lo=np.asarray(state["lo"], dtype=np.float64),
             hi=np.asarray(state["hi"], dtype=np.float64),

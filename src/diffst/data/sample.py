@@ -16,6 +16,7 @@ Expression values are counts per raster cell (float32, may be fractional after r
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -54,10 +55,23 @@ class STSample:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.expr = np.asarray(self.expr, dtype=np.float32)
-        self.mask = np.asarray(self.mask, dtype=bool)
+        where = f"sample '{self.name}'"
+        if self.genes is None or isinstance(self.genes, str | bytes):
+            raise SampleError(f"{where}: genes must be a list of names, got {self.genes!r}")
+        try:
+            self.cell_um = float(self.cell_um)
+            self.image_um_per_px = float(self.image_um_per_px)
+        except (TypeError, ValueError) as exc:
+            raise SampleError(f"{where}: cell_um and image_um_per_px must be numbers "
+                              f"(µm), got {self.cell_um!r}, {self.image_um_per_px!r}") from exc
+        try:
+            self.expr = np.asarray(self.expr, dtype=np.float32)
+            self.mask = np.asarray(self.mask, dtype=bool)
+            self.affine = np.asarray(self.affine, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise SampleError(f"{where}: expr, mask and affine must be numeric arrays ({exc})"
+                              ) from exc
         self.genes = [str(g) for g in self.genes]
-        self.affine = np.asarray(self.affine, dtype=np.float64)
         self.validate()
 
     # ------------------------------------------------------------------ checks
@@ -72,23 +86,28 @@ class STSample:
         if len(set(self.genes)) != g:
             dup = sorted({x for x in self.genes if self.genes.count(x) > 1})[:5]
             raise SampleError(f"{where}: duplicate gene names {dup}")
+        if h == 0 or w == 0:
+            raise SampleError(f"{where}: the raster {h}x{w} has no cells")
         if self.mask.shape != (h, w):
             raise SampleError(f"{where}: mask shape {self.mask.shape} != raster shape {(h, w)}")
         if not np.isfinite(self.expr).all():
             raise SampleError(f"{where}: expression contains NaN or infinite values")
         if (self.expr < 0).any():
             raise SampleError(f"{where}: expression contains negative values")
-        if not self.cell_um > 0:
+        if not 0 < self.cell_um < np.inf:
             raise SampleError(f"{where}: cell_um must be positive, got {self.cell_um}")
         if self.affine.shape != (3, 3):
             raise SampleError(f"{where}: affine must be 3x3, got {self.affine.shape}")
+        if not np.isfinite(self.affine).all() or abs(np.linalg.det(self.affine[:2, :2])) < 1e-12:
+            raise SampleError(f"{where}: the affine must be finite and invertible (it maps "
+                              f"raster cells to image pixels), got {self.affine.tolist()}")
         if self.image is not None:
             img = np.asarray(self.image)
-            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8 or not img.size:
                 raise SampleError(
                     f"{where}: image must be (H, W, 3) uint8 RGB, got {img.shape} {img.dtype}"
                 )
-            if not self.image_um_per_px > 0:
+            if not 0 < self.image_um_per_px < np.inf:
                 raise SampleError(f"{where}: image_um_per_px must be positive")
 
     # ------------------------------------------------------------------ basics
@@ -201,11 +220,21 @@ def load_npz(path: str | Path) -> STSample:
     scalar µm, ``mask`` (H,W) bool, ``image`` (Hi,Wi,3) uint8 (empty when absent),
     ``image_um_per_px`` scalar, ``affine`` (3,3), ``name`` str, ``meta`` JSON str.
     """
-    import json
-
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
+    try:
+        return _read_npz(path)
+    except SampleError:
+        raise
+    except (OSError, EOFError, KeyError, TypeError, ValueError, zipfile.BadZipFile) as exc:
+        raise SampleError(f"{path}: not a readable diffst sample file ({exc}); write it with "
+                          "STSample.save_npz or `diffst simulate`") from exc
+
+
+def _read_npz(path: Path) -> STSample:
+    import json
+
     with np.load(path, allow_pickle=False) as z:
         if "schema" not in z or not str(z["schema"]).startswith("diffst.STSample/"):
             raise SampleError(f"{path}: not a diffst sample file (missing 'schema' entry)")
