@@ -18,7 +18,7 @@ figures from different machines can be compared:
 
 Usage (from the repository root)::
 
-    python benchmarks/speed.py            # full run; writes benchmarks/results_speed.md
+    python benchmarks/speed.py            # full run; writes benchmarks/results/speed.md
     python benchmarks/speed.py --quick    # smoke test with a tiny model; prints only
     python benchmarks/speed.py --slide-tiles 0 --sections slide   # time the whole slide
 
@@ -464,7 +464,7 @@ def _render_training(s: Settings, r: dict) -> list[str]:
     fastest = min(r["times"], key=lambda m: np.median(r["times"][m]))
     lines += ["", f"Fastest here: **{fastest}** "
               f"({base / np.median(r['times'][fastest]):.2f}x fp32). bf16 autocast is "
-              "`TrainConfig(bf16=True)` (`diffst train --bf16` once wired); channels-last is "
+              "`TrainConfig(bf16=True)` (`diffst train --bf16`); channels-last is "
               "`model.to(memory_format=torch.channels_last)`.", ""]
     return lines
 
@@ -543,7 +543,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="Tiny model, seconds (smoke test).")
     p.add_argument("--out", default=None,
-                   help="Markdown results file (default benchmarks/results_speed.md; "
+                   help="Markdown results file (default benchmarks/results/speed.md; "
                         "none with --quick).")
     p.add_argument("--sections", default=",".join(SECTIONS),
                    help=f"Comma-separated subset of {','.join(SECTIONS)}.")
@@ -607,7 +607,7 @@ def main(argv: list[str] | None = None) -> int:
         results["slide"] = bench_slide(s, mem, log)
     text = render(s, info, results, argv, time.perf_counter() - start)
     print(text)
-    out = args.out or (None if args.quick else str(Path(__file__).with_name("results_speed.md")))
+    out = args.out or (None if args.quick else str(Path(__file__).parent / "results" / "speed.md"))
     if out:
         with atomic_path(Path(out)) as tmp:
             tmp.write_text(text, encoding="utf-8")

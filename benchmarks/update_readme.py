@@ -1,7 +1,8 @@
 """Copy generated benchmark tables into README.md between marker comments.
 
 Each block ``<!-- BEGIN results:NAME -->`` ... ``<!-- END results:NAME -->`` in README.md is
-replaced by the file ``benchmarks/results/NAME`` (written by the benchmark scripts), so the
+replaced by the file ``benchmarks/results/NAME`` (written by the benchmark scripts; its
+headings demoted by two levels), so the
 figures in the README always come from a script run and are never typed in by hand.
 
     python benchmarks/update_readme.py
@@ -19,6 +20,11 @@ BLOCK = re.compile(
 )
 
 
+def demote(markdown: str, levels: int = 2) -> str:
+    """Push Markdown headings down ``levels`` levels so they nest under the README's sections."""
+    return re.sub(r"^(#+) ", lambda m: "#" * (len(m[1]) + levels) + " ", markdown, flags=re.M)
+
+
 def splice(readme: str, results: Path) -> tuple[str, list[str]]:
     """Replace every marked block with its results file; return the text and the missing files."""
     missing: list[str] = []
@@ -28,7 +34,7 @@ def splice(readme: str, results: Path) -> tuple[str, list[str]]:
         if not path.exists():
             missing.append(str(path))
             return match.group(0)
-        return f"{match.group(1)}{path.read_text().rstrip()}\n{match.group(3)}"
+        return f"{match.group(1)}{demote(path.read_text().rstrip())}\n{match.group(3)}"
 
     return BLOCK.sub(fill, readme), missing
 

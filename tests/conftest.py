@@ -15,8 +15,9 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 @pytest.fixture(autouse=True)
-def _few_threads():
-    torch.set_num_threads(2)
+def _one_thread():
+    """One torch thread: tiny models gain nothing from more, and a busy machine loses a lot."""
+    torch.set_num_threads(1)
 
 
 def make_sample(seed: int = 0, size: int = 30, genes: int = 4, k: int = 4) -> STSample:

@@ -132,6 +132,7 @@ def predict(
     report_dir: str | Path | None = None,
     report_genes: list[str] | None = None,
     device: str = "auto",
+    autocast: bool = False,
     progress: bool = True,
 ) -> SRResult:
     """Super-resolve ``sample`` with the model file ``model``; optionally write ``out``.
@@ -150,6 +151,7 @@ def predict(
             written.
         report_dir: also write a per-gene PNG gallery and ``report.html`` there.
         report_genes: genes for the gallery (default: the most expressed, at most 24).
+        autocast: bfloat16/float16 autocast while sampling (see ``benchmarks/README.md``).
     """
     from diffst.tilestore import remove_store
 
@@ -166,7 +168,8 @@ def predict(
     t0 = time.perf_counter()
     result = super_resolve(lm, sample, steps=steps, sampler=sampler, n_samples=n_samples,
                            batch_size=batch_size, hr_mask=hr_mask, seed=seed,
-                           consistency=consistency, resume_dir=tiles, progress=progress)
+                           consistency=consistency, resume_dir=tiles, progress=progress,
+                           autocast=autocast)
     timings = {"sampling_s": time.perf_counter() - t0}
     result.meta["timings_s"] = timings
     if out is not None:

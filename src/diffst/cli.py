@@ -157,16 +157,39 @@ def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate,
 @click.option("--sampler", default="ddim", show_default=True,
               type=click.Choice(["ddim", "dpmpp", "ddpm"]))
 @click.option("--batch-size", default=8, show_default=True, help="Tiles per batch.")
+@click.option("--consistency", default="draws", show_default=True,
+              type=click.Choice(["draws", "steps", "off"]),
+              help="Make the output sum-pool back to the measured counts (draws: rescale each "
+                   "draw within each measured cell; steps: project at every sampler step).")
+@click.option("--no-consistency", is_flag=True, help="Same as --consistency off.")
+@click.option("--report", "report_dir", default=None, type=click.Path(file_okay=False),
+              help="Also write a per-gene PNG gallery and report.html to this folder.")
+@click.option("--report-genes", default=None, help="Comma-separated genes for the gallery.")
+@click.option("--resume/--no-resume", default=True, show_default=True,
+              help="Keep finished tiles beside OUT so an interrupted run continues.")
+@click.option("--resume-dir", default=None, type=click.Path(file_okay=False))
+@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
+@click.option("--autocast", is_flag=True, help="bfloat16 autocast while sampling.")
 @click.option("--seed", default=0, show_default=True)
 @_fail_nicely
-def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, seed) -> None:
-    """Super-resolve DATA with a trained model."""
+def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, consistency,
+            no_consistency, report_dir, report_genes, resume, resume_dir, device, autocast,
+            seed) -> None:
+    """Super-resolve DATA with a trained model (mean, std, 5%/95% quantile maps)."""
     from diffst.api import predict as api_predict
 
-    result = api_predict(_read(data), model_path, out, pool=pool, n_samples=n_samples,
-                         steps=steps, sampler=sampler, batch_size=batch_size, seed=seed)
+    result = api_predict(
+        _read(data), model_path, out, pool=pool, n_samples=n_samples, steps=steps,
+        sampler=sampler, batch_size=batch_size, seed=seed,
+        consistency="off" if no_consistency else consistency, resume=resume,
+        resume_dir=resume_dir, report_dir=report_dir,
+        report_genes=report_genes.split(",") if report_genes else None, device=device,
+        autocast=autocast,
+    )
     click.echo(f"wrote {out}: {len(result.genes)} genes on a {result.mean.shape[1]}x"
                f"{result.mean.shape[2]} raster of {result.cell_um:g} µm cells")
+    if report_dir:
+        click.echo(f"report: {Path(report_dir) / 'report.html'}")
 
 
 # ---------------------------------------------------------------------------- evaluate

@@ -49,8 +49,9 @@ def gene_panel(
     """Write a PNG grid: one row per map, one column per gene, over the H&E.
 
     Args:
-        maps: ``(label, (G, H, W) array)`` pairs; every map shares the colour scale of the first
-            (per gene, 0 to its 99th percentile inside the mask).
+        maps: ``(label, (G, H, W) array)`` pairs sharing one colour scale per gene: 0 to the
+            largest 99th percentile (inside the mask) among the maps after the first, so smooth
+            predictions stay visible next to a noisy truth in the first row.
         genes: names of the G planes; ``show`` the genes to draw.
         background: ``(H*k, W*k, 3)`` H&E aligned to the raster.
         mask: ``(H, W)`` bool tissue mask.
@@ -58,14 +59,15 @@ def gene_panel(
     """
     idx = [genes.index(g) for g in show]
     h, w = mask.shape
-    scale = tile_px / max(h, w)
+    scale = max(tile_px / max(h, w), 120 / w)  # columns wide enough for a gene name
     th, tw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
     label_w, head_h = 110, 24
     canvas = Image.new("RGB", (label_w + tw * len(idx), head_h + th * len(maps)), "white")
     draw = ImageDraw.Draw(canvas)
-    ref = maps[0][1]
+    scaled_by = maps[1:] or maps
     for j, gi in enumerate(idx):
-        top = np.quantile(ref[gi][mask], 0.99) if mask.any() else 1.0
+        top = max(float(np.quantile(arr[gi][mask], 0.99)) if mask.any() else 1.0
+                  for _, arr in scaled_by)
         top = top if top > 0 else 1.0
         draw.text((label_w + j * tw + 4, 6), genes[gi], fill="black")
         for i, (label, arr) in enumerate(maps):
