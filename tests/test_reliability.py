@@ -47,7 +47,7 @@ KILLED_RUN = """
 import sys
 sys.path.insert(0, {tests!r})
 import torch
-torch.set_num_threads(2)
+torch.set_num_threads(1)  # as the parent test (conftest): same float results
 from test_reliability import _trainer
 _trainer().fit(steps=10**6, checkpoint={ck!r}, progress=False)  # runs until killed
 """

@@ -24,13 +24,6 @@ from diffst.train import TrainConfig, Trainer
 F = 5
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    """One thread: the tiny tensors here gain nothing from more, and on a busy machine two
-    spinning OpenMP threads can be 100x slower than one."""
-    torch.set_num_threads(1)
-
-
 @pytest.fixture(scope="module")
 def trained():
     """A tiny model trained briefly on two toy samples (module-wide: about a second)."""

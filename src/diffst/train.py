@@ -228,7 +228,7 @@ class Trainer:
         bar = tqdm(total=target, initial=self.step, desc="train", disable=not progress,
                    dynamic_ncols=True)
         while self.step < target:
-            value = self.train_step()
+            self.train_step()
             bar.update(1)
             if self.step % 10 == 0 or self.step == target:
                 recent = self.history[-50:]
@@ -236,7 +236,6 @@ class Trainer:
             if checkpoint is not None and (self.step % self.tc.checkpoint_every == 0
                                            or self.step == target):
                 self.save_checkpoint(checkpoint)
-            del value
         bar.close()
         return self.history
 
