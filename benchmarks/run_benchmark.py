@@ -1,9 +1,11 @@
 """Benchmark Diff-ST against the baselines on one dataset and print the Markdown table.
 
 Examples (2 CPU cores):
-    python benchmarks/run_benchmark.py --dataset simulated --preset default --out bench/sim
-    python benchmarks/run_benchmark.py --dataset her2st --preset default --out bench/her2st
-    python benchmarks/run_benchmark.py --dataset her2st --split loo --preset full --out bench/loo
+    python benchmarks/run_benchmark.py --dataset simulated --seeds 0,1,2 --out bench/sim
+    python benchmarks/run_benchmark.py --dataset her2st --data-root ../shared/data/her2st \
+        --split loo --seeds 0,1,2 --out bench/her2st
+    python benchmarks/run_benchmark.py --dataset her2st --data-root ../shared/data/her2st \
+        --split loo --stage validation --out bench/her2st_val
 
 The same function backs ``diffst benchmark``: :func:`diffst.benchmark.run_benchmark`.
 """
@@ -28,21 +30,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options (see ``--help``)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", default="simulated",
-                   help="'simulated', 'her2st' or comma-separated sample paths")
+                   help="'simulated', 'her2st', 'xenium_crop' or comma-separated sample paths")
     p.add_argument("--factors", type=_ints, default=None,
                    help="comma-separated scale factors (default 5,10; 2,3 for spot data)")
     p.add_argument("--split", default="holdout",
                    help="holdout | loo (leave-one-section-out) | seeds (simulated) | a section")
-    p.add_argument("--preset", default="default", choices=["quick", "default", "full"])
+    p.add_argument("--stage", default="test", choices=["test", "validation"],
+                   help="'validation' holds out inner sections/strips/seeds, never the test ones")
+    p.add_argument("--preset", default="default", choices=["quick", "short", "default", "full"])
     p.add_argument("--out", default="benchmark_out", help="output folder")
     p.add_argument("--methods", default=None,
                    help=f"comma-separated subset of {','.join(METHOD_LABELS)}")
     p.add_argument("--no-ablations", action="store_true",
                    help="skip the Diff-ST ablation runs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=_ints, default=[0],
+                   help="comma-separated training seeds (every fold runs once per seed)")
     p.add_argument("--steps", type=int, default=None,
                    help="override the preset's training steps (Diff-ST, ablations, regression)")
-    p.add_argument("--data-root", default=None, help="HER2ST folder")
+    p.add_argument("--data-root", default=None,
+                   help="folder of a real dataset (required for her2st and xenium_crop)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p.parse_args(argv)
@@ -59,12 +65,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = run_benchmark(
         args.dataset, args.factors, args.split, args.preset, args.out,
         methods=args.methods.split(",") if args.methods else None,
-        ablations=not args.no_ablations, seed=args.seed, data_root=args.data_root,
-        overrides=overrides, progress=not args.quiet,
+        ablations=not args.no_ablations, seeds=args.seeds, stage=args.stage,
+        data_root=args.data_root, overrides=overrides, progress=not args.quiet,
     )
     print(summary["table"])
-    print(f"wrote {', '.join(v for k, v in summary['outputs'].items() if k != 'figures')} "
-          f"and {len(summary['outputs']['figures'])} figure(s)")
+    names = [v for k, v in summary["outputs"].items() if k != "figures"]
+    print(f"wrote {', '.join(names)} and {len(summary['outputs']['figures'])} figure(s) "
+          f"in {args.out}")
     return 0
 
 

@@ -24,21 +24,30 @@ from diffst.benchmark import (
     METHOD_LABELS,
     Fold,
     ablation_key,
+    compare,
     get_preset,
-    make_folds,
     make_method,
     method_label,
     patch_cells,
+    prediction_mask,
     run_benchmark,
-    win_rates,
+    run_fold,
+    section_folds,
+    training_genes,
+    with_consistency,
 )
-from diffst.data.lr import simulate_lr
+from diffst.benchmark.data import load_benchmark_data
+from diffst.benchmark.methods import REFERENCE_METHODS, consistent_key
+from diffst.benchmark.report import method_stats
+from diffst.data.lr import padded_mask, pool_sum, simulate_lr
 from diffst.data.sample import SampleError
 from diffst.metrics import METRIC_COLUMNS
 from diffst.metrics import evaluate as score_maps
 from diffst.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+ALL_KEYS = [k2 for k in METHOD_LABELS
+            for k2 in ([k] if k in REFERENCE_METHODS else [k, consistent_key(k)])]
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +56,8 @@ def quick_run(tmp_path_factory):
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        summary = run_benchmark("simulated", None, "holdout", "quick", out, progress=False)
+        summary = run_benchmark("simulated", None, "holdout", "quick", out, seeds=[0, 1],
+                                progress=False)
     finally:
         torch.set_num_threads(before)
     return out, summary
@@ -56,59 +66,164 @@ def quick_run(tmp_path_factory):
 def test_quick_run_writes_table_csv_json_and_figures(quick_run):
     out, summary = quick_run
     table = (out / "table.md").read_text(encoding="utf-8")
-    for key in METHOD_LABELS:
-        assert f"| {METHOD_LABELS[key]} |" in table
+    for key in ALL_KEYS:
+        assert f"| {method_label(key)} |" in table, key
     for label in ABLATION_LABELS.values():
-        assert f"Diff-ST {label}" in table
+        assert f"Diff-ST {label} + C" in table
     assert "## x5" in table and "## x10" in table
     assert "Ablations at x5" in table and "Ablations at x10" not in table  # first factor only
-    assert "do not edit the numbers by hand" in table
-    stored = json.loads((out / "summary.json").read_text(encoding="utf-8"))  # strict JSON
+    assert "In words (generated" in table and "do not edit the numbers by hand" in table
+    assert " ± " in table  # two seeds: mean ± sd
+    raw = (out / "summary.json").read_text(encoding="utf-8")
+    stored = json.loads(raw)  # strict JSON
     assert stored["factors"] == [5, 10] and stored["dataset"]["simulated"] is True
-    assert stored["machine"]["cpu_count"] >= 1 and stored["machine"]["torch"] == torch.__version__
+    assert stored["seeds"] == [0, 1] and stored["stage"] == "test"
+    assert set(stored["protocol"]) >= {"hr_mask", "consistency", "gene_selection", "seeds"}
+    assert stored["machine"]["torch"] == torch.__version__
+    for text in (table, raw):  # no path of the machine that ran it
+        assert str(out) not in text and str(Path.home()) not in text and "/work/" not in text
     pngs = sorted((out / "figures").glob("*.png"))
-    assert len(pngs) == 2
+    assert len(pngs) == 2  # first seed only
     for p in pngs:
         with Image.open(p) as img:
             assert img.size[0] > 100 and img.size[1] > 100
 
 
-def test_quick_run_scores_every_method_with_finite_metrics(quick_run):
+def test_quick_run_scores_every_method_raw_and_consistent(quick_run):
     out, summary = quick_run
     df = pd.read_csv(out / "per_gene.csv")
-    n_genes = len(summary["dataset"]["genes"])
-    main = set(METHOD_LABELS)
-    ablated = {ablation_key(p) for p in ABLATION_LABELS}
-    assert set(df.loc[df["factor"] == 5, "method"]) == main | ablated
-    assert set(df.loc[df["factor"] == 10, "method"]) == main
-    assert len(df) == (len(main) + len(ablated)) * n_genes + len(main) * n_genes
+    n_genes = summary["dataset"]["n_genes"]
+    ablated = {k2 for p in ABLATION_LABELS
+               for k2 in (ablation_key(p), consistent_key(ablation_key(p)))}
+    assert set(df.loc[df["factor"] == 5, "method"]) == set(ALL_KEYS) | ablated
+    assert set(df.loc[df["factor"] == 10, "method"]) == set(ALL_KEYS)
+    assert set(df["seed"]) == {0, 1}
+    per_seed = (len(ALL_KEYS) + len(ablated)) * n_genes + len(ALL_KEYS) * n_genes
+    assert len(df) == 2 * per_seed
     assert np.isfinite(df[METRIC_COLUMNS].to_numpy(np.float64)).all()
     for f in ("5", "10"):
-        means = summary["results"][f]["means"]
-        for key, row in means.items():
-            assert all(math.isfinite(row[m]) for m in (*METRIC_COLUMNS, "gene_corr_error"))
-            assert row["fit_s"] >= 0 and row["predict_s"] > 0, key
-        for per_metric in summary["results"][f]["win_rates"].values():
-            assert all(0 <= v["win_rate"] <= 1 and 0 <= v["p"] <= 1 for v in per_metric.values())
+        res = summary["results"][f]
+        for key, row in res["stats"].items():
+            assert row["rmse"]["n"] == 2 and math.isfinite(row["rmse"]["sd"]), key
+        for key, per_metric in res["comparisons"].items():
+            assert key.endswith("+C") or key in ("gene_mean", "diffst")
+            assert all(v["runs"] == 2 and v["sections"] == 2 for v in per_metric.values())
+
+
+def test_simulated_test_and_validation_tissues_differ_from_the_demo():
+    preset = get_preset("quick", "cells")
+    test, _ = load_benchmark_data("simulated", "holdout", "test", "quick", [5], seed=0)
+    val, _ = load_benchmark_data("simulated", "holdout", "validation", "quick", [5], seed=0)
+    names = {s.name for d in (test, val) for f in d.folds for s in (*f.train, *f.test)}
+    assert "simulated_seed0" not in names  # the demo's tissue is in neither stage
+    t_names = {s.name for f in test.folds for s in f.test}
+    v_names = {s.name for f in val.folds for s in (*f.train, *f.test)}
+    assert not t_names & v_names and preset.holdout_fraction > 0
 
 
 def test_harness_scores_match_scoring_a_baseline_directly(quick_run):
-    """The CSV holds exactly what metrics.evaluate gives for the pooled held-out strip."""
+    """The CSV holds what metrics.evaluate gives for bicubic (raw and + C) on the LR input."""
     out, summary = quick_run
-    from diffst.data.simulate import simulate_tissue
-    from diffst.demo import split_holdout
-
-    preset = get_preset("quick", "cells")
-    tissue = simulate_tissue(seed=0, size_um=preset.size_um, n_genes=preset.n_genes)
-    _, test = split_holdout(tissue, preset.holdout_fraction, 10)
+    data, _ = load_benchmark_data("simulated", "holdout", "test", "quick", [5, 10], seed=0)
+    test = data.folds[0].test[0]
     h, w = test.shape
     lr = simulate_lr(test, 5)
-    pred = BASELINES["bicubic"](lr, 5, (lr.shape[0] * 5, lr.shape[1] * 5))[:, :h, :w]
-    expected = score_maps(test.expr, pred, test.mask, test.genes)
+    given = prediction_mask(lr, 5)
+    raw = BASELINES["bicubic"](lr, 5, given.shape) * given
     df = pd.read_csv(out / "per_gene.csv")
-    got = df[(df["factor"] == 5) & (df["method"] == "bicubic")].set_index("gene")
-    np.testing.assert_allclose(got.loc[expected.index, "rmse"], expected["rmse"], rtol=1e-5)
-    np.testing.assert_allclose(got.loc[expected.index, "pcc"], expected["pcc"], rtol=1e-5)
+    sel = (df["factor"] == 5) & (df["seed"] == 0)
+    for key, pred in (("bicubic", raw), ("bicubic+C", with_consistency(raw, lr, given, 5))):
+        expected = score_maps(test.expr, pred[:, :h, :w], test.mask, test.genes)
+        got = df[sel & (df["method"] == key)].set_index("gene")
+        np.testing.assert_allclose(got.loc[expected.index, "rmse"], expected["rmse"], rtol=1e-5)
+        np.testing.assert_allclose(got.loc[expected.index, "pcc"], expected["pcc"], rtol=1e-5)
+
+
+class _Spy:
+    """A method that records the HR mask it is given and predicts a fixed pattern."""
+
+    seen: list[np.ndarray] = []
+
+    def fit(self, train, genes, factor):
+        self.factor = factor
+
+    def predict(self, lr, hr_mask):
+        _Spy.seen.append(hr_mask.copy())
+        g = lr.expr.shape[0]
+        ramp = np.arange(hr_mask.size, dtype=np.float32).reshape(hr_mask.shape) % 7 + 1
+        return np.broadcast_to(ramp, (g, *hr_mask.shape)) * hr_mask
+
+
+def test_no_method_sees_the_truth_mask_and_consistency_is_the_same_step():
+    train = [make_sample(seed=0)]
+    truth = make_sample(seed=1)
+    truth.mask[:, :3] = False  # truth mask differs from its LR mask repeated
+    fold = Fold("f", train, [truth], list(truth.genes))
+    _Spy.seen = []
+    res = run_fold(fold, 5, ["spy"], get_preset("quick", "cells"), 0,
+                   make=lambda *a, **k: _Spy())
+    lr = simulate_lr(truth, 5)
+    (given,) = _Spy.seen
+    np.testing.assert_array_equal(given, prediction_mask(lr, 5))
+    assert not np.array_equal(given, padded_mask(truth.mask, 5))  # the truth mask is not given
+    raw, fixed = res.maps[truth.name]["spy"], res.maps[truth.name]["spy+C"]
+    h, w = truth.shape
+    expected = with_consistency(_Spy().predict(lr, given), lr, given, 5)[:, :h, :w]
+    np.testing.assert_allclose(fixed, expected, rtol=1e-6)
+    pooled = pool_sum(np.pad(fixed, ((0, 0), (0, (-h) % 5), (0, (-w) % 5))), 5)
+    np.testing.assert_allclose(pooled[:, lr.mask], lr.expr[:, lr.mask], rtol=1e-4)
+    assert not np.allclose(raw, fixed)
+
+
+def test_gene_selection_ignores_the_test_section():
+    a, b, c = (make_sample(seed=i) for i in range(3))
+    genes = training_genes([a, b], [c], 2)
+    c.expr[-1] *= 1000  # the test section's counts change nothing
+    assert training_genes([a, b], [c], 2) == genes
+    totals = a.expr[:, a.mask].sum(1) + b.expr[:, b.mask].sum(1)
+    assert genes == [a.genes[i] for i in np.argsort(-totals, kind="stable")[:2]]
+
+
+def test_validation_folds_never_hold_the_test_section():
+    samples = [make_sample(seed=i) for i in range(4)]
+    preset = get_preset("quick", "cells")
+    for test_fold, val_fold in zip(section_folds(samples, "loo", "test", preset, [5]),
+                                   section_folds(samples, "loo", "validation", preset, [5]),
+                                   strict=True):
+        held = test_fold.test[0].name
+        used = [s.name for s in (*val_fold.train, *val_fold.test)]
+        assert held not in used and val_fold.test[0].name != held
+        assert set(used) | {held} == {s.name for s in samples}
+    one = make_sample(seed=0, size=60)
+    (test,) = section_folds([one], "holdout", "test", preset, [5, 10])
+    (val,) = section_folds([one], "holdout", "validation", preset, [5, 10])
+    test_cols = test.test[0].shape[1]
+    assert val.train[0].shape[1] + val.test[0].shape[1] + test_cols == 60
+    assert test.train[0].shape[1] == 60 - test_cols
+
+
+def test_statistics_by_hand():
+    rows = []
+    for seed in (0, 1):
+        for test, (ref, other) in {"A": (0.1, 0.2), "B": (0.3, 0.2), "C": (0.1, 0.4)}.items():
+            for method, v in (("diffst+C", ref + seed / 100), ("bicubic+C", other)):
+                rows.append({"factor": 2, "seed": seed, "fold": f"test_{test}", "test": test,
+                             "method": method, "rmse": v, "ssim": 0.5, "pcc": 0.5,
+                             "psnr": 10.0})
+    units = pd.DataFrame(rows)
+    c = compare(units, metrics=("rmse",))["bicubic+C"]["rmse"]
+    assert (c["wins"], c["runs"], c["section_wins"], c["sections"]) == (4, 6, 2, 3)
+    from scipy import stats
+    p = stats.ttest_rel([0.105, 0.305, 0.105], [0.2, 0.2, 0.4]).pvalue
+    assert c["p"] == pytest.approx(p)
+    units["fit_s"] = units["predict_s"] = 0.0
+    for m in METRIC_COLUMNS + ["gene_corr_error"]:
+        if m not in units:
+            units[m] = np.nan
+    st = method_stats(units)
+    v = [0.2, 0.2, 0.4] * 2
+    assert st["bicubic+C"]["rmse"]["mean"] == pytest.approx(np.mean(v))
+    assert st["bicubic+C"]["rmse"]["sd"] == pytest.approx(np.std(v, ddof=1))
 
 
 def test_script_wrapper_prints_the_table(tmp_path, capsys):
@@ -120,8 +235,8 @@ def test_script_wrapper_prints_the_table(tmp_path, capsys):
                       "spot_constant,bicubic", "--no-ablations", "--quiet", "--out",
                       str(tmp_path)])
     printed = capsys.readouterr().out
-    assert rc == 0 and "| Bicubic |" in printed and "| Spot-constant |" in printed
-    assert "Diff-ST" not in printed.split("## x5")[1].split("Machine")[0]
+    assert rc == 0 and "| Bicubic + C |" in printed and "| Spot-constant |" in printed
+    assert "| Diff-ST" not in printed.split("## x5")[1].split("Machine")[0]
     assert (tmp_path / "table.md").is_file()
 
 
@@ -134,17 +249,6 @@ def test_fixed_seed_gives_identical_scores(tmp_path):
 
 
 # ---------------------------------------------------------------------------- pieces
-def test_win_rates_by_hand():
-    genes = ["a", "b", "c", "d"]
-    rows = []
-    for method, rmse in (("diffst", [0.1, 0.1, 0.1, 0.5]), ("bicubic", [0.2, 0.3, 0.2, 0.4])):
-        for g, v in zip(genes, rmse, strict=True):
-            rows.append({"fold": "f", "test": "t", "gene": g, "method": method, "rmse": v})
-    wins = win_rates(pd.DataFrame(rows), metrics=("rmse",))
-    assert wins["bicubic"]["rmse"]["win_rate"] == pytest.approx(0.75)  # lower RMSE on a, b, c
-    assert 0 < wins["bicubic"]["rmse"]["p"] <= 1
-
-
 def test_patch_sizes_follow_the_preset():
     spots = get_preset("default", "spots")
     assert patch_cells(spots, 200.0, 2) == 8 and patch_cells(spots, 200.0, 3) == 9
@@ -155,28 +259,34 @@ def test_patch_sizes_follow_the_preset():
 
 def test_folds_and_bad_arguments():
     samples = [make_sample(seed=i) for i in range(3)]
-    loo = make_folds(samples, "loo", get_preset("quick", "cells"), [5])
+    preset = get_preset("quick", "cells")
+    loo = section_folds(samples, "loo", "test", preset, [5])
     assert [f.test[0].name for f in loo] == ["toy0", "toy1", "toy2"]
     assert all(len(f.train) == 2 and f.test[0].name not in [s.name for s in f.train] for f in loo)
-    (hold,) = make_folds(samples, "holdout", get_preset("quick", "cells"), [5])
+    (hold,) = section_folds(samples, "holdout", "test", preset, [5])
     assert hold.test[0].name == "toy2"
-    (named,) = make_folds(samples, "toy0", get_preset("quick", "cells"), [5])
+    (named,) = section_folds(samples, "toy0", "test", preset, [5])
     assert isinstance(named, Fold) and named.test[0].name == "toy0"
     with pytest.raises(ValueError, match="loo"):
-        make_folds(samples, "nope", get_preset("quick", "cells"), [5])
+        section_folds(samples, "nope", "test", preset, [5])
     with pytest.raises(ValueError, match="several sections"):
-        make_folds(samples[:1], "loo", get_preset("quick", "cells"), [5])
+        section_folds(samples[:1], "loo", "test", preset, [5])
+    with pytest.raises(ValueError, match="stage"):
+        section_folds(samples, "loo", "final", preset, [5])
     with pytest.raises(ValueError, match="unknown preset"):
         get_preset("huge", "cells")
     with pytest.raises(ValueError, match="unknown preset settings"):
         get_preset("quick", "cells", {"stepz": 3})
     with pytest.raises(ValueError, match="unknown method"):
-        make_method("xfuse", get_preset("quick", "cells"), 0)
+        make_method("xfuse", preset, 0)
     with pytest.raises(ValueError, match="unknown method"):
         run_benchmark("simulated", [5], "holdout", "quick", "unused", methods=["xfuse"])
     with pytest.raises(ValueError, match="simulated"):
         run_benchmark("simulated", [5], "loo", "quick", "unused", progress=False)
+    with pytest.raises(ValueError, match="--data-root"):
+        run_benchmark("her2st", [2], "loo", "quick", "unused", progress=False)
     assert method_label(ablation_key("graph")) == "Diff-ST w/o CIGC-Graph"
+    assert method_label("bicubic+C") == "Bicubic + C"
 
 
 # ---------------------------------------------------------------------------- regression
@@ -225,13 +335,36 @@ def test_her2st_quick_run(tmp_path):
         pytest.skip(f"HER2ST data not found at {root} (../shared/data/her2st)")
     summary = run_benchmark("her2st", [2], "holdout", "quick", tmp_path,
                             methods=["bicubic", "diffst"], ablations=False, progress=False,
-                            overrides={"n_genes": 4})
+                            overrides={"n_genes": 4}, data_root=root)
     (fold,) = summary["dataset"]["folds"]
     assert [t["name"] for t in fold["test"]] == ["C6"]
     assert sorted(t["name"] for t in fold["train"]) == ["C2", "C3", "C4", "C5"]
     assert summary["dataset"]["profile"] == "spots" and fold["test"][0]["cell_um"] == 200.0
     assert summary["train_config"]["2"]["patch"] == 8
     df = pd.read_csv(tmp_path / "per_gene.csv")
-    assert set(df["method"]) == {"bicubic", "diffst"} and df["gene"].nunique() == 4
+    assert set(df["method"]) == {"bicubic", "bicubic+C", "diffst", "diffst+C"}
+    assert df["gene"].nunique() == 4
     assert np.isfinite(df[["rmse", "pcc", "ssim", "psnr"]].to_numpy(np.float64)).all()
     assert (tmp_path / "figures" / "her2st_C6_x2.png").is_file()
+    # genes were chosen on C2-C5 only
+    from diffst.io import read_her2st
+
+    train = [read_her2st(root, s, work_um_per_px=50.0) for s in ("C2", "C3", "C4", "C5")]
+    test = [read_her2st(root, "C6", work_um_per_px=50.0)]
+    assert fold["genes"] == training_genes(train, test, 4)
+
+
+@pytest.mark.slow
+def test_xenium_crop_quick_run(tmp_path):
+    root = SHARED_DATA / "xenium_breast_crop"
+    if not root.is_dir():
+        pytest.skip(f"Xenium crop not found at {root} (../shared/data/xenium_breast_crop)")
+    summary = run_benchmark("xenium_crop", [5, 10], "holdout", "quick", tmp_path,
+                            methods=["bicubic", "diffst"], ablations=False, progress=False,
+                            overrides={"n_genes": 3}, data_root=root)
+    (fold,) = summary["dataset"]["folds"]
+    assert fold["name"] == "test_strip" and fold["test"][0]["cell_um"] == 8.0
+    assert fold["train"][0]["shape"][1] + fold["test"][0]["shape"][1] == 65
+    df = pd.read_csv(tmp_path / "per_gene.csv")
+    assert set(df["factor"]) == {5, 10} and df["gene"].nunique() == 3
+    assert (tmp_path / "figures" / "xenium_crop_xenium_breast_x5.png").is_file()

@@ -78,7 +78,7 @@ def test_constant_prediction_scores_zero_pcc() -> None:
     pred = np.full_like(truth, 5.0)
     df = evaluate(truth, pred, FULL, GENES)
     assert df.loc["a", "pcc"] == 0.0
-    assert df.loc["a", "istar_pcc"] == 0.0
+    assert df.loc["a", "release_pcc"] == 0.0
     # variance 0 against var(0..15) -> rvd (0 - v)^2 / v^2 = 1
     assert df.loc["a", "rvd"] == pytest.approx(1.0)
 
@@ -158,9 +158,32 @@ def test_istar_protocol_is_scale_free() -> None:
     pred = 3.0 * truth + 5.0
     df = evaluate(truth, pred, FULL, GENES)
     np.testing.assert_allclose(df["istar_rmse"], 0.0, atol=1e-12)
-    np.testing.assert_allclose(df["istar_pcc"], 1.0)
     np.testing.assert_allclose(df["istar_ssim"], 1.0, atol=1e-12)
-    assert (df["rmse"] > 0.5).all()  # the paper protocol sees the wrong scale
+    assert (df["rmse"] > 0.5).all()  # the truth min-max protocol sees the wrong scale
+
+
+def test_release_protocol_uses_absolute_pcc_and_8bit_gaussian_ssim() -> None:
+    from skimage.metrics import structural_similarity
+
+    rng = np.random.default_rng(3)
+    truth = rng.poisson(4.0, (2, 16, 16)).astype(float)
+    mask = np.ones((16, 16), bool)
+    df = evaluate(truth, -truth + 20.0, mask, ["a", "b"])  # anti-correlated prediction
+    np.testing.assert_allclose(df["release_pcc"], 1.0)
+    np.testing.assert_allclose(df["pcc"], -1.0)
+    noisy = truth + rng.normal(0, 2.0, truth.shape)
+    df = evaluate(truth, noisy, mask, ["a", "b"])
+    for g in range(2):
+        t = (truth[g] - truth[g].min()) / np.ptp(truth[g])
+        p = (noisy[g] - noisy[g].min()) / np.ptp(noisy[g])
+        _, smap = structural_similarity(np.round(255 * t), np.round(255 * p), data_range=255,
+                                        gaussian_weights=True, sigma=1.5,
+                                        use_sample_covariance=False, full=True)
+        expected = smap.mean()  # every cell is in the mask: the mean over the whole map
+        assert df["release_ssim"].iloc[g] == pytest.approx(expected)
+    # a raster narrower than the 11-px Gaussian window has no release SSIM
+    small = evaluate(truth[:, :8, :8], noisy[:, :8, :8], mask[:8, :8], ["a", "b"])
+    assert small["release_ssim"].isna().all() and small["ssim"].notna().all()
 
 
 def test_rvd_of_doubled_map() -> None:

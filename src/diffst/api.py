@@ -31,9 +31,13 @@ def default_work_um_per_px(sample: STSample) -> float:
     return max(sample.image_um_per_px, min(sample.cell_um / 8.0, 2.0))
 
 
-def shared_top_genes(samples: list[STSample], n: int) -> list[str]:
-    """The ``n`` genes present in every sample with the highest total counts in tissue."""
+def shared_top_genes(samples: list[STSample], n: int,
+                     among: set[str] | None = None) -> list[str]:
+    """The ``n`` genes present in every sample (and in ``among``, when given) with the highest
+    total counts in tissue, summed over ``samples``."""
     common = set(samples[0].genes).intersection(*(s.genes for s in samples[1:]))
+    if among is not None:
+        common &= among
     totals: dict[str, float] = dict.fromkeys(common, 0.0)
     for s in samples:
         sums = s.expr[:, s.mask].sum(axis=1)

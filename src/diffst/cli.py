@@ -215,37 +215,51 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
 # ---------------------------------------------------------------------------- benchmark
 @main.command()
 @click.option("--dataset", default="simulated", show_default=True,
-              help="'simulated', 'her2st' or comma-separated sample paths.")
+              help="'simulated', 'her2st', 'xenium_crop' or comma-separated sample paths.")
+@click.option("--data-root", default=None, type=click.Path(file_okay=False),
+              help="Folder of a real dataset (required for her2st and xenium_crop), e.g. "
+                   "../shared/data/her2st.")
 @click.option("--factors", default=None,
               help="Comma-separated scale factors (default 5,10; 2,3 for spot data).")
 @click.option("--split", default="holdout", show_default=True,
               help="holdout | loo (leave-one-section-out) | seeds (simulated) | a section.")
+@click.option("--stage", default="test", show_default=True,
+              type=click.Choice(["test", "validation"]),
+              help="'validation' never touches the test sections: choose settings there.")
 @click.option("--preset", default="default", show_default=True,
-              type=click.Choice(["quick", "default", "full"]))
+              type=click.Choice(["quick", "short", "default", "full"]))
 @click.option("--out", "out_dir", default="benchmark_out", show_default=True,
               type=click.Path(file_okay=False))
 @click.option("--methods", default=None, help="Comma-separated subset of the methods.")
 @click.option("--ablations/--no-ablations", default=True, show_default=True,
               help="Also train Diff-ST with each part switched off.")
-@click.option("--steps", default=None, type=int, help="Override the preset's training steps.")
-@click.option("--data-root", default=None, type=click.Path(file_okay=False),
-              help="HER2ST folder (default ../shared/data/her2st).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--steps", default=None, type=click.IntRange(min=1),
+              help="Override the preset's training steps.")
+@click.option("--seeds", default="0", show_default=True,
+              help="Comma-separated training seeds; every fold is run once per seed.")
 @_fail_nicely
-def benchmark(dataset, factors, split, preset, out_dir, methods, ablations, steps, data_root,
-              seed) -> None:
+def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, methods, ablations,
+              steps, seeds) -> None:
     """Train and score Diff-ST and the baselines on held-out data; write tables and figures."""
     from diffst.benchmark import run_benchmark
 
     summary = run_benchmark(
-        dataset, [int(f) for f in factors.split(",")] if factors else None, split, preset,
-        out_dir, methods=methods.split(",") if methods else None, ablations=ablations,
-        seed=seed, data_root=data_root, overrides={"steps": steps} if steps else None,
+        dataset, _int_list(factors, "--factors") if factors else None, split, preset, out_dir,
+        methods=methods.split(",") if methods else None, ablations=ablations,
+        seeds=_int_list(seeds, "--seeds"), stage=stage, data_root=data_root,
+        overrides={"steps": steps} if steps else None,
     )
     click.echo(summary["table"])
 
 
-# ---------------------------------------------------------------------------- helpers
+def _int_list(text: str, option: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise click.BadParameter(f"expected comma-separated integers, got {text!r}",
+                                 param_hint=option) from exc
+
+
 def _read(path: str):
     from diffst.io import read_sample
 

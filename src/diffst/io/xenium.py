@@ -2,7 +2,8 @@
 
 Xenium output bundle (:func:`read_xenium`):
 
-* ``transcripts.parquet`` (preferred): one row per decoded transcript, ``feature_name``
+* ``transcripts.parquet`` (preferred; or ``transcripts.csv.gz`` / ``transcripts.csv`` with the
+  same columns): one row per decoded transcript, ``feature_name``
   (string or bytes), ``x_location``/``y_location`` in µm, ``qv``. Rows with ``qv < min_qv`` (20)
   are dropped, as are control and non-gene codewords: names starting with ``NegControl``,
   ``BLANK``, ``Unassigned``, ``DeprecatedCodeword``, ``Intergenic`` or ``antisense`` (and rows
@@ -24,6 +25,14 @@ maps H&E pixel ``(x, y, 1)`` to morphology-image pixels). Xenium µm -> morpholo
 ``µm / pixel_size`` (0.2125 µm unless ``experiment.xenium`` says otherwise); the inverse of the
 alignment matrix then gives H&E pixels. Without an image, ``image`` is None and the affine maps
 raster coordinates to Xenium µm (``image_um_per_px = 1``).
+
+Morphology image instead of an H&E: ``morphology_image`` (e.g. ``morphology_focus.ome.tif`` or a
+DAPI maximum projection), one fluorescence channel in Xenium µm with pixel size
+``image_um_per_px`` (default: ``experiment.xenium``'s, else 0.2125 µm) and its top-left pixel
+corner at ``morphology_origin_um`` (``(0, 0)`` for a whole run; a crop's offset otherwise).
+It is contrast-stretched (1st-99.5th percentile) and inverted so nuclei are dark on a bright
+background, like haematoxylin, and stored as three equal channels: the model takes it where an
+H&E would go.
 
 :func:`read_xenium_cells_h5ad` bins an AnnData of cells with pixel positions on an H&E image.
 :func:`pseudo_visium` sums an HR raster into Visium-like spots (55 µm disks, 100 µm hex pitch).
@@ -70,6 +79,9 @@ def read_xenium(
     close_um: float = 16.0,
     max_dense_gb: float = 8.0,
     name: str | None = None,
+    morphology_image: str | Path | None = None,
+    morphology_origin_um: tuple[float, float] = (0.0, 0.0),
+    image_um_per_px: float | None = None,
 ) -> STSample:
     """Bin a Xenium output folder onto an HR raster of ``bin_um`` µm cells.
 
@@ -84,6 +96,10 @@ def read_xenium(
         close_um: radius of the morphological closing that fills gaps in the mask (0: none).
         max_dense_gb: refuse a dense ``(G, H, W)`` raster larger than this.
         name: sample name (default: the folder name).
+        morphology_image: a one-channel fluorescence image in Xenium µm, used where an H&E
+            would go (module docstring); not together with ``he_image``.
+        morphology_origin_um: ``(x, y)`` µm of the morphology image's top-left pixel corner.
+        image_um_per_px: µm per morphology pixel (default: the run's pixel size).
 
     Returns:
         ``expr`` ``(G, H, W)`` float32 transcript counts per raster cell.
@@ -98,9 +114,12 @@ def read_xenium(
             "read_xenium: he_image and alignment_csv go together: pass the H&E image and the "
             "alignment CSV exported by Xenium Explorer (Image Alignment), or neither"
         )
-    if (folder / "transcripts.parquet").is_file():
-        pts, gene_names, meta = _load_transcripts(folder / "transcripts.parquet", min_qv)
-        source = folder / "transcripts.parquet"
+    if he_image is not None and morphology_image is not None:
+        raise ValueError("read_xenium: pass he_image or morphology_image, not both")
+    table = _transcripts_file(folder)
+    if table is not None:
+        pts, gene_names, meta = _load_transcripts(table, min_qv)
+        source = table
     else:
         pts, gene_names, meta = _load_cells(folder)
         source = folder / "cells.parquet"
@@ -117,12 +136,21 @@ def read_xenium(
         um_to_he = np.linalg.inv(he_to_morph) @ np.diag([1 / px_um, 1 / px_um, 1.0])
         affine = to_work @ um_to_he @ to_um
         meta.update(he_image=str(he_image), xenium_um_per_px=px_um, he_full_um_per_px=he_um)
+    if morphology_image is not None:
+        px_um = image_um_per_px or _xenium_pixel_size(folder)
+        image, to_work, um_per_px = load_working_image(morphology_image, px_um, work_um_per_px)
+        image = fluorescence_as_stain(image)
+        ox, oy = (float(v) for v in morphology_origin_um)
+        um_to_px = np.array([[1 / px_um, 0, -ox / px_um], [0, 1 / px_um, -oy / px_um], [0, 0, 1]])
+        affine = to_work @ um_to_px @ to_um
+        meta.update(morphology_image=str(morphology_image), xenium_um_per_px=px_um,
+                    morphology_origin_um=[ox, oy], image_kind="fluorescence (inverted)")
     meta.update(
         reader="diffst.io.xenium.read_xenium",
         folder=str(folder),
         bin_um=float(bin_um),
         origin_um=[float(origin[0]), float(origin[1])],
-        affine_target="H&E pixels" if image is not None else "Xenium µm",
+        affine_target="image pixels" if image is not None else "Xenium µm",
     )
     sample = STSample(
         expr=expr,
@@ -335,21 +363,57 @@ class _Points:
     w: np.ndarray | None
 
 
+def fluorescence_as_stain(image: np.ndarray) -> np.ndarray:
+    """``(H, W, 3)`` uint8 fluorescence (equal channels) -> stretched, inverted uint8 RGB."""
+    gray = image[..., :3].mean(axis=2) if image.ndim == 3 else image.astype(np.float32)
+    lo, hi = np.percentile(gray, [1.0, 99.5])
+    stretched = np.clip((gray - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
+    out = np.round(255.0 * (1.0 - stretched)).astype(np.uint8)
+    return np.repeat(out[:, :, None], 3, axis=2)
+
+
+def _transcripts_file(folder: Path) -> Path | None:
+    """The transcript table of a Xenium folder (parquet preferred, then CSV), or None."""
+    for name in ("transcripts.parquet", "transcripts.csv.gz", "transcripts.csv"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _transcript_table(path: Path):
+    """The needed columns of a transcript table (parquet or CSV) as a pyarrow Table."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    import pyarrow.parquet as pq
+
+    need = ["feature_name", "x_location", "y_location", "qv"]
+    kind = "parquet" if path.suffix == ".parquet" else "CSV"
+    try:
+        if kind == "parquet":
+            names = pq.read_schema(path).names
+        else:
+            with pacsv.open_csv(path) as reader:
+                names = reader.schema.names
+    except (OSError, pa.ArrowInvalid, EOFError) as exc:
+        raise SampleError(f"{path}: cannot read as a {kind} file ({exc})") from exc
+    missing = [c for c in need if c not in names]
+    if missing:
+        raise SampleError(f"{path}: missing columns {missing} (found {names[:10]})")
+    cols = need + (["is_gene"] if "is_gene" in names else [])
+    try:
+        if kind == "parquet":
+            return pq.read_table(path, columns=cols)
+        return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(include_columns=cols))
+    except (OSError, pa.ArrowInvalid, EOFError) as exc:
+        raise SampleError(f"{path}: cannot read the {kind} table ({exc})") from exc
+
+
 def _load_transcripts(path: Path, min_qv: float) -> tuple[_Points, list[str], dict]:
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    try:
-        schema = pq.read_schema(path)
-    except (OSError, pa.ArrowInvalid) as exc:
-        raise SampleError(f"{path}: cannot read as a parquet file ({exc})") from exc
-    need = ["feature_name", "x_location", "y_location", "qv"]
-    missing = [c for c in need if c not in schema.names]
-    if missing:
-        raise SampleError(f"{path}: missing columns {missing} (found {schema.names[:10]})")
-    cols = need + (["is_gene"] if "is_gene" in schema.names else [])
-    table = pq.read_table(path, columns=cols)
+    table = _transcript_table(path)
+    cols = table.column_names
     feat = table.column("feature_name")
     if pa.types.is_dictionary(feat.type):
         feat = feat.cast(feat.type.value_type)

@@ -1,0 +1,145 @@
+"""Benchmark presets: training budget, sampling and baseline settings, with where they came from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+
+from diffst.api import default_work_um_per_px
+from diffst.data.sample import STSample
+from diffst.train import TrainConfig
+
+TINY_MODEL = dict(channels=8, channel_mults=(1, 2), time_dim=16, cond_channels=8,
+                  tissue_px_per_cell=2, tile_px=4, n_tiles=6, attn_dim=8, attn_heads=2,
+                  graph_dim=4, graph_layers=1)
+
+PROVENANCE_V01 = (
+    "training steps, batch, lr and EMA were set in diffst 0.1 on the demo tissue (simulated "
+    "seed 0, which is not a test region of this benchmark) and sized so that a run fits 2 CPU "
+    "cores; sampling (20 DDIM steps, 4 samples) and the baselines' settings (TESLA radius and "
+    "sigma, iStar-like capacity) are the package defaults, not tuned on any test data"
+)
+
+
+@dataclass
+class Preset:
+    """Settings of one benchmark run; ``None`` means the package default named in brackets.
+
+    Attributes:
+        name: preset name; ``profile`` ``cells`` (single-cell-scale rasters) or ``spots``.
+        model: :class:`~diffst.model.config.DiffSTConfig` overrides (others: its defaults).
+        steps, batch_size, lr, ema_decay: Diff-ST and regression training [TrainConfig].
+        patch_um: HR patch side in µm, rounded to a multiple of factor x cell [8 x factor
+            cells, as :func:`diffst.api.train_model`].
+        work_um_per_px: image resolution of the model [:func:`default_work_um_per_px`].
+        sample_steps, n_samples: DDIM steps and samples per tile averaged into the mean map.
+        ablation_factors: ``"first"`` (ablations at the first factor only) or ``"all"``.
+        size_um, n_genes: simulated tissue side (µm) and gene count (for real data: the number
+            of most expressed genes of the training part).
+        holdout_fraction, val_fraction: width fractions of the test strip and (of the rest)
+            the validation strip when one section is split into strips.
+        istar: :class:`~diffst.baselines.IStarLike` keyword arguments.
+        figure_genes: genes shown per figure.
+        provenance: where these settings came from (printed with every table).
+    """
+
+    name: str
+    profile: str
+    model: dict = field(default_factory=dict)
+    steps: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    ema_decay: float | None = None
+    patch_um: float | None = None
+    work_um_per_px: float | None = None
+    sample_steps: int = 20
+    n_samples: int = 4
+    ablation_factors: str = "first"
+    size_um: float = 1600.0
+    n_genes: int = 20
+    holdout_fraction: float = 0.3
+    val_fraction: float = 0.2
+    istar: dict = field(default_factory=dict)
+    figure_genes: int = 4
+    provenance: str = PROVENANCE_V01
+
+
+PRESETS: dict[tuple[str, str], Preset] = {
+    # seconds: CI smoke test (tiny network, a few steps; numbers mean nothing)
+    ("cells", "quick"): Preset(
+        "quick", "cells", model=dict(TINY_MODEL), steps=4, batch_size=2, lr=2e-3,
+        ema_decay=0.9, patch_um=80.0, work_um_per_px=2.0, sample_steps=2, n_samples=1,
+        size_um=480.0, n_genes=4, istar=dict(n_models=1, steps=20), figure_genes=2,
+        provenance="smoke-test settings; the numbers mean nothing"),
+    ("spots", "quick"): Preset(
+        "quick", "spots", model=dict(TINY_MODEL), steps=4, batch_size=2, lr=2e-3,
+        ema_decay=0.9, patch_um=1600.0, work_um_per_px=12.5, sample_steps=2, n_samples=1,
+        n_genes=6, istar=dict(n_models=1, steps=20), figure_genes=2,
+        provenance="smoke-test settings; the numbers mean nothing"),
+    # Measured on 2 idle cores in diffst 0.1: simulated x5 0.25 s/step (batch 8, 40x40-cell
+    # patches); HER2ST x2 0.22 s/step (8x8-cell patches at 2 µm/px).
+    ("cells", "default"): Preset(
+        "default", "cells", steps=500, batch_size=8, lr=1e-3, ema_decay=0.995,
+        patch_um=320.0, sample_steps=20, n_samples=4),
+    ("spots", "default"): Preset(
+        "default", "spots", model=dict(tissue_px_per_cell=16), steps=600, batch_size=8,
+        lr=1e-3, ema_decay=0.995, patch_um=1600.0, sample_steps=20, n_samples=4,
+        n_genes=50),
+    # sized so that leave-one-section-out over 5 HER2ST sections x 2 factors x 3 seeds (60
+    # trainings) fits about two hours on 2 shared CPU cores: a third of the training steps and
+    # a 4 µm/px image (the data pipeline dominates a step at 2 µm/px)
+    ("cells", "short"): Preset(
+        "short", "cells", steps=200, batch_size=8, lr=1e-3, ema_decay=0.995,
+        patch_um=320.0, sample_steps=20, n_samples=4,
+        provenance=PROVENANCE_V01 + "; fewer steps for CPU time, not for accuracy"),
+    ("spots", "short"): Preset(
+        "short", "spots", model=dict(tissue_px_per_cell=16), steps=200, batch_size=8,
+        lr=1e-3, ema_decay=0.995, patch_um=1600.0, work_um_per_px=4.0, sample_steps=20,
+        n_samples=4, n_genes=50,
+        provenance=PROVENANCE_V01 + "; fewer steps and a coarser image for CPU time, not "
+        "for accuracy"),
+    # the package's own training defaults (TrainConfig) and ablations at every factor
+    ("cells", "full"): Preset(
+        "full", "cells", sample_steps=20, n_samples=8, ablation_factors="all"),
+    ("spots", "full"): Preset(
+        "full", "spots", model=dict(tissue_px_per_cell=16), patch_um=1600.0, sample_steps=20,
+        n_samples=8, ablation_factors="all", n_genes=50),
+}
+"""``(profile, name)`` -> :class:`Preset`."""
+
+PRESET_NAMES = ("quick", "short", "default", "full")
+
+
+def get_preset(name: str, profile: str, overrides: dict | None = None) -> Preset:
+    """The preset ``name`` for a data ``profile``, with ``overrides`` (field -> value) applied."""
+    if (profile, name) not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: choose from {list(PRESET_NAMES)}")
+    preset = PRESETS[(profile, name)]
+    known = {f.name for f in fields(Preset)}
+    bad = sorted(set(overrides or {}) - known)
+    if bad:
+        raise ValueError(f"unknown preset settings {bad}: choose from {sorted(known)}")
+    return replace(preset, **(overrides or {}))
+
+
+def patch_cells(preset: Preset, cell_um: float, factor: int) -> int:
+    """HR patch side in cells: ``patch_um`` rounded to a multiple of ``factor`` (>= factor)."""
+    if preset.patch_um is None:
+        return 8 * factor
+    lr_cells = max(1, round(preset.patch_um / (cell_um * factor)))
+    return lr_cells * factor
+
+
+def train_config(preset: Preset, sample: STSample, factor: int, seed: int) -> TrainConfig:
+    """The :class:`TrainConfig` of Diff-ST and the regression baseline for one factor."""
+    base = TrainConfig()
+    steps = preset.steps if preset.steps is not None else base.steps
+    return TrainConfig(
+        steps=steps,
+        batch_size=preset.batch_size or base.batch_size,
+        lr=preset.lr or base.lr,
+        ema_decay=preset.ema_decay or base.ema_decay,
+        patch=patch_cells(preset, sample.cell_um, factor),
+        work_um_per_px=preset.work_um_per_px or default_work_um_per_px(sample),
+        seed=seed,
+        checkpoint_every=max(steps, 1),
+    )

@@ -1,0 +1,400 @@
+"""Benchmark statistics and reports: units, mean +- sd, wins, paired tests, tables, sentences.
+
+The unit of evidence is one test section (or strip) at one factor for one training seed
+(``runs``); a *section* is a test section with its scores averaged over seeds. Tables give the
+mean +- sd over runs of each run's mean over genes; comparisons count the runs and the sections
+where Diff-ST + C is better and give a two-sided paired t-test over sections (no p-value with
+fewer than 3 sections). Per-gene scores stay in ``per_gene.csv`` as detail.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+from dataclasses import asdict
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from scipy import stats
+
+from diffst.api import model_config_for
+from diffst.benchmark.methods import (
+    METHOD_LABELS,
+    REFERENCE_METHODS,
+    consistent_key,
+    method_label,
+)
+from diffst.benchmark.presets import Preset, train_config
+from diffst.data.image import aligned_image
+from diffst.data.lr import simulate_lr, upsample_nearest
+from diffst.io.atomic import atomic_path
+from diffst.metrics import HIGHER_IS_BETTER, METRIC_COLUMNS
+from diffst.plot import gene_panel
+
+REFERENCE = consistent_key("diffst")
+"""The method every other one is compared with: Diff-ST after the consistency step."""
+
+MAIN_METRICS: dict[str, str] = {
+    "rmse": "RMSE ↓", "ssim": "SSIM ↑", "pcc": "PCC ↑", "psnr": "PSNR ↑", "rvd": "RVD ↓",
+    "gene_corr_error": "Gene-corr err ↓",
+}
+"""Columns of the main table (truth min-max protocol, :mod:`diffst.metrics`)."""
+
+OTHER_PROTOCOLS: dict[str, str] = {
+    "istar_rmse": "iStar RMSE ↓", "istar_ssim": "iStar SSIM ↑",
+    "release_ssim": "Release SSIM ↑", "release_pcc": "Release abs PCC ↑",
+}
+"""Columns of the second table: the iStar and released Diff-ST protocols."""
+
+HEADLINE = ("rmse", "ssim", "pcc")
+"""Metrics of the comparison table and of the generated sentences."""
+
+UNIT = ["factor", "seed", "fold", "test"]
+
+
+# ---------------------------------------------------------------------------- statistics
+def unit_scores(gene_df: pd.DataFrame, sample_df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run, method): metric means over genes (NaN ignored), gene-corr error and
+    wall seconds."""
+    means = gene_df.groupby([*UNIT, "method"], sort=False)[METRIC_COLUMNS].mean().reset_index()
+    extra = sample_df[[*UNIT, "method", "gene_corr_error", "fit_s", "predict_s"]]
+    return means.merge(extra, on=[*UNIT, "method"], how="left")
+
+
+def method_stats(units: pd.DataFrame) -> dict[str, dict[str, dict[str, float]]]:
+    """Per method and metric: mean, sd (ddof 1; 0 for one run) and number of runs."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    cols = [*METRIC_COLUMNS, "gene_corr_error"]
+    for key, rows in units.groupby("method", sort=False):
+        out[key] = {}
+        for m in cols:
+            v = rows[m].to_numpy(np.float64)
+            v = v[np.isfinite(v)]
+            out[key][m] = {"mean": float(v.mean()) if v.size else math.nan,
+                           "sd": float(v.std(ddof=1)) if v.size > 1 else 0.0, "n": int(v.size)}
+        out[key]["seconds"] = {"mean": float((rows["fit_s"] + rows["predict_s"]).mean()),
+                               "sd": 0.0, "n": len(rows)}
+    return out
+
+
+def better(metric: str, a: float, b: float) -> bool:
+    """True when ``a`` is strictly better than ``b`` for ``metric`` (NaN never is)."""
+    if not (math.isfinite(a) and math.isfinite(b)):
+        return False
+    return a > b if HIGHER_IS_BETTER.get(metric, False) else a < b
+
+
+def compare(units: pd.DataFrame, reference: str = REFERENCE,
+            metrics: tuple[str, ...] = (*HEADLINE, "psnr")) -> dict[str, dict[str, dict]]:
+    """``reference`` against the other methods + C, the reference rows and raw Diff-ST: runs
+    and sections won, paired t-test over sections."""
+    keyed = units.set_index(["seed", "fold", "test"])
+    ref = keyed[keyed["method"] == reference]
+    out: dict[str, dict[str, dict]] = {}
+    if ref.empty:
+        return out
+    for key in units["method"].unique():
+        if key == reference or key.startswith("diffst-no_") or not (
+                key.endswith("+C") or key in (*REFERENCE_METHODS, "diffst")):
+            continue
+        other = keyed[keyed["method"] == key].reindex(ref.index)
+        out[key] = {m: _compare_metric(ref[m], other[m], m) for m in metrics}
+    return out
+
+
+def _compare_metric(ref: pd.Series, other: pd.Series, metric: str) -> dict[str, float]:
+    pair = pd.DataFrame({"ref": ref.to_numpy(np.float64), "other": other.to_numpy(np.float64)},
+                        index=ref.index).dropna()
+    wins = sum(better(metric, a, b) for a, b in zip(pair["ref"], pair["other"], strict=True))
+    sections = pair.groupby(level=["fold", "test"]).mean()
+    sec_wins = sum(better(metric, a, b)
+                   for a, b in zip(sections["ref"], sections["other"], strict=True))
+    p = math.nan
+    diff = sections["ref"] - sections["other"]
+    if len(sections) >= 3 and np.any(diff.to_numpy() != 0):
+        p = float(stats.ttest_rel(sections["ref"], sections["other"]).pvalue)
+    return {"wins": int(wins), "runs": len(pair), "section_wins": int(sec_wins),
+            "sections": len(sections), "p": p}
+
+
+# ---------------------------------------------------------------------------- summary
+def machine_info() -> dict[str, Any]:
+    """CPU count, torch threads and versions of the machine running the benchmark."""
+    try:
+        diffst_version = version("diffst")
+    except PackageNotFoundError:  # pragma: no cover - source checkout without install
+        diffst_version = "unknown"
+    return {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "numpy": np.__version__,
+            "python": platform.python_version(), "cuda": torch.cuda.is_available(),
+            "diffst": diffst_version}
+
+
+def build_summary(runs: list, preset: Preset, split: str, stage: str, hr_mask: str,
+                  methods: list[str], ablations: bool, seeds: list[int], gene_df: pd.DataFrame,
+                  sample_df: pd.DataFrame, dataset_arg: str | list[str] = "",
+                  preset_name: str = "") -> dict:
+    """Settings, protocol, per-factor statistics and timings as a JSON-ready dict."""
+    _, data = runs[0]
+    units = unit_scores(gene_df, sample_df)
+    results = {}
+    for f in data.factors:
+        u = units[units["factor"] == f]
+        results[str(f)] = {"stats": method_stats(u), "comparisons": compare(u),
+                           "runs": _plain(u.to_dict(orient="records"))}
+    first = data.folds[0].train[0]
+    tcs = {str(f): _plain(asdict(train_config(preset, first, f, seeds[0])))
+           for f in data.factors}
+    folds = [{"seed": seed, "name": fd.name, "genes": fd.genes,
+              "train": [_describe(x) for x in fd.train],
+              "test": [_describe(x) for x in fd.test]} for seed, d in runs for fd in d.folds]
+    return {
+        "dataset": {"name": data.name, "description": data.description,
+                    "simulated": data.simulated, "profile": data.profile,
+                    "n_genes": len(data.folds[0].genes), "folds": folds},
+        "factors": data.factors, "split": split, "stage": stage, "seeds": seeds,
+        "protocol": {
+            "hr_mask": {"lr": "the LR tissue mask repeated over each LR cell's HR cells"}
+            [hr_mask],
+            "consistency": "every method is scored raw and after the same spot-consistency "
+                           "step (diffst.consistency.redistribute on its raw map): '+ C' rows",
+            "gene_selection": "the most expressed genes of each fold's training sections "
+                              "(total counts in tissue), among genes every section measures",
+            "seeds": seeds,
+            "stage": stage,
+            "scoring": "truth and its tissue mask are used for scoring only",
+            "unit": "one test section (or strip) x factor x seed; sections = seed-averaged",
+        },
+        "preset": _plain(asdict(preset)),
+        "train_config": tcs,
+        "model_config": model_config_for(None, **preset.model).to_dict(),
+        "methods": {k: method_label(k) for k in gene_df["method"].unique()},
+        "ablations": {"enabled": bool(ablations and "diffst" in methods)},
+        "results": results,
+        "machine": machine_info(),
+        "command": _command(dataset_arg, data.factors, split, preset_name or preset.name,
+                            methods, ablations, seeds, stage),
+    }
+
+
+def _describe(s) -> dict:
+    return {"name": s.name, "shape": list(s.shape), "cell_um": s.cell_um,
+            "cells_in_tissue": int(s.mask.sum())}
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, float | np.floating):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _command(dataset: str | list[str], factors: list[int], split: str, preset: str,
+             methods: list[str], ablations: bool, seeds: list[int], stage: str) -> str:
+    ds = dataset if isinstance(dataset, str) else ",".join(map(str, dataset))
+    parts = ["diffst benchmark", f"--dataset {ds}"]
+    if ds in ("her2st", "xenium_crop"):
+        parts.append("--data-root DATA_ROOT")
+    parts += [f"--factors {','.join(map(str, factors))}", f"--split {split}",
+              f"--stage {stage}", f"--preset {preset}", f"--seeds {','.join(map(str, seeds))}"]
+    if list(methods) != list(METHOD_LABELS):
+        parts.append(f"--methods {','.join(methods)}")
+    if not ablations:
+        parts.append("--no-ablations")
+    return " ".join(parts)
+
+
+def write_outputs(out: Path, summary: dict, gene_df: pd.DataFrame) -> None:
+    """Write ``table.md``, ``per_gene.csv`` and ``summary.json`` atomically into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "table.md") as tmp:
+        tmp.write_text(summary["table"], encoding="utf-8")
+    with atomic_path(out / "per_gene.csv") as tmp:
+        gene_df.to_csv(tmp, index=False, float_format="%.6g")
+    with atomic_path(out / "summary.json") as tmp:
+        tmp.write_text(json.dumps(_plain(summary), indent=2, allow_nan=False), encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------- figures
+def draw_figures(dataset: str, fold, factor: int, maps: dict[str, dict[str, np.ndarray]],
+                 methods: list[str], preset: Preset, out: Path) -> list[Path]:
+    """One PNG per test sample: truth, LR and every main method + C, over the image."""
+    paths = []
+    for truth in fold.test:
+        if truth.image is None:
+            continue
+        h, w = truth.shape
+        lr = simulate_lr(truth, factor)
+        lr_map = upsample_nearest(lr.expr, factor)[:, :h, :w] / factor**2
+        rows = [("truth", truth.expr), (f"LR x{factor}", lr_map)]
+        for k in methods:
+            key = k if k in REFERENCE_METHODS else consistent_key(k)
+            if key in maps[truth.name] and k != "gene_mean":
+                rows.append((method_label(key), maps[truth.name][key]))
+        k = max(1, min(16, 400 // max(h, w)))
+        path = out / "figures" / f"{dataset}_{truth.name}_x{factor}.png"
+        gene_panel(rows, truth.genes, truth.top_genes(preset.figure_genes),
+                   aligned_image(truth, k), truth.mask, path)
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------- Markdown
+def _fmt(metric: str, value: float | None) -> str:
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:.2f}" if metric in ("psnr", "seconds") else f"{value:.4f}"
+
+
+def _cell(metric: str, s: dict[str, float] | None) -> str:
+    if not s or s["mean"] is None or not math.isfinite(s["mean"]):
+        return "n/a"
+    if s["n"] > 1:
+        return f"{_fmt(metric, s['mean'])} ± {_fmt(metric, s['sd'])}"
+    return _fmt(metric, s["mean"])
+
+
+def ordered_keys(stats_: dict, methods: list[str]) -> list[str]:
+    """Row order: each main method raw then + C (reference rows raw only)."""
+    keys = []
+    for k in methods:
+        keys += [k] if k in REFERENCE_METHODS else [k, consistent_key(k)]
+    return [k for k in keys if k in stats_]
+
+
+def metric_table(stats_: dict, keys: list[str], columns: dict[str, str],
+                 seconds: bool = True) -> list[str]:
+    """Markdown rows of methods x metrics (mean ± sd over runs); best mean in bold (reference
+    rows excluded)."""
+    head = ["Method", *columns.values(), *(["Time (s)"] if seconds else [])]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    best: dict[str, float] = {}
+    for m in columns:
+        for k in keys:
+            v = stats_[k][m]["mean"]
+            if k not in REFERENCE_METHODS and v is not None and math.isfinite(v) and (
+                    m not in best or better(m, v, best[m])):
+                best[m] = v
+    for k in keys:
+        cells = []
+        for m in columns:
+            text = _cell(m, stats_[k][m])
+            cells.append(f"**{text}**" if stats_[k][m]["mean"] == best.get(m) else text)
+        if seconds:
+            cells.append(_fmt("seconds", stats_[k]["seconds"]["mean"]))
+        lines.append(f"| {method_label(k)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def comparison_table(comp: dict[str, dict[str, dict]]) -> list[str]:
+    """Markdown rows: Diff-ST + C against each method (runs won, sections won, p)."""
+    head = [f"{method_label(REFERENCE)} vs", *(MAIN_METRICS[m] for m in HEADLINE)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for k, per_metric in comp.items():
+        cells = []
+        for m in HEADLINE:
+            c = per_metric[m]
+            p = "" if not math.isfinite(c["p"]) else f"; p={c['p']:.2g}"
+            cells.append(f"{c['wins']}/{c['runs']} runs; {c['section_wins']}/{c['sections']} "
+                         f"sections{p}")
+        lines.append(f"| {method_label(k)} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def sentences(stats_: dict, comp: dict, factor: int) -> list[str]:
+    """Generated plain statements: where Diff-ST + C has the best mean among the methods + C,
+    and where it does not (with the margin and how many sections it wins)."""
+    if REFERENCE not in stats_:
+        return []
+    rivals = [k for k in stats_ if k.endswith("+C") and k != REFERENCE
+              and not k.startswith("diffst-no_")]
+    out = []
+    for m in HEADLINE:
+        ref = stats_[REFERENCE][m]
+        best_other = None
+        for k in rivals:
+            v = stats_[k][m]["mean"]
+            if best_other is None or better(m, v, stats_[best_other][m]["mean"]):
+                best_other = k
+        if best_other is None:
+            continue
+        o = stats_[best_other][m]
+        c = comp[best_other][m]
+        name = MAIN_METRICS[m].split(" ")[0]
+        secs = f"{c['section_wins']} of {c['sections']} sections"
+        if better(m, ref["mean"], o["mean"]):
+            out.append(f"- x{factor} {name}: Diff-ST + C has the best mean of the methods + C, "
+                       f"{_cell(m, ref)} against the next best, {method_label(best_other)}, "
+                       f"{_cell(m, o)}; Diff-ST + C is better in {secs}.")
+        else:
+            out.append(f"- x{factor} {name}: Diff-ST + C does NOT have the best mean of the "
+                       f"methods + C: {method_label(best_other)} has {_cell(m, o)}, Diff-ST + C "
+                       f"{_cell(m, ref)}; Diff-ST + C is better in {secs}.")
+    return out
+
+
+def format_tables(summary: dict) -> str:
+    """The whole ``table.md`` text from a summary dict."""
+    ds, p = summary["dataset"], summary["preset"]
+    tc = next(iter(summary["train_config"].values()))
+    patches = "/".join(str(t["patch"]) for t in summary["train_config"].values())
+    scales = "/".join(f"x{f}" for f in summary["train_config"])
+    folds = sorted({f["name"] for f in ds["folds"]})
+    lines = [f"# Benchmark: {ds['name']} ({summary['stage']} stage, preset `{p['name']}`)", "",
+             f"Data: {ds['description']}. Split `{summary['split']}`: {len(folds)} fold(s) "
+             f"({', '.join(folds)}), seeds {', '.join(map(str, summary['seeds']))}; "
+             f"{ds['n_genes']} genes chosen on each fold's training part.", "",
+             "Protocol: every method gets the LR map, the image and the HR mask made from the "
+             "LR mask; the truth is used for scoring only. Each method is scored raw and after "
+             "the same spot-consistency step (`+ C`: each LR cell's measured counts "
+             "redistributed in proportion to the method's map). \"Gene mean\" is a constant map "
+             "per gene: the floor of each metric.", "",
+             f"Training (Diff-ST, ablations, histology regression): {tc['steps']} steps, batch "
+             f"{tc['batch_size']}, lr {tc['lr']:g}, EMA {tc['ema_decay']:g}, patch {patches} HR "
+             f"cells at {scales}, image at {tc['work_um_per_px']:g} µm/px; Diff-ST maps are the "
+             f"mean of {p['n_samples']} DDIM samples ({p['sample_steps']} steps). Where these "
+             f"settings come from: {p['provenance']}.", "",
+             "Numbers: mean ± sd over runs (test section x seed) of each run's mean over genes; "
+             "metrics of `diffst.metrics` (truth min-max protocol: RMSE/SSIM/PSNR on maps "
+             "scaled by the truth's min-max; PCC signed; RVD relative variance distance; "
+             "gene-corr err: distance of gene-gene correlation matrices). Comparisons: runs and "
+             "sections (seed-averaged) won by Diff-ST + C, two-sided paired t-test over "
+             "sections (only with >= 3 sections). Time: fit + predict seconds per run.", ""]
+    methods = [k for k in METHOD_LABELS if any(k in s for s in
+                                               (summary["results"][str(f)]["stats"]
+                                                for f in summary["factors"]))]
+    for f in summary["factors"]:
+        res = summary["results"][str(f)]
+        st, comp = res["stats"], res["comparisons"]
+        keys = ordered_keys(st, methods)
+        lines += [f"## x{f}", ""] + metric_table(st, keys, MAIN_METRICS) + [""]
+        lines += ["Other protocols (iStar: each map scaled by its own min-max; release: the "
+                  "released Diff-ST evaluation, Gaussian SSIM on 8-bit maps, absolute PCC):",
+                  ""] + metric_table(st, keys, OTHER_PROTOCOLS, seconds=False) + [""]
+        if comp:
+            lines += comparison_table(comp) + [""]
+        ablated = [k for k in st if k.startswith("diffst-no_")]
+        if ablated:
+            lines += [f"Ablations at x{f} (same training budget):", ""]
+            lines += metric_table(st, [k for k in ("diffst", REFERENCE) if k in st] + ablated,
+                                  MAIN_METRICS) + [""]
+        said = sentences(st, comp, f)
+        if said:
+            lines += [f"In words (generated from the table above), x{f}:", ""] + said + [""]
+    m = summary["machine"]
+    lines += [f"Machine: {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, torch "
+              f"{m['torch']}, CUDA {'yes' if m['cuda'] else 'no'}; total wall time "
+              f"{summary.get('wall_s', float('nan')) / 60:.1f} min.", "",
+              f"Produced by `{summary['command']}`; do not edit the numbers by hand.", ""]
+    return "\n".join(lines)
