@@ -1,0 +1,34 @@
+"""diffst: histology-guided super-resolution of spatial transcriptomics (Diff-ST).
+
+Scanpy-style entry points, imported on first use so ``import diffst`` stays light::
+
+    import diffst as ds
+    adata = ds.read("spaceranger/outs")               # AnnData of the measured spots
+    sr = ds.tl.super_resolve(adata, "model.pt")       # AnnData of the HR cells
+    ds.pl.maps(sr, layers=["mean", "std"], path="maps.png")
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    import anndata as ad
+
+__all__ = ["pl", "pp", "read", "tl"]
+
+
+def read(path: str | Path, **kw: Any) -> ad.AnnData:
+    """Read any layout :func:`diffst.io.read_sample` knows into AnnData (one observation per
+    raster cell in tissue, the image at the resolution read, scanpy's spatial convention)."""
+    from diffst.io import read_sample, sample_to_anndata
+
+    return sample_to_anndata(read_sample(path, **kw), max_image_px=None)
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("pl", "pp", "tl"):
+        return import_module(f"diffst.{name}")
+    raise AttributeError(f"module 'diffst' has no attribute {name!r}")
