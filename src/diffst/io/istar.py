@@ -42,6 +42,7 @@ from scipy.spatial import cKDTree
 
 from diffst.data.grid import fit_affine, spots_to_raster
 from diffst.data.sample import SampleError, STSample
+from diffst.io.alignment import PositionFix, align_to_image
 from diffst.io.counts import select_gene_columns
 from diffst.io.imageio import load_working_image
 from diffst.io.legacy_st import merge_duplicate_genes, read_counts_tsv
@@ -78,6 +79,8 @@ def read_istar(
     genes: list[str] | None = None,
     work_um_per_px: float | None = None,
     name: str | None = None,
+    fix: PositionFix | None = None,
+    alignment_check: bool = True,
 ) -> STSample:
     """Read an iStar folder (layout in the module docstring) into an :class:`STSample`.
 
@@ -86,6 +89,9 @@ def read_istar(
         genes: keep only these genes, in this order (unknown names raise).
         work_um_per_px: reduce the H&E to this many µm per pixel on load (None: full size).
         name: sample name (default: the folder name).
+        fix: correction of the positions (x/y swap, flip, rotation, scale), see
+            :mod:`diffst.io.alignment`.
+        alignment_check: refuse a blank image or positions that miss the tissue (False: skip).
 
     Returns:
         One raster cell per lattice position (geometry in the module docstring).
@@ -137,8 +143,7 @@ def read_istar(
         name=name or folder.name,
         meta=meta,
     )
-    sample.check_alignment()
-    return sample
+    return align_to_image(sample, fix, alignment_check, "the spot positions in locs-raw.tsv")
 
 
 def infer_lattice(

@@ -75,6 +75,7 @@ import scipy.sparse as sp
 
 from diffst.data.grid import fit_affine
 from diffst.data.sample import SampleError, STSample
+from diffst.io.alignment import PositionFix, align_to_image, image_file_blank
 from diffst.io.counts import (
     check_counts,
     check_dense_size,
@@ -183,6 +184,8 @@ def read_spaceranger(
     work_um_per_px: float | None = 2.0,
     max_dense_gb: float = 8.0,
     name: str | None = None,
+    fix: PositionFix | None = None,
+    alignment_check: bool = True,
 ) -> STSample:
     """Read a Space Ranger (Visium) output folder; geometry in the module docstring.
 
@@ -200,6 +203,9 @@ def read_spaceranger(
         work_um_per_px: reduce images finer than this many µm per pixel on load (None: never).
         max_dense_gb: refuse dense rasters larger than this (select genes instead).
         name: sample name; default the folder name.
+        fix: correction of the spot positions (x/y swap, flip, rotation, scale), see
+            :mod:`diffst.io.alignment`.
+        alignment_check: refuse a blank image or spots that miss the tissue (False: skip).
 
     Returns:
         ``expr`` ``(G, H, W)`` counts per spot (one cell per spot), ``cell_um`` ≈ 93.1 µm.
@@ -241,6 +247,10 @@ def read_spaceranger(
         counts.path,
         work_um_per_px,
         max_dense_gb,
+        fix=fix,
+        alignment_check=alignment_check,
+        positions=f"pxl_row_in_fullres/pxl_col_in_fullres in {files['positions'].name} (or "
+                  f"tissue_{chosen.kind}_scalef)",
     )
 
 
@@ -707,8 +717,17 @@ def choose_image(
     """
     found = {k: _find_in(spatial_dirs, f) for k, f in IMAGE_FILES.items()}
     if image is None:
-        if found["hires"] is not None:
+        blank = image_file_blank(found["hires"]) if found["hires"] is not None else None
+        if found["hires"] is not None and (blank is None or found["lowres"] is None):
             image = "hires"
+        elif blank is not None:
+            warnings.warn(
+                f"{found['hires']} is blank ({blank}); using the low-resolution image "
+                f"{found['lowres']} instead (pass image=PATH / --image to the full-resolution "
+                "image for more detail)",
+                stacklevel=3,
+            )
+            image = "lowres"
         elif found["lowres"] is not None:
             warnings.warn(
                 f"{spatial_dirs[0] / IMAGE_FILES['hires']} is missing; using the low-resolution "
@@ -816,6 +835,9 @@ def finish_sample(
     counts_path: Path | str,
     work_um_per_px: float | None,
     max_dense_gb: float,
+    fix: PositionFix | None = None,
+    alignment_check: bool = True,
+    positions: str = "the spot positions",
 ) -> STSample:
     """Load the chosen image, check the spots fall inside it, place counts, build the sample.
 
@@ -827,18 +849,25 @@ def finish_sample(
         counts_path: source of the counts (messages).
         work_um_per_px: reduce the image to this resolution on load (None: keep).
         max_dense_gb: limit on the dense ``(G, H, W)`` raster.
+        fix, alignment_check: see :func:`diffst.io.alignment.align_to_image`.
+        positions: how the positions were given, for alignment messages.
     """
     check_dense_size(len(genes), layout.shape, counts_path, max_dense_gb)
     to_image = np.diag([chosen.scalef, chosen.scalef, 1.0])
     img_um = layout.um_per_px_fullres / chosen.scalef
     image = chosen.array
+    outside = None  # spots outside the image: reported after trying the usual mistakes
+    if chosen.kind != "none":
+        hw = image_size(chosen.path) if image is None else image.shape[:2]
+        try:
+            check_spots_in_image(layout.xy_fullres, chosen, hw)
+        except SampleError as exc:
+            if not alignment_check and (fix is None or fix.is_identity):
+                raise
+            outside = exc
     if chosen.kind != "none" and image is None:
-        full_hw = image_size(chosen.path)
-        check_spots_in_image(layout.xy_fullres, chosen, full_hw)
         image, to_work, img_um = load_working_image(chosen.path, img_um, work_um_per_px)
         to_image = to_work @ to_image
-    elif image is not None:
-        check_spots_in_image(layout.xy_fullres, chosen, image.shape[:2])
     expr, mask = place_counts(matrix, layout.rows, layout.cols, layout.shape, counts_path)
     meta = dict(meta)
     meta.update(layout.meta)
@@ -862,8 +891,7 @@ def finish_sample(
         name=name,
         meta=meta,
     )
-    sample.check_alignment()
-    return sample
+    return align_to_image(sample, fix, alignment_check, positions, fallback=outside)
 
 
 def check_spots_in_image(

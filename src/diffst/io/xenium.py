@@ -42,6 +42,7 @@ import scipy.sparse as sp
 from scipy import ndimage
 
 from diffst.data.sample import SampleError, STSample
+from diffst.io.alignment import PositionFix, align_to_image
 from diffst.io.counts import check_counts, check_dense_size, check_unique, select_gene_columns
 from diffst.io.imageio import load_working_image
 from diffst.io.spaceranger import read_10x_matrix
@@ -70,6 +71,8 @@ def read_xenium(
     close_um: float = 16.0,
     max_dense_gb: float = 8.0,
     name: str | None = None,
+    fix: PositionFix | None = None,
+    alignment_check: bool = True,
 ) -> STSample:
     """Bin a Xenium output folder onto an HR raster of ``bin_um`` µm cells.
 
@@ -84,6 +87,9 @@ def read_xenium(
         close_um: radius of the morphological closing that fills gaps in the mask (0: none).
         max_dense_gb: refuse a dense ``(G, H, W)`` raster larger than this.
         name: sample name (default: the folder name).
+        fix: correction of the positions (x/y swap, flip, rotation, scale), see
+            :mod:`diffst.io.alignment`.
+        alignment_check: refuse a blank image or positions that miss the tissue (False: skip).
 
     Returns:
         ``expr`` ``(G, H, W)`` float32 transcript counts per raster cell.
@@ -135,8 +141,8 @@ def read_xenium(
         name=name or folder.name,
         meta=meta,
     )
-    sample.check_alignment()
-    return sample
+    return align_to_image(sample, fix, alignment_check,
+                          f"the transcript positions with the alignment {alignment_csv}")
 
 
 def read_xenium_cells_h5ad(
@@ -151,6 +157,8 @@ def read_xenium_cells_h5ad(
     work_um_per_px: float | None = None,
     close_um: float = 16.0,
     name: str | None = None,
+    fix: PositionFix | None = None,
+    alignment_check: bool = True,
 ) -> STSample:
     """Bin an AnnData of cells (counts + pixel positions on ``image_path``) onto an HR raster.
 
@@ -160,7 +168,7 @@ def read_xenium_cells_h5ad(
     ``pixel_size_um``, ``um_per_px``, ``pixel_size_um_embedded``, ``mpp``); when there is none it
     must be given. Raster cells are ``bin_um`` µm (``bin_um / image_um_per_px`` pixels), aligned to
     multiples of that size in image pixels (``meta["origin_px"]``); the mask is built as in
-    :func:`read_xenium`.
+    :func:`read_xenium`. ``fix`` and ``alignment_check`` are as in :func:`read_xenium`.
     """
     import anndata
 
@@ -209,8 +217,8 @@ def read_xenium_cells_h5ad(
         name=name or path.stem,
         meta=meta,
     )
-    sample.check_alignment()
-    return sample
+    return align_to_image(sample, fix, alignment_check,
+                          f"obs '{row_key}' (image row) / '{col_key}' (column) in {path.name}")
 
 
 def pseudo_visium(
