@@ -268,7 +268,8 @@ def _spot_locations(path: Path, spot_ids: list[str], cnts_path: Path) -> np.ndar
         raise FileNotFoundError(f"{path}: spot location file not found")
     try:
         locs = pd.read_csv(path, sep="\t", index_col=0)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+    except (OSError, EOFError, UnicodeDecodeError, pd.errors.ParserError,
+            pd.errors.EmptyDataError) as exc:
         raise SampleError(f"{path}: cannot read as a tab-separated table ({exc})") from exc
     if "x" not in locs.columns or "y" not in locs.columns:
         raise SampleError(f"{path}: needs columns 'x' and 'y' (found {list(locs.columns)})")

@@ -190,6 +190,12 @@ def read_counts_tsv(path: str | Path) -> tuple[np.ndarray, list[str], list[str]]
         with opener(path, "rt") as fh:
             header = fh.readline().rstrip("\r\n").split("\t")
         table = pd.read_csv(path, sep="\t", header=None, skiprows=1, engine="c")
+    except EOFError as exc:
+        raise SampleError(f"{path}: the file is truncated (compressed stream ends early); copy "
+                          "or download it again") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise SampleError(f"{path}: the counts table is empty (expected a header of gene names "
+                          "and one row of counts per spot)") from exc
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise SampleError(f"{path}: cannot read as a tab-separated counts table ({exc})") from exc
     if table.shape[0] == 0:
@@ -252,7 +258,8 @@ def read_spot_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     try:
         table = pd.read_csv(path, sep="\t")
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+    except (OSError, EOFError, UnicodeDecodeError, pd.errors.ParserError,
+            pd.errors.EmptyDataError) as exc:
         raise SampleError(f"{path}: cannot read as a tab-separated spot table ({exc})") from exc
     table.columns = [str(c).strip() for c in table.columns]
     missing = [c for c in _SPOT_COLUMNS if c not in table.columns]

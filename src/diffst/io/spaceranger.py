@@ -70,7 +70,6 @@ from typing import Any
 import h5py
 import numpy as np
 import pandas as pd
-import scipy.io
 import scipy.sparse as sp
 
 from diffst.data.grid import fit_affine
@@ -406,19 +405,94 @@ def _read_mtx_folder(folder: Path):
         folder, ("features.tsv.gz", "features.tsv", "genes.tsv.gz", "genes.tsv"), "features"
     )
     bcs = _first_existing(folder, ("barcodes.tsv.gz", "barcodes.tsv"), "barcodes")
-    try:
-        with _open(mtx) as fh:
-            mat = scipy.io.mmread(fh)
-        features = pd.read_csv(feats, sep="\t", header=None, dtype=str)
-        barcodes = pd.read_csv(bcs, sep="\t", header=None, dtype=str)[0].tolist()
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise SampleError(f"{folder}: cannot read the Matrix Market files ({exc})") from exc
+    mat = read_mtx(mtx)
+    features = _read_tsv(feats, "features (gene id, name, type)")
+    barcodes = _read_tsv(bcs, "barcodes")[0].tolist()
     mat = sp.csr_matrix(mat).T  # file is genes x barcodes
     ids = features[0].tolist()
     names = features[1].tolist() if features.shape[1] > 1 else list(ids)
     types = features[2].tolist() if features.shape[1] > 2 else None
     _check_lengths(folder, mat.shape, barcodes, names)
     return mat, barcodes, names, ids, types
+
+
+def read_mtx(path: str | Path) -> sp.coo_matrix:
+    """Read a Matrix Market ``coordinate`` file (``.mtx`` or ``.mtx.gz``) as a COO matrix.
+
+    Parsed with pandas rather than :func:`scipy.io.mmread`, whose C++ reader aborts the whole
+    Python process when it fails on a compressed stream. Integer, real and pattern fields,
+    ``general`` symmetry only; every problem raises :class:`SampleError` naming the file.
+    """
+    path = Path(path)
+    try:
+        with _open(path) as fh:
+            header = fh.readline().decode("latin-1").split()
+            n_comment = 1
+            line = fh.readline()
+            while line.startswith(b"%"):
+                n_comment += 1
+                line = fh.readline()
+            size = line.split()
+            table = pd.read_csv(fh, sep=r"\s+", header=None, engine="c", low_memory=False)
+    except EOFError as exc:
+        raise SampleError(f"{path}: the file is truncated (compressed stream ends early); "
+                          "copy or download it again") from exc
+    except pd.errors.EmptyDataError:
+        table = pd.DataFrame(np.zeros((0, 3), dtype=str))
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise SampleError(f"{path}: cannot read as a Matrix Market file ({exc})") from exc
+    field = _mtx_header(path, header)
+    try:
+        n_rows, n_cols, nnz = (int(v) for v in size)
+    except ValueError as exc:
+        raise SampleError(f"{path}: line {n_comment + 1} must give 'rows columns entries', got "
+                          f"{b' '.join(size).decode('latin-1')!r}") from exc
+    return _mtx_entries(path, table, field, (n_rows, n_cols), nnz, n_comment + 2)
+
+
+def _mtx_header(path: Path, header: list[str]) -> str:
+    words = [w.lower() for w in header]
+    if len(words) < 5 or words[0] != "%%matrixmarket" or words[1:3] != ["matrix", "coordinate"]:
+        raise SampleError(f"{path}: not a Matrix Market coordinate file (first line "
+                          f"{' '.join(header)!r}); pass matrix.mtx[.gz] from Space Ranger")
+    if words[3] not in ("integer", "real", "pattern") or words[4] != "general":
+        raise SampleError(f"{path}: unsupported Matrix Market type {' '.join(header[3:])!r}; "
+                          "expected 'integer general' counts")
+    return words[3]
+
+
+def _mtx_entries(path: Path, table: pd.DataFrame, field: str, shape: tuple[int, int],
+                 nnz: int, first_line: int) -> sp.coo_matrix:
+    want = 2 if field == "pattern" else 3
+    if len(table) != nnz or (nnz and table.shape[1] != want):
+        raise SampleError(f"{path}: the header announces {nnz} entries of {want} columns, the "
+                          f"file has {len(table)} rows of {table.shape[1]}; the file is "
+                          "truncated or damaged")
+    cols = [pd.to_numeric(table[i], errors="coerce").to_numpy(np.float64) for i in range(want)]
+    for i, what in enumerate(["row index", "column index", "value"][:want]):
+        bad = ~np.isfinite(cols[i])
+        if i < 2:
+            bad |= (cols[i] != np.round(cols[i])) | (cols[i] < 1) | (cols[i] > shape[i])
+        if bad.any():
+            k = int(np.argmax(bad))
+            raise SampleError(f"{path}: line {first_line + k}: invalid {what} "
+                              f"{table.iloc[k, i]!r}" + (f" (matrix is {shape[0]} x {shape[1]})"
+                                                         if i < 2 else ""))
+    data = cols[2] if field != "pattern" else np.ones(nnz)
+    return sp.coo_matrix((data, (cols[0].astype(np.int64) - 1, cols[1].astype(np.int64) - 1)),
+                         shape=shape)
+
+
+def _read_tsv(path: Path, what: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, sep="\t", header=None, dtype=str)
+    except EOFError as exc:
+        raise SampleError(f"{path}: the file is truncated (compressed stream ends early); "
+                          "copy or download it again") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise SampleError(f"{path}: the {what} file is empty") from exc
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise SampleError(f"{path}: cannot read the {what} ({exc})") from exc
 
 
 def _first_existing(folder: Path, names: Sequence[str], what: str) -> Path:
