@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from diffst.cli_options import check_ranges, check_writable, reader_kwargs, reader_options
 from diffst.data.sample import SampleError
 
 
@@ -44,6 +45,8 @@ def main(threads: int | None) -> None:
 @click.option("--steps", default=None, type=int, help="Training steps (default 800).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="A much shorter run (for smoke tests).")
+@check_ranges(steps=1)
+@check_writable(folders=("out_dir",))
 @_fail_nicely
 def demo(out_dir: str, steps: int | None, seed: int, quick: bool) -> None:
     """Simulate a tissue, train Diff-ST, super-resolve a held-out strip and score it."""
@@ -70,6 +73,8 @@ def demo(out_dir: str, steps: int | None, seed: int, quick: bool) -> None:
 @click.option("--size-um", default=1600.0, show_default=True, help="Side of the tissue in µm.")
 @click.option("--cell-um", default=8.0, show_default=True, help="HR raster cell in µm.")
 @click.option("--genes", "n_genes", default=20, show_default=True, help="Number of genes.")
+@check_ranges(positive=("size_um", "cell_um"), n_genes=1)
+@check_writable(files=("out",))
 @_fail_nicely
 def simulate(out: str, seed: int, size_um: float, cell_um: float, n_genes: int) -> None:
     """Write a simulated tissue with HR truth (.npz or .h5ad)."""
@@ -87,13 +92,15 @@ def simulate(out: str, seed: int, size_um: float, cell_um: float, n_genes: int) 
               help="PNG of tissue spot centres over the image (default PATH-stem_overlay.png "
                    "in the current folder).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@reader_options
+@check_writable(files=("overlay",))
 @_fail_nicely
-def inspect(path: str, overlay: str | None, as_json: bool) -> None:
+def inspect(path: str, overlay: str | None, as_json: bool, read_opts: dict) -> None:
     """Show what diffst finds at PATH: format, spots, genes, image size, µm/px."""
     from diffst.io import format_inspection, inspect_path
 
     overlay = overlay or f"{Path(path).name.split('.')[0]}_overlay.png"
-    info = inspect_path(path, overlay_png=overlay)
+    info = inspect_path(path, overlay_png=overlay, **reader_kwargs(read_opts, path))
     click.echo(json.dumps(info, indent=2, default=str) if as_json else format_inspection(info))
 
 
@@ -124,14 +131,18 @@ def inspect(path: str, overlay: str | None, as_json: bool) -> None:
 @click.option("--bf16", is_flag=True, help="bfloat16 autocast (GPUs, CPUs with bf16 support).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--seed", default=0, show_default=True)
+@reader_options
+@check_ranges(positive=("learning_rate", "work_um_per_px"), factor=2, top_genes=1, steps=1,
+              batch_size=1, patch=1)
+@check_writable(files=("out", "checkpoint"))
 @_fail_nicely
 def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate, patch,
           work_um_per_px, checkpoint, spots_only, ablate, prediction, bf16, device,
-          seed) -> None:
+          seed, read_opts) -> None:
     """Train Diff-ST on samples with HR truth (or on spots only with --spots-only)."""
     from diffst.api import model_config_for, train_model
 
-    samples = [_read(p) for p in data]
+    samples = [_read(p, read_opts) for p in data]
     gene_list = genes.split(",") if genes else None
     path = train_model(
         samples, factor, out, genes=gene_list, top_genes=top_genes, steps=steps,
@@ -171,15 +182,18 @@ def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate,
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--autocast", is_flag=True, help="bfloat16 autocast while sampling.")
 @click.option("--seed", default=0, show_default=True)
+@reader_options
+@check_ranges(n_samples=1, steps=1, batch_size=1)
+@check_writable(files=("out",), folders=("report_dir", "resume_dir"))
 @_fail_nicely
 def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, consistency,
             no_consistency, report_dir, report_genes, resume, resume_dir, device, autocast,
-            seed) -> None:
+            seed, read_opts) -> None:
     """Super-resolve DATA with a trained model (mean, std, 5%/95% quantile maps)."""
     from diffst.api import predict as api_predict
 
     result = api_predict(
-        _read(data), model_path, out, pool=pool, n_samples=n_samples, steps=steps,
+        _read(data, read_opts), model_path, out, pool=pool, n_samples=n_samples, steps=steps,
         sampler=sampler, batch_size=batch_size, seed=seed,
         consistency="off" if no_consistency else consistency, resume=resume,
         resume_dir=resume_dir, report_dir=report_dir,
@@ -199,12 +213,14 @@ def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, 
               help="Prediction written by `diffst predict`.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="Per-gene metrics CSV.")
+@reader_options
+@check_writable(files=("out",))
 @_fail_nicely
-def evaluate(truth: str, pred_path: str, out: str | None) -> None:
+def evaluate(truth: str, pred_path: str, out: str | None, read_opts: dict) -> None:
     """Score a prediction against HR truth: RMSE, SSIM, PCC, PSNR per gene."""
     from diffst.api import evaluate as api_evaluate
 
-    table, summary = api_evaluate(_read(truth), _read(pred_path))
+    table, summary = api_evaluate(_read(truth, read_opts), _read(pred_path))
     if out:
         table.to_csv(out)
     for key in ("rmse", "ssim", "pcc", "psnr"):
@@ -231,6 +247,8 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
 @click.option("--data-root", default=None, type=click.Path(file_okay=False),
               help="HER2ST folder (default ../shared/data/her2st).")
 @click.option("--seed", default=0, show_default=True)
+@check_ranges(steps=1)
+@check_writable(folders=("out_dir",))
 @_fail_nicely
 def benchmark(dataset, factors, split, preset, out_dir, methods, ablations, steps, data_root,
               seed) -> None:
@@ -246,10 +264,10 @@ def benchmark(dataset, factors, split, preset, out_dir, methods, ablations, step
 
 
 # ---------------------------------------------------------------------------- helpers
-def _read(path: str):
+def _read(path: str, read_opts: dict | None = None):
     from diffst.io import read_sample
 
-    return read_sample(path)
+    return read_sample(path, **reader_kwargs(read_opts, path))
 
 
 def _write_sample(sample, path: Path) -> None:

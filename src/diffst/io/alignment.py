@@ -38,6 +38,7 @@ MAX_POINTS = 20000  # cells sampled for the measurement
 BLANK_STD = 2.0  # grey-level standard deviation below which an image counts as blank
 OD_THRESHOLD = 0.12  # optical density (log10) above the glass background = tissue
 SAT_THRESHOLD = 0.12  # colour saturation (max - min) / max = tissue
+BLACK_MAX = 45  # pixels whose brightest channel is darker than this are not stained tissue
 UNINFORMATIVE_TISSUE = 0.97  # mask covering more of the image than this cannot tell positions
 
 
@@ -167,7 +168,8 @@ def tissue_mask(image: np.ndarray, max_side: int = MASK_MAX_SIDE) -> tuple[np.nd
     """Stained tissue in an H&E image: ``(h, w)`` bool mask and its scale relative to ``image``.
 
     A pixel is tissue when its optical density ``log10(background / value)`` in any channel
-    exceeds :data:`OD_THRESHOLD`, or its saturation exceeds :data:`SAT_THRESHOLD`. The glass
+    exceeds :data:`OD_THRESHOLD`, or its saturation exceeds :data:`SAT_THRESHOLD`, and it is not
+    near-black (brightest channel below :data:`BLACK_MAX`: slide holder, scanner border). The glass
     background is each channel's 99th percentile, but at least 220 (so a crop that is all tissue
     is still measured against white). The mask is computed on a copy whose longest side is at
     most ``max_side`` px; ``scale`` = mask pixels per image pixel.
@@ -179,7 +181,7 @@ def tissue_mask(image: np.ndarray, max_side: int = MASK_MAX_SIDE) -> tuple[np.nd
     od = np.log10(background / np.maximum(vals, 1.0)).max(axis=2)
     top = vals.max(axis=2)
     sat = (top - vals.min(axis=2)) / np.maximum(top, 1.0)
-    return (od > OD_THRESHOLD) | (sat > SAT_THRESHOLD), scale
+    return ((od > OD_THRESHOLD) | (sat > SAT_THRESHOLD)) & (top >= BLACK_MAX), scale
 
 
 def measure_alignment(
@@ -219,7 +221,7 @@ def apply_fix(sample: STSample, fix: PositionFix) -> STSample:
                          "image to align to, and this sample has none")
     meta = dict(sample.meta)
     meta["position_fix"] = {"swap_xy": fix.swap_xy, "flip": fix.flip, "rotate": fix.rotate,
-                            "scale": fix.scale}
+                            "scale": fix.scale, "options": fix.options()}
     return replace(sample, affine=fix.matrix(sample.image.shape[:2]) @ sample.affine,
                    image_um_per_px=sample.image_um_per_px / fix.scale, meta=meta)
 

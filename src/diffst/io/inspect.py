@@ -337,7 +337,7 @@ def format_inspection(info: dict[str, Any]) -> str:
         lines.append(f"tissue:    {info['on_tissue']:.1%} of tissue cells lie on stained tissue "
                      "in the image")
     if info.get("position_fix"):
-        lines.append(f"fix:       positions corrected with {info['position_fix']}")
+        lines.append(f"fix:       positions corrected ({info['position_fix'].get('options')})")
     lines += [f"note:      {n}" for n in info.get("notes", [])]
     lines += [f"warning:   {m}" for m in info.get("warnings", [])]
     if info.get("overlay_png"):

@@ -475,9 +475,10 @@ def _mtx_entries(path: Path, table: pd.DataFrame, field: str, shape: tuple[int, 
             bad |= (cols[i] != np.round(cols[i])) | (cols[i] < 1) | (cols[i] > shape[i])
         if bad.any():
             k = int(np.argmax(bad))
-            raise SampleError(f"{path}: line {first_line + k}: invalid {what} "
-                              f"{table.iloc[k, i]!r}" + (f" (matrix is {shape[0]} x {shape[1]})"
-                                                         if i < 2 else ""))
+            raw = table.iloc[k, i]
+            found = "missing (too few fields)" if pd.isna(raw) else repr(raw)
+            raise SampleError(f"{path}: line {first_line + k}: invalid {what} {found}"
+                              + (f" (matrix is {shape[0]} x {shape[1]})" if i < 2 else ""))
     data = cols[2] if field != "pattern" else np.ones(nnz)
     return sp.coo_matrix((data, (cols[0].astype(np.int64) - 1, cols[1].astype(np.int64) - 1)),
                          shape=shape)
