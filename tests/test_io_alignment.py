@@ -245,7 +245,7 @@ def test_huge_sparse_tiff_refused_and_jpeg_read_reduced(tmp_path):
 
 # ---------------------------------------------------------------------------- broken files
 def write_gz(path: Path, lines: list[str]) -> None:
-    with gzip.open(path, "wt") as fh:
+    with gzip.open(path, "wt", compresslevel=1) as fh:
         fh.write("\n".join(lines) + "\n")
 
 
