@@ -20,7 +20,7 @@ def _fail_nicely(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (SampleError, FileNotFoundError, ValueError) as exc:
+        except (SampleError, OSError, EOFError, ValueError) as exc:  # OSError: files, permissions
             raise click.ClickException(str(exc)) from exc
 
     return wrapper

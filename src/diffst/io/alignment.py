@@ -317,11 +317,13 @@ def _judge(report: AlignmentReport, where: str, positions: str,
 
 
 def _cell_points(sample: STSample) -> np.ndarray:
-    xy = sample.cell_centres_px()[sample.mask]
-    if len(xy) > MAX_POINTS:
-        keep = np.random.default_rng(0).choice(len(xy), MAX_POINTS, replace=False)
-        xy = xy[np.sort(keep)]
-    return xy
+    """``(N, 2)`` image ``(x, y)`` of the tissue cells' centres (at most :data:`MAX_POINTS`)."""
+    rows, cols = np.nonzero(sample.mask)
+    if len(rows) > MAX_POINTS:
+        keep = np.sort(np.random.default_rng(0).choice(len(rows), MAX_POINTS, replace=False))
+        rows, cols = rows[keep], cols[keep]
+    pts = np.stack([cols, rows, np.ones(len(rows))]).astype(np.float64)
+    return (sample.affine @ pts)[:2].T
 
 
 def _small(image: np.ndarray, max_side: int = MASK_MAX_SIDE) -> np.ndarray:
