@@ -243,6 +243,23 @@ def test_huge_sparse_tiff_refused_and_jpeg_read_reduced(tmp_path):
         read_image(jpg, scale=1.0, max_gb=0.01)
 
 
+@pytest.mark.parametrize("layout", [dict(rowsperstrip=16), dict(tile=(64, 64), compression="zlib")])
+def test_large_tiff_is_decoded_strip_by_strip(tmp_path, layout):
+    import tifffile
+
+    from diffst.io.imageio import _resize_area, decode_estimate
+
+    yy, xx = np.mgrid[0:1003, 0:1201]
+    img = np.stack([xx * 0.2, yy * 0.25, 128 + 100 * np.sin(xx / 40.0)], axis=2).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "he.tif", img, **layout)
+    out = read_image(tmp_path / "he.tif", scale=0.1)
+    assert out.shape == (100, 120, 3)
+    diff = np.abs(out.astype(int) - _resize_area(img, (100, 120)))  # vs a full decode
+    assert diff.max() <= 3 and diff.mean() < 0.5
+    hw, need = decode_estimate(tmp_path / "he.tif", (100, 120))
+    assert hw == (101, 121) and need < 1003 * 1201 * 3 * 4  # less than a full decode
+
+
 # ---------------------------------------------------------------------------- broken files
 def write_gz(path: Path, lines: list[str]) -> None:
     with gzip.open(path, "wt", compresslevel=1) as fh:
