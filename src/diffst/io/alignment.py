@@ -304,7 +304,7 @@ def _judge(report: AlignmentReport, where: str, positions: str,
         name, frac = best
         fix = CANDIDATES[name]
         raise AlignmentError(
-            f"{head}, {frac:.1%} if corrected for '{name}': {positions} look wrong that way; "
+            f"{head}, {frac:.1%} if corrected for '{name}': {_diagnosis(name, positions)}; "
             f"pass {fix.options()} ({fix.keywords()}){override}"
         )
     if fallback is not None:
@@ -314,6 +314,15 @@ def _judge(report: AlignmentReport, where: str, positions: str,
         "90-degree rotation, scale x10 or /10) fits better; the image or the positions (or "
         f"their scale factor) belong to another section or run{override}"
     )
+
+
+def _diagnosis(mistake: str, positions: str) -> str:
+    """A sentence naming what looks wrong, e.g. 'the image looks rotated 90 degrees ...'."""
+    if mistake.startswith("image "):
+        return f"the image looks {mistake[6:]} relative to {positions}"
+    if mistake.startswith("positions (scale factor) "):
+        return f"{positions} look {mistake[25:]}"
+    return f"{positions} look swapped"
 
 
 def _cell_points(sample: STSample) -> np.ndarray:
