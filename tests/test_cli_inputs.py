@@ -122,10 +122,11 @@ def test_reader_kwargs_only_passes_what_was_set(toy_npz):
     opts = dict(image=None, make_unique=False, image_um_per_px=None, section=None, layer=None,
                 swap_xy=False, flip=None, rotate=None, position_scale=None,
                 no_alignment_check=False, max_image_gb=None)
-    assert reader_kwargs(opts, toy_npz) == {}
+    assert reader_kwargs(toy_npz, opts) == {}
+    assert reader_kwargs(toy_npz) == {}  # outside a command: none
     opts.update(make_unique=True, section="C2", swap_xy=True, rotate="90",
                 no_alignment_check=True)
-    assert reader_kwargs(opts, toy_npz) == {
+    assert reader_kwargs(toy_npz, opts) == {
         "make_unique": True, "section": "C2", "fix": PositionFix(swap_xy=True, rotate=90),
         "alignment_check": False}
 

@@ -95,12 +95,12 @@ def simulate(out: str, seed: int, size_um: float, cell_um: float, n_genes: int) 
 @reader_options
 @check_writable(files=("overlay",))
 @_fail_nicely
-def inspect(path: str, overlay: str | None, as_json: bool, read_opts: dict) -> None:
+def inspect(path: str, overlay: str | None, as_json: bool) -> None:
     """Show what diffst finds at PATH: format, spots, genes, image size, µm/px."""
     from diffst.io import format_inspection, inspect_path
 
     overlay = overlay or f"{Path(path).name.split('.')[0]}_overlay.png"
-    info = inspect_path(path, overlay_png=overlay, **reader_kwargs(read_opts, path))
+    info = inspect_path(path, overlay_png=overlay, **reader_kwargs(path))
     click.echo(json.dumps(info, indent=2, default=str) if as_json else format_inspection(info))
 
 
@@ -138,11 +138,11 @@ def inspect(path: str, overlay: str | None, as_json: bool, read_opts: dict) -> N
 @_fail_nicely
 def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate, patch,
           work_um_per_px, checkpoint, spots_only, ablate, prediction, bf16, device,
-          seed, read_opts) -> None:
+          seed) -> None:
     """Train Diff-ST on samples with HR truth (or on spots only with --spots-only)."""
     from diffst.api import model_config_for, train_model
 
-    samples = [_read(p, read_opts) for p in data]
+    samples = [_read(p) for p in data]
     gene_list = genes.split(",") if genes else None
     path = train_model(
         samples, factor, out, genes=gene_list, top_genes=top_genes, steps=steps,
@@ -188,12 +188,12 @@ def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate,
 @_fail_nicely
 def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, consistency,
             no_consistency, report_dir, report_genes, resume, resume_dir, device, autocast,
-            seed, read_opts) -> None:
+            seed) -> None:
     """Super-resolve DATA with a trained model (mean, std, 5%/95% quantile maps)."""
     from diffst.api import predict as api_predict
 
     result = api_predict(
-        _read(data, read_opts), model_path, out, pool=pool, n_samples=n_samples, steps=steps,
+        _read(data), model_path, out, pool=pool, n_samples=n_samples, steps=steps,
         sampler=sampler, batch_size=batch_size, seed=seed,
         consistency="off" if no_consistency else consistency, resume=resume,
         resume_dir=resume_dir, report_dir=report_dir,
@@ -216,11 +216,11 @@ def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, 
 @reader_options
 @check_writable(files=("out",))
 @_fail_nicely
-def evaluate(truth: str, pred_path: str, out: str | None, read_opts: dict) -> None:
+def evaluate(truth: str, pred_path: str, out: str | None) -> None:
     """Score a prediction against HR truth: RMSE, SSIM, PCC, PSNR per gene."""
     from diffst.api import evaluate as api_evaluate
 
-    table, summary = api_evaluate(_read(truth, read_opts), _read(pred_path))
+    table, summary = api_evaluate(_read(truth), _read(pred_path, options=False))
     if out:
         table.to_csv(out)
     for key in ("rmse", "ssim", "pcc", "psnr"):
@@ -264,10 +264,11 @@ def benchmark(dataset, factors, split, preset, out_dir, methods, ablations, step
 
 
 # ---------------------------------------------------------------------------- helpers
-def _read(path: str, read_opts: dict | None = None):
+def _read(path: str, options: bool = True):
+    """Read ``path`` with the command's reader options (``options=False``: without them)."""
     from diffst.io import read_sample
 
-    return read_sample(path, **reader_kwargs(read_opts, path))
+    return read_sample(path, **(reader_kwargs(path) if options else {}))
 
 
 def _write_sample(sample, path: Path) -> None:

@@ -3,8 +3,8 @@
 * :func:`reader_options` adds the options every data-reading verb shares (``--image``,
   ``--make-unique``, ``--image-um-per-px``, ``--section``, ``--layer``, the position fixes
   ``--swap-xy/--flip/--rotate/--position-scale``, ``--no-alignment-check``, ``--max-image-gb``)
-  and hands them to the command as one dict ``read_opts``; :func:`reader_kwargs` turns that dict
-  into keyword arguments of :func:`diffst.io.read_sample` for one path.
+  and keeps them in the click context (the command's own parameters are unchanged);
+  :func:`reader_kwargs` turns them into keyword arguments of :func:`diffst.io.read_sample`.
 * :func:`check_ranges` validates numeric options before any work starts.
 * :func:`check_writable` refuses outputs that cannot be written, before any long work.
 """
@@ -45,35 +45,42 @@ _READER_OPTIONS = [
     click.option("--max-image-gb", type=click.FloatRange(min=0, min_open=True), default=None,
                  help="Memory allowed for decoding one image (default 8 GB)."),
 ]
+_META_KEY = "diffst.reader_options"
 _READER_KEYS = ("image", "make_unique", "image_um_per_px", "section", "layer", "swap_xy", "flip",
                 "rotate", "position_scale", "no_alignment_check", "max_image_gb")
 
 
 def reader_options(fn: Callable) -> Callable:
-    """Add the shared reader options to a click command; it receives them as ``read_opts``."""
+    """Add the shared reader options to a click command (read them with :func:`reader_kwargs`)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         opts = {k: kwargs.pop(k) for k in _READER_KEYS}
         if opts["max_image_gb"] is not None:
             os.environ["DIFFST_MAX_IMAGE_GB"] = repr(opts["max_image_gb"])
-        return fn(*args, read_opts=opts, **kwargs)
+        ctx = click.get_current_context(silent=True)
+        if ctx is not None:
+            ctx.meta[_META_KEY] = opts
+        return fn(*args, **kwargs)
 
     for option in reversed(_READER_OPTIONS):
         wrapper = option(wrapper)
     return wrapper
 
 
-def reader_kwargs(opts: dict[str, Any] | None, path: str | Path) -> dict[str, Any]:
-    """Keyword arguments of :func:`diffst.io.read_sample` for ``path`` from ``read_opts``.
+def reader_kwargs(path: str | Path, opts: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Keyword arguments of :func:`diffst.io.read_sample` for ``path``.
 
-    Only options the user set are passed, so a reader that does not take one is never handed
-    it by default (and names it when the user did set it).
+    ``opts`` defaults to the reader options of the running command (empty outside one). Only
+    options the user set are passed, so a reader that does not take one is never handed it by
+    default (and names it when the user did set it).
     """
     from diffst.io import detect_format
     from diffst.io.alignment import PositionFix
 
-    opts = opts or {}
+    if opts is None:
+        ctx = click.get_current_context(silent=True)
+        opts = ctx.meta.get(_META_KEY, {}) if ctx is not None else {}
     kw: dict[str, Any] = {}
     if opts.get("image") is not None:
         key = "image_path" if detect_format(path) == "xenium_cells_h5ad" else "image"
