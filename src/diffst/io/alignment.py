@@ -35,6 +35,7 @@ MIN_GAIN = 0.10  # a candidate fix this much better (and >= GOOD_ON_TISSUE) is r
 GOOD_ON_TISSUE = 0.9
 MASK_MAX_SIDE = 1024  # px; the tissue mask is computed on a copy at most this large
 MAX_POINTS = 20000  # cells sampled for the measurement
+MAX_RADIUS = 15  # mask pixels; "on tissue" = tissue within this distance (capped for speed)
 BLANK_STD = 2.0  # grey-level standard deviation below which an image counts as blank
 OD_THRESHOLD = 0.12  # optical density (log10) above the glass background = tissue
 SAT_THRESHOLD = 0.12  # colour saturation (max - min) / max = tissue
@@ -196,7 +197,7 @@ def measure_alignment(
     if reason is not None:
         return AlignmentReport(0.0, 0.0, len(xy_px), blank=reason)
     mask, scale = tissue_mask(image)
-    near = _dilate(mask, max(1, int(round(radius_px * scale))))
+    near = _dilate(mask, min(MAX_RADIUS, max(1, int(round(radius_px * scale)))))
     hw = image.shape[:2]
     report = AlignmentReport(_on_mask(near, xy_px, scale), float(mask.mean()), len(xy_px))
     if try_fixes:
