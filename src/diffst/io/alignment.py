@@ -190,6 +190,8 @@ def measure_alignment(
 ) -> AlignmentReport:
     """Fraction of points ``xy_px`` ``(N, 2)`` (image pixels) within ``radius_px`` of tissue.
 
+    The radius is capped at :data:`MAX_RADIUS` pixels of the (reduced) mask.
+
     Points outside the image count as off tissue. With ``try_fixes`` the same is measured for
     every correction in :data:`CANDIDATES`.
     """
