@@ -165,7 +165,8 @@ def test_v1_counts_land_in_the_documented_cells():
 
 def test_v1_geometry_pitch_cell_size_and_affine():
     folder = need(SQUIDPY)
-    sample = read_spaceranger(folder)
+    # the fixture's hires PNG is blank: ask for it explicitly, without the alignment check
+    sample = read_spaceranger(folder, image="hires", alignment_check=False)
     sf = json.loads((folder / "spatial" / "scalefactors_json.json").read_text())
     pos = v1_positions(folder)
     # independent pitch: spots two array columns apart in one row are 100 µm apart
@@ -193,7 +194,7 @@ def test_v1_geometry_pitch_cell_size_and_affine():
 def test_v1_partial_matrix_warns_and_lowres_is_scaled_version():
     folder = need(SCANPY_V1)
     with pytest.warns(UserWarning, match="4135 in-tissue spot.*not filled with zeros"):
-        hires = read_spaceranger(folder)
+        hires = read_spaceranger(folder, image="hires", alignment_check=False)  # blank PNG
     low = read_spaceranger(need(SQUIDPY), image="lowres")
     sf = json.loads((folder / "spatial" / "scalefactors_json.json").read_text())
     ratio = sf["tissue_lowres_scalef"] / sf["tissue_hires_scalef"]
@@ -369,7 +370,7 @@ def test_hires_scale_factor_contradicting_lowres(squidpy_copy):
 def test_scale_factors_putting_spots_outside_the_image(squidpy_copy):
     set_scalefactors(squidpy_copy, tissue_hires_scalef=0.3, tissue_lowres_scalef=0.09)
     with pytest.raises(SampleError, match=r"tissue_hires_image\.png.*outside.*scale factor"):
-        read_spaceranger(squidpy_copy)
+        read_spaceranger(squidpy_copy, image="hires")
 
 
 def test_spot_diameter_contradicting_positions(squidpy_copy):
@@ -500,8 +501,10 @@ def hd_run(tmp_path):
     write_hd_bin(outs, 16, counts, tissue)
     spatial = outs / "spatial"
     spatial.mkdir()
-    Image.new("RGB", (200, 200), (230, 180, 200)).save(spatial / "tissue_hires_image.png")
-    Image.new("RGB", (40, 40), (230, 180, 200)).save(spatial / "tissue_lowres_image.png")
+    for size, fname in ((200, "tissue_hires_image.png"), (40, "tissue_lowres_image.png")):
+        # stained everywhere, with texture (a uniform image is refused as blank)
+        pink = np.array([230, 180, 200]) + rng.integers(-20, 20, size=(size, size, 3))
+        Image.fromarray(pink.astype(np.uint8)).save(spatial / fname)
     return outs, counts, tissue
 
 
@@ -608,7 +611,8 @@ def test_read_sample_dispatches_spaceranger_and_npz(tmp_path):
 def test_inspect_reports_and_draws_overlay(tmp_path):
     folder = need(SQUIDPY)
     png = tmp_path / "overlay.png"
-    info = inspect_path(folder, overlay_png=png)
+    info = inspect_path(folder, overlay_png=png, image="hires", alignment_check=False)
+    assert any("blank" in w for w in info["warnings"])
     assert info["format"] == "spaceranger" and info["n_spots"] == 100 and info["n_genes"] == 100
     assert info["image_size"] == [2000, 2000] and info["lattice"] == "hexagonal"
     assert info["cell_um"] == pytest.approx(93.3, abs=0.5)

@@ -162,6 +162,11 @@ def predict(
     if out is not None and Path(out).suffix not in (".h5ad", ".npz"):
         raise ValueError(f"{out}: result files must end in .h5ad or .npz")
     lm = load_model(model, device=device)
+    unknown = [g for g in report_genes or [] if g not in lm.genes]
+    if unknown:  # checked before the (long) sampling
+        raise ValueError(f"report genes {unknown[:10]} are not genes of the model {model} "
+                         f"(it predicts {len(lm.genes)}: {', '.join(lm.genes[:10])}"
+                         f"{', ...' if len(lm.genes) > 10 else ''})")
     hr_mask = None
     if pool:
         hr_mask = padded_mask(sample.mask, lm.factor)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from diffst.cli_options import check_ranges, check_writable, reader_kwargs, reader_options
 from diffst.data.sample import SampleError
 
 
@@ -19,7 +20,7 @@ def _fail_nicely(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (SampleError, FileNotFoundError, ValueError) as exc:
+        except (SampleError, OSError, EOFError, ValueError) as exc:  # OSError: files, permissions
             raise click.ClickException(str(exc)) from exc
 
     return wrapper
@@ -44,6 +45,8 @@ def main(threads: int | None) -> None:
 @click.option("--steps", default=None, type=int, help="Training steps (default 800).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--quick", is_flag=True, help="A much shorter run (for smoke tests).")
+@check_ranges(steps=1)
+@check_writable(folders=("out_dir",))
 @_fail_nicely
 def demo(out_dir: str, steps: int | None, seed: int, quick: bool) -> None:
     """Simulate a tissue, train Diff-ST, super-resolve a held-out strip and score it."""
@@ -70,6 +73,8 @@ def demo(out_dir: str, steps: int | None, seed: int, quick: bool) -> None:
 @click.option("--size-um", default=1600.0, show_default=True, help="Side of the tissue in µm.")
 @click.option("--cell-um", default=8.0, show_default=True, help="HR raster cell in µm.")
 @click.option("--genes", "n_genes", default=20, show_default=True, help="Number of genes.")
+@check_ranges(positive=("size_um", "cell_um"), n_genes=1)
+@check_writable(files=("out",))
 @_fail_nicely
 def simulate(out: str, seed: int, size_um: float, cell_um: float, n_genes: int) -> None:
     """Write a simulated tissue with HR truth (.npz or .h5ad)."""
@@ -87,13 +92,15 @@ def simulate(out: str, seed: int, size_um: float, cell_um: float, n_genes: int) 
               help="PNG of tissue spot centres over the image (default PATH-stem_overlay.png "
                    "in the current folder).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@reader_options
+@check_writable(files=("overlay",))
 @_fail_nicely
 def inspect(path: str, overlay: str | None, as_json: bool) -> None:
     """Show what diffst finds at PATH: format, spots, genes, image size, µm/px."""
     from diffst.io import format_inspection, inspect_path
 
     overlay = overlay or f"{Path(path).name.split('.')[0]}_overlay.png"
-    info = inspect_path(path, overlay_png=overlay)
+    info = inspect_path(path, overlay_png=overlay, **reader_kwargs(path))
     click.echo(json.dumps(info, indent=2, default=str) if as_json else format_inspection(info))
 
 
@@ -124,6 +131,10 @@ def inspect(path: str, overlay: str | None, as_json: bool) -> None:
 @click.option("--bf16", is_flag=True, help="bfloat16 autocast (GPUs, CPUs with bf16 support).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--seed", default=0, show_default=True)
+@reader_options
+@check_ranges(positive=("learning_rate", "work_um_per_px"), factor=2, top_genes=1, steps=1,
+              batch_size=1, patch=1)
+@check_writable(files=("out", "checkpoint"))
 @_fail_nicely
 def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate, patch,
           work_um_per_px, checkpoint, spots_only, ablate, prediction, bf16, device,
@@ -171,6 +182,9 @@ def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate,
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--autocast", is_flag=True, help="bfloat16 autocast while sampling.")
 @click.option("--seed", default=0, show_default=True)
+@reader_options
+@check_ranges(n_samples=1, steps=1, batch_size=1)
+@check_writable(files=("out",), folders=("report_dir", "resume_dir"))
 @_fail_nicely
 def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, consistency,
             no_consistency, report_dir, report_genes, resume, resume_dir, device, autocast,
@@ -199,12 +213,14 @@ def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, 
               help="Prediction written by `diffst predict`.")
 @click.option("--out", default=None, type=click.Path(dir_okay=False),
               help="Per-gene metrics CSV.")
+@reader_options
+@check_writable(files=("out",))
 @_fail_nicely
 def evaluate(truth: str, pred_path: str, out: str | None) -> None:
     """Score a prediction against HR truth: RMSE, SSIM, PCC, PSNR per gene."""
     from diffst.api import evaluate as api_evaluate
 
-    table, summary = api_evaluate(_read(truth), _read(pred_path))
+    table, summary = api_evaluate(_read(truth), _read(pred_path, options=False))
     if out:
         table.to_csv(out)
     for key in ("rmse", "ssim", "pcc", "psnr"):
@@ -237,6 +253,7 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
               help="Override the preset's training steps.")
 @click.option("--seeds", default="0", show_default=True,
               help="Comma-separated training seeds; every fold is run once per seed.")
+@check_writable(folders=("out_dir",))
 @_fail_nicely
 def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, methods, ablations,
               steps, seeds) -> None:
@@ -260,10 +277,12 @@ def _int_list(text: str, option: str) -> list[int]:
                                  param_hint=option) from exc
 
 
-def _read(path: str):
+# ---------------------------------------------------------------------------- helpers
+def _read(path: str, options: bool = True):
+    """Read ``path`` with the command's reader options (``options=False``: without them)."""
     from diffst.io import read_sample
 
-    return read_sample(path)
+    return read_sample(path, **(reader_kwargs(path) if options else {}))
 
 
 def _write_sample(sample, path: Path) -> None:

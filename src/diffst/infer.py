@@ -77,6 +77,9 @@ from diffst.train import MODEL_FORMAT, Trainer, resolve_device, safe_load
 CONSISTENCY_MODES = ("off", "draws", "steps")
 """Spot-consistency modes of :func:`super_resolve` (module docstring)."""
 
+MODEL_KEYS = ("model_config", "state_dict", "scaler", "genes", "factor", "k", "cell_um", "patch",
+              "work_um_per_px", "spots_only")  # what load_model reads from a model file
+
 
 @dataclass
 class LoadedModel:
@@ -109,16 +112,20 @@ class LoadedModel:
 
 def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
     """Load a model file written by :meth:`diffst.train.Trainer.export_model` (weights only)."""
-    state = safe_load(path, MODEL_FORMAT)
+    state = safe_load(path, MODEL_FORMAT, required=MODEL_KEYS)
     dev = resolve_device(device)
-    config = DiffSTConfig.from_dict(state["model_config"])
-    g = config.n_genes
-    model = DiffST(config, np.eye(g, dtype=np.float32))
-    model.load_state_dict(state["state_dict"])
-    return LoadedModel(model.to(dev).eval(), GeneScaler.from_state_dict(state["scaler"]),
-                       list(state["genes"]), int(state["factor"]), int(state["k"]),
-                       float(state["cell_um"]), int(state["patch"]), dev,
-                       float(state["work_um_per_px"]), bool(state["spots_only"]))
+    try:
+        config = DiffSTConfig.from_dict(state["model_config"])
+        model = DiffST(config, np.eye(config.n_genes, dtype=np.float32))
+        model.load_state_dict(state["state_dict"])
+        scaler = GeneScaler.from_state_dict(state["scaler"])
+        return LoadedModel(model.to(dev).eval(), scaler, list(state["genes"]),
+                           int(state["factor"]), int(state["k"]), float(state["cell_um"]),
+                           int(state["patch"]), dev, float(state["work_um_per_px"]),
+                           bool(state["spots_only"]))
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise SampleError(f"{path}: the model file is damaged or inconsistent ({exc!r}); train "
+                          "or export it again") from exc
 
 
 def model_from_trainer(trainer: Trainer) -> LoadedModel:

@@ -307,8 +307,11 @@ def curriculum_keep(valid: torch.Tensor, fraction: float) -> torch.Tensor:
     return keep & valid
 
 
-def safe_load(path: str | Path, expected_format: str) -> dict:
-    """``torch.load(weights_only=True)`` with clear errors for missing or foreign files."""
+def safe_load(path: str | Path, expected_format: str, required: tuple[str, ...] = ()) -> dict:
+    """``torch.load(weights_only=True)`` with clear errors for missing, foreign or damaged files.
+
+    ``required`` lists keys the file must hold; a missing one raises :class:`SampleError`.
+    """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
@@ -319,6 +322,11 @@ def safe_load(path: str | Path, expected_format: str) -> dict:
     if not isinstance(state, dict) or state.get("format") != expected_format:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise SampleError(f"{path}: expected a {expected_format} file, found {found!r}")
+    missing = [k for k in required if k not in state]
+    if missing:
+        raise SampleError(f"{path}: the {expected_format} file lacks {missing}; it is damaged "
+                          "or was written by an incompatible diffst version: train or export "
+                          "it again")
     return state
 
 

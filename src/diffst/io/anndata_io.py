@@ -42,6 +42,7 @@ from scipy.spatial import cKDTree
 
 from diffst.data.grid import fit_affine
 from diffst.data.sample import SampleError, STSample
+from diffst.io.alignment import PositionFix, align_to_image, blank_reason
 from diffst.io.atomic import atomic_path
 from diffst.io.counts import (
     check_counts,
@@ -85,6 +86,8 @@ def read_anndata(
     pitch_um: float | None = None,
     max_dense_gb: float = 8.0,
     name: str | None = None,
+    fix: PositionFix | None = None,
+    alignment_check: bool = True,
 ) -> STSample:
     """Read an ``.h5ad`` file (or an in-memory AnnData) as an :class:`STSample`.
 
@@ -102,6 +105,9 @@ def read_anndata(
         max_dense_gb: refuse dense rasters larger than this.
         name: sample name; default the stored name (files diffst wrote), else the file name
             (or the library id for an in-memory AnnData).
+        fix: correction of the positions (x/y swap, flip, rotation, scale), see
+            :mod:`diffst.io.alignment`.
+        alignment_check: refuse a blank image or positions that miss the tissue (False: skip).
 
     Returns:
         the sample; files written by :func:`write_anndata` come back with the same raster,
@@ -132,6 +138,8 @@ def read_anndata(
         max_dense_gb=max_dense_gb,
         name=name,
         source=source,
+        fix=fix,
+        alignment_check=alignment_check,
     )
 
 
@@ -149,6 +157,8 @@ def anndata_to_sample(
     max_dense_gb: float = 8.0,
     name: str | None = None,
     source: str = "AnnData object",
+    fix: PositionFix | None = None,
+    alignment_check: bool = True,
 ) -> STSample:
     """Convert an AnnData (scanpy spatial convention or written by diffst) to an STSample.
 
@@ -170,10 +180,13 @@ def anndata_to_sample(
                      "(gene_key='gene_ids'), or make_unique=True to append -1, -2 to repeats")
     check_counts(matrix, source, what, require_integer and not is_diffst)
     if is_diffst:
-        return _diffst_to_sample(adata, matrix, gene_names, library_id, image, genes,
-                                 n_top_genes, max_dense_gb, name, source)
+        sample = _diffst_to_sample(adata, matrix, gene_names, library_id, image, genes,
+                                   n_top_genes, max_dense_gb, name, source)
+        return align_to_image(sample, fix, alignment_check, f"the raster of {source}")
     return _scanpy_to_sample(adata, matrix, gene_names, library_id, image, genes, n_top_genes,
-                             pitch_um, max_dense_gb, name, source, meta)
+                             pitch_um, max_dense_gb, name, source, meta,
+                             dict(fix=fix, alignment_check=alignment_check,
+                                  positions=f"obsm['spatial'] (x, y) of {source}"))
 
 
 def _counts(
@@ -252,12 +265,12 @@ def _diffst_to_sample(adata, matrix, gene_names, library_id, image, genes, n_top
         name=name if name is not None else str(info.get("name", lib or "sample")),
         meta=meta,
     )
-    sample.check_alignment()
+    sample.check_alignment()  # bounds; the tissue check runs in anndata_to_sample
     return sample
 
 
 def _scanpy_to_sample(adata, matrix, gene_names, library_id, image, genes, n_top_genes,
-                      pitch_um, max_dense_gb, name, source, meta) -> STSample:
+                      pitch_um, max_dense_gb, name, source, meta, align_kw) -> STSample:
     if "spatial" not in adata.obsm:
         raise SampleError(
             f"{source}: no obsm['spatial'] with spot coordinates; store the full-resolution "
@@ -317,6 +330,7 @@ def _scanpy_to_sample(adata, matrix, gene_names, library_id, image, genes, n_top
         source,
         None,
         max_dense_gb,
+        **align_kw,
     )
 
 
@@ -369,9 +383,14 @@ def _chosen_from_uns(adata, lib, image, source, required: bool) -> ChosenImage:
             raise SampleError(f"{where} has no {image!r} image (present: {sorted(images)}); "
                               "pass image=one of those")
     sf = entry.get("scalefactors", {}) or {}
+    array = image_to_rgb_uint8(images[kind], f"{where}[{kind!r}]")
+    blank = blank_reason(array) if kind == "hires" and "lowres" in images else None
+    if blank is not None:
+        warnings.warn(f"{where}['hires'] is blank ({blank}); using 'lowres'", stacklevel=5)
+        kind = "lowres"
+        array = image_to_rgb_uint8(images[kind], f"{where}[{kind!r}]")
     scalef = scale_factor(sf, f"tissue_{kind}_scalef", f"{source}: uns['spatial'][{lib!r}]"
                           "['scalefactors']")
-    array = image_to_rgb_uint8(images[kind], f"{where}[{kind!r}]")
     return ChosenImage(f"{where}[{kind!r}]", kind, scalef, array)
 
 

@@ -15,10 +15,14 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
     An exception inside the block removes the temporary file and leaves any existing ``path``
     untouched, so an interrupted run never leaves a half-written file under the final name.
+    The temporary name ``.{name}.{pid}.XXXX.part`` records the writer's process id; leftovers of
+    a killed writer (its process gone) are removed by the next write of the same ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    remove_stale_parts(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".part",
+                               dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
@@ -31,6 +35,37 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def remove_stale_parts(path: str | Path) -> list[Path]:
+    """Delete temporary ``.part`` files of ``path`` left by writers that no longer run."""
+    path = Path(path)
+    removed = []
+    for part in path.parent.glob(f".{glob_escape(path.name)}.*.part"):
+        pid_text = part.name[len(path.name) + 2:].split(".", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        with contextlib.suppress(OSError):
+            part.unlink()
+            removed.append(part)
+    return removed
+
+
+def glob_escape(name: str) -> str:
+    """``name`` with glob metacharacters escaped."""
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill would terminate the process there
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (owned by someone else) or cannot tell: keep its file
+    return True
 
 
 def _umask() -> int:

@@ -3,25 +3,41 @@
 Pixel-coordinate convention (the same as :mod:`diffst.data.sample`): pixel ``(x, y)`` has its
 centre at integer coordinates, so pixel column ``i`` spans ``[i - 0.5, i + 0.5]``.
 
-* JPEG, PNG and other formats Pillow opens: read with Pillow (no decompression-bomb limit;
-  use ``max_pixels`` to guard against huge files). JPEGs are decoded directly at a reduced
-  size when downscaling (libjpeg DCT scaling), which keeps memory and time small.
+* JPEG, PNG and other formats Pillow opens: read with Pillow. JPEGs are decoded directly at a
+  reduced size when downscaling (libjpeg DCT scaling, 1/2, 1/4 or 1/8), which keeps memory and
+  time small; PNG and other formats are decoded at full size first.
 * TIFF / OME-TIFF: read with tifffile; for pyramidal files the smallest level that is still at
-  least as large as the requested size is used. Channel-first ``(C, H, W)``, RGBA (alpha dropped)
+  least as large as the requested size is used. A level still more than twice the requested
+  size is decoded one strip or tile at a time and averaged over integer blocks on the way, so
+  memory stays near the output size. Channel-first ``(C, H, W)``, RGBA (alpha dropped)
   and grayscale (replicated to RGB) are accepted. Integer images other than uint8 (e.g. uint16)
   and float images are scaled linearly so their maximum maps to 255 (H&E background is the
   brightest part of the slide); float images with maximum <= 1 are multiplied by 255.
+
+Memory bound: before decoding, :func:`decode_estimate` estimates the peak memory of reading
+the image at the size it will be decoded at (JPEG draft scale or TIFF pyramid level included) as
+:data:`PEAK_COPIES` times the decoded pixel bytes (for a TIFF read strip by strip: one strip
+plus the block sums); above ``max_gb`` (default
+:data:`DEFAULT_MAX_IMAGE_GB`, or the environment variable ``DIFFST_MAX_IMAGE_GB``) the read is
+refused with a message naming the file, the estimate and the fixes. Pillow's decompression-bomb
+guard stays on at :data:`PIL_MAX_PIXELS` (an error above twice that many pixels).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-Image.MAX_IMAGE_PIXELS = None
+DEFAULT_MAX_IMAGE_GB = 8.0  # peak memory allowed for decoding one image
+PEAK_COPIES = 4  # decode + RGB conversion + array copy + resampling, measured on large PNGs
+READ_BUFFER = 1 << 25  # bytes of compressed TIFF data read at once when decoding by strips
+PIL_MAX_PIXELS = 1_500_000_000  # Pillow refuses images over twice this many pixels
+Image.MAX_IMAGE_PIXELS = PIL_MAX_PIXELS
 
 _TIFF_SUFFIXES = (".tif", ".tiff")
 
@@ -38,7 +54,57 @@ def image_size(path: str | Path) -> tuple[int, int]:
         return im.height, im.width
 
 
-def read_image(path: str | Path, max_pixels: int | None = None, scale: float = 1.0) -> np.ndarray:
+def max_image_gb() -> float:
+    """The decode memory limit in GB: ``DIFFST_MAX_IMAGE_GB`` if set, else the default."""
+    raw = os.environ.get("DIFFST_MAX_IMAGE_GB")
+    if raw is None:
+        return DEFAULT_MAX_IMAGE_GB
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise ValueError(f"DIFFST_MAX_IMAGE_GB must be a positive number of GB, got {raw!r}")
+    return value
+
+
+def decode_estimate(path: str | Path, target_hw: tuple[int, int]) -> tuple[tuple[int, int], int]:
+    """``(H, W)`` the image will be decoded at for ``target_hw`` and the peak bytes estimated."""
+    path = _existing(path)
+    if _is_tiff(path):
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            level = _tiff_level(series, target_hw, path)
+            hw = _tiff_hw(level.shape, path)
+            per_px = max(1, int(np.prod(level.shape)) // (hw[0] * hw[1])) * level.dtype.itemsize
+            k = _block(hw, target_hw)
+            page = _segmentable(level)
+            if k >= 2 and page is not None:  # decoded strip by strip, summed into k x k blocks
+                seg_h = page.tilelength if page.is_tiled else min(page.rowsperstrip, hw[0])
+                seg_w = page.tilewidth if page.is_tiled else hw[1]
+                out_hw = (math.ceil(hw[0] / k), math.ceil(hw[1] / k))
+                values = out_hw[0] * out_hw[1] * per_px // level.dtype.itemsize
+                segment = seg_h * seg_w * per_px * (1 + 8 // level.dtype.itemsize)
+                return out_hw, segment + 2 * 8 * values + READ_BUFFER  # + block sums, mean
+    else:
+        with _open_pil(path) as im:
+            hw = (im.height, im.width)
+            if im.format == "JPEG":
+                k = max((d for d in (1, 2, 4, 8) if math.ceil(hw[0] / d) >= target_hw[0]
+                         and math.ceil(hw[1] / d) >= target_hw[1]), default=1)
+                hw = (math.ceil(hw[0] / k), math.ceil(hw[1] / k))
+            per_px = max(len(im.getbands()), 3)
+    return hw, PEAK_COPIES * hw[0] * hw[1] * per_px
+
+
+def read_image(
+    path: str | Path,
+    max_pixels: int | None = None,
+    scale: float = 1.0,
+    max_gb: float | None = None,
+) -> np.ndarray:
     """Read an image as ``(H, W, 3)`` uint8 RGB.
 
     Args:
@@ -46,10 +112,12 @@ def read_image(path: str | Path, max_pixels: int | None = None, scale: float = 1
         max_pixels: refuse (ValueError) images with more than this many pixels at full size.
         scale: output size factor in (0, 1]; the result has ``round(H * scale)`` x
             ``round(W * scale)`` pixels, area-averaged. 1 keeps the full resolution.
+        max_gb: refuse images whose decoding needs more memory than this (GB, estimated by
+            :func:`decode_estimate`); default :func:`max_image_gb`.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: unreadable file, unsupported layout, or over ``max_pixels``.
+        ValueError: unreadable file, unsupported layout, over ``max_pixels`` or ``max_gb``.
     """
     path = _existing(path)
     if not 0 < scale <= 1:
@@ -61,6 +129,7 @@ def read_image(path: str | Path, max_pixels: int | None = None, scale: float = 1
             "pass a larger max_pixels or a downsampled image"
         )
     target = (max(1, round(h * scale)), max(1, round(w * scale)))
+    _check_memory(path, (h, w), target, max_image_gb() if max_gb is None else max_gb)
     img = _read_tiff(path, target) if _is_tiff(path) else _read_pil(path, target)
     if img.shape[:2] != target:
         img = _resize_area(img, target)
@@ -131,9 +200,31 @@ def _is_tiff(path: Path) -> bool:
     return path.suffix.lower() in _TIFF_SUFFIXES
 
 
+def _check_memory(path: Path, full_hw: tuple[int, int], target_hw: tuple[int, int],
+                  limit_gb: float) -> None:
+    decoded_hw, need = decode_estimate(path, target_hw)
+    if need <= limit_gb * 1e9:
+        return
+    h, w = full_hw
+    at = "" if decoded_hw == full_hw else f" (decoded at {decoded_hw[1]}x{decoded_hw[0]} px)"
+    raise ValueError(
+        f"{path}: reading this {w}x{h} px image{at} needs about {need / 1e9:.1f} GB of memory, "
+        f"more than the {limit_gb:g} GB limit; pass a downsampled image, a JPEG or a tiled "
+        "pyramidal TIFF (read reduced to the working resolution), or raise the limit "
+        "(--max-image-gb, max_gb=, or the DIFFST_MAX_IMAGE_GB environment variable)"
+    )
+
+
 def _open_pil(path: Path) -> Image.Image:
     try:
-        return Image.open(path)
+        with warnings.catch_warnings():  # sizes are checked against max_gb before decoding
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ValueError(
+            f"{path}: the image is too large to open safely ({exc}); pass a downsampled image "
+            "or a tiled pyramidal TIFF (read reduced to the working resolution)"
+        ) from exc
     except Exception as exc:  # Pillow raises several types for unreadable files
         raise ValueError(f"{path}: cannot read as an image ({exc})") from exc
 
@@ -171,16 +262,76 @@ def _read_tiff(path: Path, target_hw: tuple[int, int]) -> np.ndarray:
 
     try:
         with tifffile.TiffFile(path) as tif:
-            series = tif.series[0]
-            level = series
-            for lev in series.levels:  # largest first; keep the smallest one still >= target
-                hw = _tiff_hw(lev.shape, path)
-                if hw[0] >= target_hw[0] and hw[1] >= target_hw[1]:
-                    level = lev
-            arr = level.asarray()
-    except (tifffile.TiffFileError, OSError) as exc:
+            level = _tiff_level(tif.series[0], target_hw, path)
+            hw = _tiff_hw(level.shape, path)
+            k, page = _block(hw, target_hw), _segmentable(level)
+            if k >= 2 and page is not None:
+                arr = _block_mean(page, hw, k, target_hw)
+            else:
+                arr = level.asarray()
+    except (tifffile.TiffFileError, OSError, NotImplementedError) as exc:
         raise ValueError(f"{path}: cannot read as a TIFF image ({exc})") from exc
     return _to_rgb_uint8(arr, path)
+
+
+def _block(hw: tuple[int, int], target_hw: tuple[int, int]) -> int:
+    """Integer block size that reduces ``hw`` to no less than ``target_hw``."""
+    return max(1, min(hw[0] // target_hw[0], hw[1] // target_hw[1]))
+
+
+def _segmentable(level):
+    """The single contiguous TIFF page of ``level`` when it can be decoded strip by strip."""
+    import tifffile
+
+    pages = level.pages
+    page = pages[0] if len(pages) == 1 else None
+    if not isinstance(page, tifffile.TiffPage) or page.imagedepth != 1:
+        return None
+    if page.samplesperpixel > 1 and page.planarconfig != 1:  # separate colour planes
+        return None
+    if len(page.shape) not in (2, 3) or page.shape[:2] != level.shape[:2]:
+        return None
+    return page
+
+
+def _block_mean(page, hw: tuple[int, int], k: int, target_hw: tuple[int, int]) -> np.ndarray:
+    """Area-average a TIFF page to ``target_hw``, decoding one strip or tile at a time.
+
+    Pixels are first summed over ``k`` x ``k`` blocks; the block means (sum / k², a partial edge
+    block as if its missing pixels were 0) are then box-resampled from the region
+    ``W / k`` x ``H / k`` blocks (which covers exactly the image) to ``target_hw``.
+    Returns ``(*target_hw, C)`` in the page's dtype (integers rounded). Memory: one segment plus
+    the block sums.
+    """
+    h, w = hw
+    hk, wk = math.ceil(h / k), math.ceil(w / k)
+    sums = np.zeros((hk, wk, page.samplesperpixel), np.float64)
+    for segment, index, _ in page.segments(maxworkers=1, buffersize=READ_BUFFER):
+        y, x = index[2], index[3]
+        block = segment[0, : h - y, : w - x].astype(np.float64)
+        rows = (y + np.arange(block.shape[0])) // k
+        cols = (x + np.arange(block.shape[1])) // k
+        r0 = np.flatnonzero(np.r_[True, np.diff(rows) > 0])
+        c0 = np.flatnonzero(np.r_[True, np.diff(cols) > 0])
+        part = np.add.reduceat(np.add.reduceat(block, r0, axis=0), c0, axis=1)
+        sums[rows[r0][:, None], cols[c0][None, :]] += part
+    region = (0.0, 0.0, w / k, h / k)
+    mean = np.stack([_box_resize((sums[:, :, c] / k**2).astype(np.float32), target_hw, region)
+                     for c in range(sums.shape[2])], axis=2)
+    dtype = page.dtype
+    if np.issubdtype(dtype, np.integer):
+        mean = np.rint(mean)
+    return mean.astype(dtype)
+
+
+def _tiff_level(series, target_hw: tuple[int, int], path: Path):
+    """The smallest pyramid level of ``series`` still at least ``target_hw`` (else the base)."""
+    level = series
+    for lev in series.levels:  # largest first
+        hw = _tiff_hw(lev.shape, path)
+        if hw[0] >= target_hw[0] and hw[1] >= target_hw[1]:
+            level = lev
+    return level
 
 
 def _to_rgb_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
@@ -211,6 +362,14 @@ def _to_rgb_uint8(arr: np.ndarray, path: Path) -> np.ndarray:
         top = 1.0
     vals *= 255.0 / max(top, 1e-12)
     return np.clip(vals + 0.5, 0, 255).astype(np.uint8)
+
+
+def _box_resize(plane: np.ndarray, target_hw: tuple[int, int],
+                region: tuple[float, float, float, float]) -> np.ndarray:
+    """Box-resample ``region`` (x0, y0, x1, y1) of a 2-D float32 array to ``target_hw``."""
+    out = Image.fromarray(plane).resize((target_hw[1], target_hw[0]),
+                                        resample=Image.Resampling.BOX, box=region)
+    return np.asarray(out, dtype=np.float64)
 
 
 def _resize_area(img: np.ndarray, target_hw: tuple[int, int]) -> np.ndarray:

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from diffst.data.sample import STSample, load_npz
+from diffst.io.alignment import align_to_image
 from diffst.io.atomic import atomic_path
 from diffst.io.imageio import downscale_image
 
@@ -129,42 +130,70 @@ def read_sample(path: str | Path, **kw: Any) -> STSample:
     """Read any supported layout (see :func:`detect_format`) into an :class:`STSample`.
 
     Keyword arguments go to the format's reader (e.g. ``image=``, ``genes=``, ``bin_um=``,
-    ``section=`` for a HER2ST folder, ``image_path=`` for a cells ``.h5ad``).
+    ``section=`` for a HER2ST folder, ``image_path=`` for a cells ``.h5ad``); one the reader
+    does not take raises ValueError naming it. Every reader takes ``fix=`` and
+    ``alignment_check=`` (:mod:`diffst.io.alignment`); a ``.npz`` is checked only when
+    ``alignment_check=True`` is passed.
     """
     path = Path(path)
     fmt = detect_format(path)
     if fmt == "npz":
         genes = kw.pop("genes", None)
+        fix, check = kw.pop("fix", None), kw.pop("alignment_check", None)
         if kw:
-            raise TypeError(f"{path}: a .npz sample takes only genes=, got {sorted(kw)}")
+            raise ValueError(f"{path}: a .npz sample takes only genes=, fix= and "
+                             f"alignment_check=, got {sorted(kw)}")
         sample = load_npz(path)
+        if fix is not None or check:
+            sample = align_to_image(sample, fix, bool(check))
         return sample.select_genes(genes) if genes is not None else sample
     if fmt == "h5ad":
         from diffst.io.anndata_io import read_anndata
 
-        return read_anndata(path, **kw)
+        return read_anndata(path, **_accepted(read_anndata, kw, path, fmt))
     if fmt == "xenium_cells_h5ad":
         from diffst.io.xenium import read_xenium_cells_h5ad
 
         image_path = kw.pop("image_path", None) or _sibling_image(path)
+        kw = _accepted(read_xenium_cells_h5ad, kw, path, fmt)
         return read_xenium_cells_h5ad(path, image_path, **kw)
     if fmt == "spaceranger":
         from diffst.io.spaceranger import read_spaceranger
 
-        return read_spaceranger(path, **kw)
+        return read_spaceranger(path, **_accepted(read_spaceranger, kw, path, fmt))
     if fmt == "visium_hd":
         from diffst.io.visium_hd import read_visium_hd
 
-        return read_visium_hd(path, **kw)
+        return read_visium_hd(path, **_accepted(read_visium_hd, kw, path, fmt))
     if fmt == "istar":
         from diffst.io.istar import read_istar
 
-        return read_istar(path, **kw)
+        return read_istar(path, **_accepted(read_istar, kw, path, fmt))
     if fmt == "xenium":
         from diffst.io.xenium import read_xenium
 
+        kw = _accepted(read_xenium, kw, path, fmt)
         return read_xenium(path.parent if path.is_file() else path, **kw)
-    return _read_legacy(path, **kw)
+    from diffst.io.legacy_st import read_legacy_st
+
+    extra = ("section",) if path.is_dir() else ()
+    return _read_legacy(path, **_accepted(read_legacy_st, kw, path, fmt, extra))
+
+
+def _accepted(reader: Any, kw: dict[str, Any], path: Path, fmt: str,
+              extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``kw`` unchanged when ``reader`` takes every key; else a ValueError naming the others."""
+    import inspect as pyinspect
+
+    params = pyinspect.signature(reader).parameters
+    known = [p for p in params if params[p].kind == params[p].KEYWORD_ONLY
+             or params[p].default is not params[p].empty] + list(extra)
+    unknown = sorted(k for k in kw if k not in known)
+    if unknown:
+        names = ", ".join(f"{k}= (--{k.replace('_', '-')})" for k in unknown)
+        raise ValueError(f"{path}: {names} does not apply to {fmt} data; options it takes: "
+                         f"{', '.join(sorted(known))}")
+    return kw
 
 
 def _sibling_image(path: Path) -> Path:
@@ -218,7 +247,9 @@ def inspect_path(
         dict with ``path``, ``format``, ``name``, ``n_spots`` (tissue cells), ``n_genes`` (in
         the file), ``top_genes``, ``raster_shape`` ``[H, W]``, ``cell_um``, ``cell_um_xy``,
         ``image_size`` ``[W, H]`` px or None, ``image_um_per_px``, ``image_source``,
-        ``px_per_cell``, ``fit_residual_cells``, ``notes``, ``warnings``, ``overlay_png``.
+        ``px_per_cell``, ``fit_residual_cells``, ``on_tissue`` (fraction of tissue cells on
+        stained tissue, from the alignment check; None without an image), ``position_fix``,
+        ``notes``, ``warnings``, ``overlay_png``.
     """
     path = Path(path)
     fmt = detect_format(path)
@@ -248,6 +279,8 @@ def inspect_path(
         "image_source": meta.get("image_path"),
         "px_per_cell": float(sample.px_per_cell),
         "fit_residual_cells": meta.get("affine_rms_residual_cells"),
+        "on_tissue": (meta.get("alignment") or {}).get("on_tissue"),
+        "position_fix": meta.get("position_fix"),
         "notes": _notes(meta),
         "warnings": [str(w.message) for w in caught],
         "overlay_png": None,
@@ -300,6 +333,11 @@ def format_inspection(info: dict[str, Any]) -> str:
     if info.get("fit_residual_cells") is not None:
         lines.append(f"alignment: rms spot-to-cell-centre offset {info['fit_residual_cells']:.2f} "
                      "cells")
+    if info.get("on_tissue") is not None:
+        lines.append(f"tissue:    {info['on_tissue']:.1%} of tissue cells lie on stained tissue "
+                     "in the image")
+    if info.get("position_fix"):
+        lines.append(f"fix:       positions corrected ({info['position_fix'].get('options')})")
     lines += [f"note:      {n}" for n in info.get("notes", [])]
     lines += [f"warning:   {m}" for m in info.get("warnings", [])]
     if info.get("overlay_png"):

@@ -42,6 +42,7 @@ from scipy.spatial import cKDTree
 
 from diffst.data.grid import fit_affine, spots_to_raster
 from diffst.data.sample import SampleError, STSample
+from diffst.io.alignment import PositionFix, align_to_image
 from diffst.io.counts import select_gene_columns
 from diffst.io.imageio import load_working_image
 from diffst.io.legacy_st import merge_duplicate_genes, read_counts_tsv
@@ -78,6 +79,8 @@ def read_istar(
     genes: list[str] | None = None,
     work_um_per_px: float | None = None,
     name: str | None = None,
+    fix: PositionFix | None = None,
+    alignment_check: bool = True,
 ) -> STSample:
     """Read an iStar folder (layout in the module docstring) into an :class:`STSample`.
 
@@ -86,6 +89,9 @@ def read_istar(
         genes: keep only these genes, in this order (unknown names raise).
         work_um_per_px: reduce the H&E to this many µm per pixel on load (None: full size).
         name: sample name (default: the folder name).
+        fix: correction of the positions (x/y swap, flip, rotation, scale), see
+            :mod:`diffst.io.alignment`.
+        alignment_check: refuse a blank image or positions that miss the tissue (False: skip).
 
     Returns:
         One raster cell per lattice position (geometry in the module docstring).
@@ -137,8 +143,7 @@ def read_istar(
         name=name or folder.name,
         meta=meta,
     )
-    sample.check_alignment()
-    return sample
+    return align_to_image(sample, fix, alignment_check, "the spot positions in locs-raw.tsv")
 
 
 def infer_lattice(
@@ -263,7 +268,8 @@ def _spot_locations(path: Path, spot_ids: list[str], cnts_path: Path) -> np.ndar
         raise FileNotFoundError(f"{path}: spot location file not found")
     try:
         locs = pd.read_csv(path, sep="\t", index_col=0)
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+    except (OSError, EOFError, UnicodeDecodeError, pd.errors.ParserError,
+            pd.errors.EmptyDataError) as exc:
         raise SampleError(f"{path}: cannot read as a tab-separated table ({exc})") from exc
     if "x" not in locs.columns or "y" not in locs.columns:
         raise SampleError(f"{path}: needs columns 'x' and 'y' (found {list(locs.columns)})")

@@ -52,6 +52,7 @@ import pandas as pd
 
 from diffst.data.grid import fit_affine, spots_to_raster
 from diffst.data.sample import SampleError, STSample
+from diffst.io.alignment import PositionFix, align_to_image
 from diffst.io.counts import check_counts, check_unique, select_gene_columns
 from diffst.io.imageio import image_size, load_working_image
 
@@ -88,6 +89,8 @@ def read_legacy_st(
     spot_pitch_um: float = 200.0,
     work_um_per_px: float | None = 2.0,
     name: str | None = None,
+    fix: PositionFix | None = None,
+    alignment_check: bool = True,
 ) -> STSample:
     """Read one legacy ST section into an :class:`STSample` (layout in the module docstring).
 
@@ -100,6 +103,9 @@ def read_legacy_st(
         spot_pitch_um: centre-to-centre spot distance in µm (raster cell size).
         work_um_per_px: reduce the image to this many µm per pixel on load (None: full size).
         name: sample name (default: the counts file name without suffixes).
+        fix: correction of the positions (x/y swap, flip, rotation, scale), see
+            :mod:`diffst.io.alignment`.
+        alignment_check: refuse a blank image or positions that miss the tissue (False: skip).
 
     Returns:
         ``expr`` ``(G, H, W)`` counts per spot, one raster cell per array position.
@@ -126,7 +132,13 @@ def read_legacy_st(
     expr, mask = spots_to_raster(rows, cols, counts[placed.loc[tissue, "count_row"].to_numpy()])
 
     full_hw = image_size(image_path)
-    _check_spots_inside_image(table, full_hw, spots_path, image_path)
+    outside = None  # reported after trying the usual mistakes (alignment check)
+    try:
+        _check_spots_inside_image(table, full_hw, spots_path, image_path)
+    except SampleError as exc:
+        if not alignment_check and (fix is None or fix.is_identity):
+            raise
+        outside = exc
     affine_full, rms, worst = _fit_grid(table, origin, spot_pitch_um, spots_path)
     pitch_px = math.sqrt(abs(np.linalg.det(affine_full[:2, :2])))
     fitted_um_per_px = spot_pitch_um / pitch_px
@@ -161,8 +173,8 @@ def read_legacy_st(
         name=name,
         meta=meta,
     )
-    sample.check_alignment()
-    return sample
+    return align_to_image(sample, fix, alignment_check,
+                          f"pixel_x/pixel_y in {spots_path.name}", fallback=outside)
 
 
 # ---------------------------------------------------------------------------- counts
@@ -178,6 +190,12 @@ def read_counts_tsv(path: str | Path) -> tuple[np.ndarray, list[str], list[str]]
         with opener(path, "rt") as fh:
             header = fh.readline().rstrip("\r\n").split("\t")
         table = pd.read_csv(path, sep="\t", header=None, skiprows=1, engine="c")
+    except EOFError as exc:
+        raise SampleError(f"{path}: the file is truncated (compressed stream ends early); copy "
+                          "or download it again") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise SampleError(f"{path}: the counts table is empty (expected a header of gene names "
+                          "and one row of counts per spot)") from exc
     except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
         raise SampleError(f"{path}: cannot read as a tab-separated counts table ({exc})") from exc
     if table.shape[0] == 0:
@@ -240,7 +258,8 @@ def read_spot_table(path: str | Path) -> pd.DataFrame:
     path = Path(path)
     try:
         table = pd.read_csv(path, sep="\t")
-    except (OSError, UnicodeDecodeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+    except (OSError, EOFError, UnicodeDecodeError, pd.errors.ParserError,
+            pd.errors.EmptyDataError) as exc:
         raise SampleError(f"{path}: cannot read as a tab-separated spot table ({exc})") from exc
     table.columns = [str(c).strip() for c in table.columns]
     missing = [c for c in _SPOT_COLUMNS if c not in table.columns]

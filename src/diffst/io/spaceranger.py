@@ -70,11 +70,11 @@ from typing import Any
 import h5py
 import numpy as np
 import pandas as pd
-import scipy.io
 import scipy.sparse as sp
 
 from diffst.data.grid import fit_affine
 from diffst.data.sample import SampleError, STSample
+from diffst.io.alignment import PositionFix, align_to_image, image_file_blank
 from diffst.io.counts import (
     check_counts,
     check_dense_size,
@@ -183,6 +183,8 @@ def read_spaceranger(
     work_um_per_px: float | None = 2.0,
     max_dense_gb: float = 8.0,
     name: str | None = None,
+    fix: PositionFix | None = None,
+    alignment_check: bool = True,
 ) -> STSample:
     """Read a Space Ranger (Visium) output folder; geometry in the module docstring.
 
@@ -200,6 +202,9 @@ def read_spaceranger(
         work_um_per_px: reduce images finer than this many µm per pixel on load (None: never).
         max_dense_gb: refuse dense rasters larger than this (select genes instead).
         name: sample name; default the folder name.
+        fix: correction of the spot positions (x/y swap, flip, rotation, scale), see
+            :mod:`diffst.io.alignment`.
+        alignment_check: refuse a blank image or spots that miss the tissue (False: skip).
 
     Returns:
         ``expr`` ``(G, H, W)`` counts per spot (one cell per spot), ``cell_um`` ≈ 93.1 µm.
@@ -241,6 +246,10 @@ def read_spaceranger(
         counts.path,
         work_um_per_px,
         max_dense_gb,
+        fix=fix,
+        alignment_check=alignment_check,
+        positions=f"pxl_row_in_fullres/pxl_col_in_fullres in {files['positions'].name} (or "
+                  f"tissue_{chosen.kind}_scalef)",
     )
 
 
@@ -396,19 +405,95 @@ def _read_mtx_folder(folder: Path):
         folder, ("features.tsv.gz", "features.tsv", "genes.tsv.gz", "genes.tsv"), "features"
     )
     bcs = _first_existing(folder, ("barcodes.tsv.gz", "barcodes.tsv"), "barcodes")
-    try:
-        with _open(mtx) as fh:
-            mat = scipy.io.mmread(fh)
-        features = pd.read_csv(feats, sep="\t", header=None, dtype=str)
-        barcodes = pd.read_csv(bcs, sep="\t", header=None, dtype=str)[0].tolist()
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise SampleError(f"{folder}: cannot read the Matrix Market files ({exc})") from exc
+    mat = read_mtx(mtx)
+    features = _read_tsv(feats, "features (gene id, name, type)")
+    barcodes = _read_tsv(bcs, "barcodes")[0].tolist()
     mat = sp.csr_matrix(mat).T  # file is genes x barcodes
     ids = features[0].tolist()
     names = features[1].tolist() if features.shape[1] > 1 else list(ids)
     types = features[2].tolist() if features.shape[1] > 2 else None
     _check_lengths(folder, mat.shape, barcodes, names)
     return mat, barcodes, names, ids, types
+
+
+def read_mtx(path: str | Path) -> sp.coo_matrix:
+    """Read a Matrix Market ``coordinate`` file (``.mtx`` or ``.mtx.gz``) as a COO matrix.
+
+    Parsed with pandas rather than :func:`scipy.io.mmread`, whose C++ reader aborts the whole
+    Python process when it fails on a compressed stream. Integer, real and pattern fields,
+    ``general`` symmetry only; every problem raises :class:`SampleError` naming the file.
+    """
+    path = Path(path)
+    try:
+        with _open(path) as fh:
+            header = fh.readline().decode("latin-1").split()
+            n_comment = 1
+            line = fh.readline()
+            while line.startswith(b"%"):
+                n_comment += 1
+                line = fh.readline()
+            size = line.split()
+            table = pd.read_csv(fh, sep=r"\s+", header=None, engine="c", low_memory=False)
+    except EOFError as exc:
+        raise SampleError(f"{path}: the file is truncated (compressed stream ends early); "
+                          "copy or download it again") from exc
+    except pd.errors.EmptyDataError:
+        table = pd.DataFrame(np.zeros((0, 3), dtype=str))
+    except (OSError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+        raise SampleError(f"{path}: cannot read as a Matrix Market file ({exc})") from exc
+    field = _mtx_header(path, header)
+    try:
+        n_rows, n_cols, nnz = (int(v) for v in size)
+    except ValueError as exc:
+        raise SampleError(f"{path}: line {n_comment + 1} must give 'rows columns entries', got "
+                          f"{b' '.join(size).decode('latin-1')!r}") from exc
+    return _mtx_entries(path, table, field, (n_rows, n_cols), nnz, n_comment + 2)
+
+
+def _mtx_header(path: Path, header: list[str]) -> str:
+    words = [w.lower() for w in header]
+    if len(words) < 5 or words[0] != "%%matrixmarket" or words[1:3] != ["matrix", "coordinate"]:
+        raise SampleError(f"{path}: not a Matrix Market coordinate file (first line "
+                          f"{' '.join(header)!r}); pass matrix.mtx[.gz] from Space Ranger")
+    if words[3] not in ("integer", "real", "pattern") or words[4] != "general":
+        raise SampleError(f"{path}: unsupported Matrix Market type {' '.join(header[3:])!r}; "
+                          "expected 'integer general' counts")
+    return words[3]
+
+
+def _mtx_entries(path: Path, table: pd.DataFrame, field: str, shape: tuple[int, int],
+                 nnz: int, first_line: int) -> sp.coo_matrix:
+    want = 2 if field == "pattern" else 3
+    if len(table) != nnz or (nnz and table.shape[1] != want):
+        raise SampleError(f"{path}: the header announces {nnz} entries of {want} columns, the "
+                          f"file has {len(table)} rows of {table.shape[1]}; the file is "
+                          "truncated or damaged")
+    cols = [pd.to_numeric(table[i], errors="coerce").to_numpy(np.float64) for i in range(want)]
+    for i, what in enumerate(["row index", "column index", "value"][:want]):
+        bad = ~np.isfinite(cols[i])
+        if i < 2:
+            bad |= (cols[i] != np.round(cols[i])) | (cols[i] < 1) | (cols[i] > shape[i])
+        if bad.any():
+            k = int(np.argmax(bad))
+            raw = table.iloc[k, i]
+            found = "missing (too few fields)" if pd.isna(raw) else repr(raw)
+            raise SampleError(f"{path}: line {first_line + k}: invalid {what} {found}"
+                              + (f" (matrix is {shape[0]} x {shape[1]})" if i < 2 else ""))
+    data = cols[2] if field != "pattern" else np.ones(nnz)
+    return sp.coo_matrix((data, (cols[0].astype(np.int64) - 1, cols[1].astype(np.int64) - 1)),
+                         shape=shape)
+
+
+def _read_tsv(path: Path, what: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, sep="\t", header=None, dtype=str)
+    except EOFError as exc:
+        raise SampleError(f"{path}: the file is truncated (compressed stream ends early); "
+                          "copy or download it again") from exc
+    except pd.errors.EmptyDataError as exc:
+        raise SampleError(f"{path}: the {what} file is empty") from exc
+    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raise SampleError(f"{path}: cannot read the {what} ({exc})") from exc
 
 
 def _first_existing(folder: Path, names: Sequence[str], what: str) -> Path:
@@ -707,8 +792,17 @@ def choose_image(
     """
     found = {k: _find_in(spatial_dirs, f) for k, f in IMAGE_FILES.items()}
     if image is None:
-        if found["hires"] is not None:
+        blank = image_file_blank(found["hires"]) if found["hires"] is not None else None
+        if found["hires"] is not None and (blank is None or found["lowres"] is None):
             image = "hires"
+        elif blank is not None:
+            warnings.warn(
+                f"{found['hires']} is blank ({blank}); using the low-resolution image "
+                f"{found['lowres']} instead (pass image=PATH / --image to the full-resolution "
+                "image for more detail)",
+                stacklevel=3,
+            )
+            image = "lowres"
         elif found["lowres"] is not None:
             warnings.warn(
                 f"{spatial_dirs[0] / IMAGE_FILES['hires']} is missing; using the low-resolution "
@@ -816,6 +910,9 @@ def finish_sample(
     counts_path: Path | str,
     work_um_per_px: float | None,
     max_dense_gb: float,
+    fix: PositionFix | None = None,
+    alignment_check: bool = True,
+    positions: str = "the spot positions",
 ) -> STSample:
     """Load the chosen image, check the spots fall inside it, place counts, build the sample.
 
@@ -827,18 +924,25 @@ def finish_sample(
         counts_path: source of the counts (messages).
         work_um_per_px: reduce the image to this resolution on load (None: keep).
         max_dense_gb: limit on the dense ``(G, H, W)`` raster.
+        fix, alignment_check: see :func:`diffst.io.alignment.align_to_image`.
+        positions: how the positions were given, for alignment messages.
     """
     check_dense_size(len(genes), layout.shape, counts_path, max_dense_gb)
     to_image = np.diag([chosen.scalef, chosen.scalef, 1.0])
     img_um = layout.um_per_px_fullres / chosen.scalef
     image = chosen.array
+    outside = None  # spots outside the image: reported after trying the usual mistakes
+    if chosen.kind != "none":
+        hw = image_size(chosen.path) if image is None else image.shape[:2]
+        try:
+            check_spots_in_image(layout.xy_fullres, chosen, hw)
+        except SampleError as exc:
+            if not alignment_check and (fix is None or fix.is_identity):
+                raise
+            outside = exc
     if chosen.kind != "none" and image is None:
-        full_hw = image_size(chosen.path)
-        check_spots_in_image(layout.xy_fullres, chosen, full_hw)
         image, to_work, img_um = load_working_image(chosen.path, img_um, work_um_per_px)
         to_image = to_work @ to_image
-    elif image is not None:
-        check_spots_in_image(layout.xy_fullres, chosen, image.shape[:2])
     expr, mask = place_counts(matrix, layout.rows, layout.cols, layout.shape, counts_path)
     meta = dict(meta)
     meta.update(layout.meta)
@@ -862,8 +966,7 @@ def finish_sample(
         name=name,
         meta=meta,
     )
-    sample.check_alignment()
-    return sample
+    return align_to_image(sample, fix, alignment_check, positions, fallback=outside)
 
 
 def check_spots_in_image(

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from diffst.data.sample import SampleError, STSample
+from diffst.io.alignment import PositionFix
 from diffst.io.spaceranger import (
     choose_genes,
     choose_image,
@@ -62,6 +63,8 @@ def read_visium_hd(
     work_um_per_px: float | None = None,
     max_dense_gb: float = 8.0,
     name: str | None = None,
+    fix: PositionFix | None = None,
+    alignment_check: bool = True,
 ) -> STSample:
     """Read one bin size of a Visium HD run.
 
@@ -73,7 +76,8 @@ def read_visium_hd(
         work_um_per_px: reduce images finer than this many µm per pixel on load; default
             ``bin_um / 4`` (4 image pixels per bin edge). Images are never enlarged.
         genes, n_top_genes, gene_key, make_unique, require_integer, matrix, image_scale,
-            max_dense_gb, name: as in :func:`diffst.io.spaceranger.read_spaceranger`.
+            max_dense_gb, name, fix, alignment_check: as in
+            :func:`diffst.io.spaceranger.read_spaceranger`.
 
     Returns:
         ``expr`` ``(G, H, W)`` counts per bin, ``cell_um`` = bin size in µm.
@@ -128,6 +132,9 @@ def read_visium_hd(
         counts.path,
         work_um_per_px if work_um_per_px is not None else bin_size / 4,
         max_dense_gb,
+        fix=fix,
+        alignment_check=alignment_check,
+        positions=f"pxl_row_in_fullres/pxl_col_in_fullres in {positions_path.name}",
     )
 
 

@@ -51,6 +51,7 @@ import scipy.sparse as sp
 from scipy import ndimage
 
 from diffst.data.sample import SampleError, STSample
+from diffst.io.alignment import PositionFix, align_to_image
 from diffst.io.counts import check_counts, check_dense_size, check_unique, select_gene_columns
 from diffst.io.imageio import load_working_image
 from diffst.io.spaceranger import read_10x_matrix
@@ -82,6 +83,8 @@ def read_xenium(
     morphology_image: str | Path | None = None,
     morphology_origin_um: tuple[float, float] = (0.0, 0.0),
     image_um_per_px: float | None = None,
+    fix: PositionFix | None = None,
+    alignment_check: bool = True,
 ) -> STSample:
     """Bin a Xenium output folder onto an HR raster of ``bin_um`` µm cells.
 
@@ -100,6 +103,9 @@ def read_xenium(
             would go (module docstring); not together with ``he_image``.
         morphology_origin_um: ``(x, y)`` µm of the morphology image's top-left pixel corner.
         image_um_per_px: µm per morphology pixel (default: the run's pixel size).
+        fix: correction of the positions (x/y swap, flip, rotation, scale), see
+            :mod:`diffst.io.alignment`.
+        alignment_check: refuse a blank image or positions that miss the tissue (False: skip).
 
     Returns:
         ``expr`` ``(G, H, W)`` float32 transcript counts per raster cell.
@@ -163,8 +169,8 @@ def read_xenium(
         name=name or folder.name,
         meta=meta,
     )
-    sample.check_alignment()
-    return sample
+    return align_to_image(sample, fix, alignment_check,
+                          f"the transcript positions with the alignment {alignment_csv}")
 
 
 def read_xenium_cells_h5ad(
@@ -179,6 +185,8 @@ def read_xenium_cells_h5ad(
     work_um_per_px: float | None = None,
     close_um: float = 16.0,
     name: str | None = None,
+    fix: PositionFix | None = None,
+    alignment_check: bool = True,
 ) -> STSample:
     """Bin an AnnData of cells (counts + pixel positions on ``image_path``) onto an HR raster.
 
@@ -188,7 +196,7 @@ def read_xenium_cells_h5ad(
     ``pixel_size_um``, ``um_per_px``, ``pixel_size_um_embedded``, ``mpp``); when there is none it
     must be given. Raster cells are ``bin_um`` µm (``bin_um / image_um_per_px`` pixels), aligned to
     multiples of that size in image pixels (``meta["origin_px"]``); the mask is built as in
-    :func:`read_xenium`.
+    :func:`read_xenium`. ``fix`` and ``alignment_check`` are as in :func:`read_xenium`.
     """
     import anndata
 
@@ -237,8 +245,8 @@ def read_xenium_cells_h5ad(
         name=name or path.stem,
         meta=meta,
     )
-    sample.check_alignment()
-    return sample
+    return align_to_image(sample, fix, alignment_check,
+                          f"obs '{row_key}' (image row) / '{col_key}' (column) in {path.name}")
 
 
 def pseudo_visium(
@@ -363,12 +371,18 @@ class _Points:
     w: np.ndarray | None
 
 
+STAIN_DARKEST = 60.0
+"""Grey level of the brightest fluorescence after inversion (:func:`fluorescence_as_stain`)."""
+
+
 def fluorescence_as_stain(image: np.ndarray) -> np.ndarray:
     """``(H, W, 3)`` uint8 fluorescence (equal channels) -> stretched, inverted uint8 RGB."""
     gray = image[..., :3].mean(axis=2) if image.ndim == 3 else image.astype(np.float32)
     lo, hi = np.percentile(gray, [1.0, 99.5])
     stretched = np.clip((gray - lo) / max(hi - lo, 1e-6), 0.0, 1.0)
-    out = np.round(255.0 * (1.0 - stretched)).astype(np.uint8)
+    # the brightest signal maps to STAIN_DARKEST, not black: like haematoxylin, and not taken
+    # for a scanner border by the alignment check
+    out = np.round(255.0 - (255.0 - STAIN_DARKEST) * stretched).astype(np.uint8)
     return np.repeat(out[:, :, None], 3, axis=2)
 
 
