@@ -236,3 +236,21 @@ def test_inspect_writes_nothing_unasked(tmp_path, monkeypatch):
     result = CliRunner().invoke(main, ["inspect", str(path), "--overlay", "o.png"])
     assert result.exit_code == 0 and (work / "o.png").exists()
 
+
+
+def test_ctrl_c_on_the_command_line_prints_the_resume_command(tmp_path, monkeypatch):
+    data = make_sample(seed=0).save_npz(tmp_path / "s.npz")
+    out = tmp_path / "m.pt"
+    argv = ["train", str(data), "--factor", "5", "--out", str(out), "--steps", "5",
+            "--patch", "10", "--work-um-per-px", "2"]
+    monkeypatch.setattr("sys.argv", ["diffst", *argv])
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    result = CliRunner().invoke(main, argv)
+    assert result.exit_code == 130
+    assert "interrupted at step 0 of 5" in result.output
+    assert f"resume with: diffst {' '.join(argv)} --checkpoint {out}.ckpt" in result.output
+    assert default_checkpoint(out).exists()

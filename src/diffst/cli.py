@@ -12,7 +12,8 @@ from diffst.data.sample import SampleError
 
 
 def _fail_nicely(fn):
-    """Turn expected user errors into a one-line message and exit code 2."""
+    """Turn expected user errors into a one-line message and exit code 2; Ctrl-C outside the
+    parts that keep their work (training steps, tile batches) says that nothing was kept."""
     import functools
 
     @functools.wraps(fn)
@@ -21,6 +22,10 @@ def _fail_nicely(fn):
             return fn(*args, **kwargs)
         except (SampleError, FileNotFoundError, ValueError) as exc:
             raise click.ClickException(str(exc)) from exc
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted before any work was kept (reading or preparing the "
+                       "data); rerun the same command to start again", err=True)
+            sys.exit(130)
 
     return wrapper
 
