@@ -254,3 +254,12 @@ def test_ctrl_c_on_the_command_line_prints_the_resume_command(tmp_path, monkeypa
     assert "interrupted at step 0 of 5" in result.output
     assert f"resume with: diffst {' '.join(argv)} --checkpoint {out}.ckpt" in result.output
     assert default_checkpoint(out).exists()
+
+
+def test_train_checks_patch_against_factor_before_reading(tmp_path):
+    data = tmp_path / "unread.npz"
+    data.write_bytes(b"not read: the options are checked first")
+    result = CliRunner().invoke(main, ["train", str(data), "--factor", "5", "--out",
+                                       str(tmp_path / "m.pt"), "--patch", "12"])
+    assert result.exit_code == 2
+    assert "--patch" in result.output and "multiple of --factor 5" in result.output

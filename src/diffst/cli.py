@@ -185,7 +185,7 @@ that resumes.
 @click.option("--patch", default=None, type=int,
               help="Training patch side in HR cells, a multiple of --factor (default 8 x "
                    "factor; with spots-only training the HR cells are the spots).")
-@click.option("--work-um-per-px", default=None, type=float,
+@click.option("--work-um-per-px", default=None, type=click.FloatRange(min=0, min_open=True),
               help="Image resolution the model works at, in µm per pixel (default: 8 px per HR "
                    "cell, but never coarser than 2 µm/px nor finer than the image; 200 µm spots "
                    "thus get 100 px per spot). Coarser is faster: e.g. 8 for spot data.")
@@ -218,6 +218,9 @@ def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate,
 
     if spots_only and hr_truth:
         raise click.UsageError("--spots-only and --hr-truth contradict each other; pass one")
+    if patch is not None and (patch < factor or patch % factor):
+        raise click.BadParameter(f"{patch} is not a multiple of --factor {factor} "
+                                 f"(e.g. {8 * factor})", param_hint="--patch")
     samples = [_read(p) for p in data]
     if not spots_only and not hr_truth:
         note = spot_data_message(samples, factor)
