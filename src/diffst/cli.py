@@ -39,8 +39,8 @@ DATA_FORMATS = (
 
 THREADS_HELP = (
     "CPU threads for PyTorch. Default: the DIFFST_THREADS environment variable, else the "
-    "usable cores minus one (at most 8), which keeps a shared machine from slowing down "
-    "10x (see README, 'Threads')."
+    "usable cores minus one (at most 8): all cores on a shared machine can make every step "
+    "several times slower (see README, 'Threads')."
 )
 
 
