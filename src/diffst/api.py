@@ -231,8 +231,8 @@ def train_model(
         say(f"resuming from {checkpoint}: {trainer.step} of {steps} steps done")
     timer = _Timer(say, steps, trainer.step)
     try:
-        trainer.fit(checkpoint=checkpoint, progress=progress,
-                    callback=timer if log is not None else None)
+        extra = {"callback": timer} if log is not None else {}
+        trainer.fit(checkpoint=checkpoint, progress=progress, **extra)
     except KeyboardInterrupt:
         if not save_on_interrupt:
             raise
