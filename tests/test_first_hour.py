@@ -263,3 +263,18 @@ def test_train_checks_patch_against_factor_before_reading(tmp_path):
                                        str(tmp_path / "m.pt"), "--patch", "12"])
     assert result.exit_code == 2
     assert "--patch" in result.output and "multiple of --factor 5" in result.output
+
+
+def test_predict_prints_its_plan_and_a_summary(tmp_path):
+    sample = make_sample(seed=0)
+    path = train_model([sample], F, tmp_path / "m.pt", steps=2, batch_size=2, patch=10,
+                       work_um_per_px=2.0, model_config=tiny_config(), progress=False)
+    lines: list[str] = []
+    from diffst.api import predict
+
+    predict(make_sample(seed=3, size=40), path, pool=True, n_samples=2, steps=1,
+            progress=False, log=lines.append)
+    assert lines[0].startswith("plan: 4 genes, 40 µm cells -> 8 µm (factor 5), 2 samples x 1 "
+                               "ddim steps per tile, on cpu, 1 CPU thread")
+    assert "trained on 8 µm HR truth pooled 5x5" in lines[0]
+    assert lines[1].startswith("sampled ") and " tiles in " in lines[1]

@@ -268,6 +268,7 @@ def predict(
     device: str = "auto",
     autocast: bool = False,
     progress: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> SRResult:
     """Super-resolve ``sample`` with the model file ``model``; optionally write ``out``.
 
@@ -286,6 +287,8 @@ def predict(
         report_dir: also write a per-gene PNG gallery and ``report.html`` there.
         report_genes: genes for the gallery (default: the most expressed, at most 24).
         autocast: bfloat16/float16 autocast while sampling (see ``benchmarks/README.md``).
+        log: called with a line of text before sampling (what will be done, how the model was
+            trained) and one after it (tiles and time).
     """
     from diffst.tilestore import remove_store
 
@@ -299,12 +302,16 @@ def predict(
     tiles = None
     if resume and (resume_dir is not None or out is not None):
         tiles = Path(resume_dir) if resume_dir is not None else default_resume_dir(out)
+    if log is not None:
+        log(_predict_plan(lm, sample, model, n_samples, steps, sampler))
     t0 = time.perf_counter()
     result = super_resolve(lm, sample, steps=steps, sampler=sampler, n_samples=n_samples,
                            batch_size=batch_size, hr_mask=hr_mask, seed=seed,
                            consistency=consistency, resume_dir=tiles, progress=progress,
                            autocast=autocast)
     timings = {"sampling_s": time.perf_counter() - t0}
+    if log is not None:
+        log(f"sampled {result.meta['n_tiles']} tiles in {_duration(timings['sampling_s'])}")
     result.meta["timings_s"] = timings
     if out is not None:
         t0 = time.perf_counter()
@@ -339,6 +346,19 @@ def training_summary(model: str | Path) -> str:
               else "steps not recorded")
     return (f"{how}; factor {f}, {len(state['genes'])} genes, patch {state['patch']} cells at "
             f"{float(state['work_um_per_px']):g} µm/px; {budget}")
+
+
+def _predict_plan(lm, sample: STSample, model: str | Path, n_samples: int, steps: int,
+                  sampler: str) -> str:
+    import torch
+
+    threads = torch.get_num_threads()
+    where = str(lm.device) + (f", {threads} CPU thread{'s' if threads != 1 else ''}"
+                              if lm.device.type == "cpu" else "")
+    return (f"plan: {len(lm.genes)} genes, {sample.cell_um:g} µm cells -> "
+            f"{sample.cell_um / lm.factor:g} µm (factor {lm.factor}), {n_samples} samples x "
+            f"{steps} {sampler} steps per tile, on {where}\n"
+            f"      model {model}: trained {training_summary(model)}")
 
 
 def write_result(result: SRResult, lr: STSample, out: str | Path) -> Path:

@@ -306,7 +306,7 @@ def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, 
             consistency="off" if no_consistency else consistency, resume=resume,
             resume_dir=resume_dir, report_dir=report_dir,
             report_genes=report_genes.split(",") if report_genes else None, device=device,
-            autocast=autocast,
+            autocast=autocast, log=_log,
         )
     except SamplingInterrupted as exc:
         click.echo(f"\n{exc}", err=True)
