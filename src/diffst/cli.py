@@ -310,7 +310,7 @@ def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, 
         )
     except SamplingInterrupted as exc:
         click.echo(f"\n{exc}", err=True)
-        if exc.folder is not None:
+        if exc.folder is not None and exc.done > 0:
             click.echo(f"resume with: {_command_line()}", err=True)
         sys.exit(130)
     click.echo(f"wrote {out}: {len(result.genes)} genes on a {result.mean.shape[1]}x"
