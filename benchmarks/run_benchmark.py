@@ -16,6 +16,7 @@ import argparse
 import sys
 
 from diffst.benchmark import METHOD_LABELS, run_benchmark
+from diffst.threads import apply_threads
 
 
 def _ints(text: str) -> list[int]:
@@ -49,7 +50,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="override the preset's training steps (Diff-ST, ablations, regression)")
     p.add_argument("--data-root", default=None,
                    help="folder of a real dataset (required for her2st and xenium_crop)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: DIFFST_THREADS, else usable cores - 1)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
     return p.parse_args(argv)
 
@@ -57,10 +59,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark; print the table and the output paths."""
     args = parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     overrides = {"steps": args.steps} if args.steps is not None else None
     summary = run_benchmark(
         args.dataset, args.factors, args.split, args.preset, args.out,

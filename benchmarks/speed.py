@@ -53,6 +53,7 @@ from diffst.io.atomic import atomic_path
 from diffst.metrics import evaluate, summarize
 from diffst.model.config import DiffSTConfig
 from diffst.precision import memory_format
+from diffst.threads import apply_threads
 from diffst.train import TrainConfig, Trainer, resolve_device
 
 SECTIONS = ("train", "sample", "precision", "slide")
@@ -554,7 +555,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--slide-tiles", type=int, default=None,
                    help="Tiles timed for the whole-slide estimate (0 = the whole slide).")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda.")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: DIFFST_THREADS, else usable cores - 1).")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)
 
@@ -563,8 +565,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the selected sections, print progress and the Markdown, write the results file."""
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     s = quick_settings() if args.quick else Settings()
     s = dataclasses.replace(s, seed=args.seed, device=args.device)
     if args.train_steps is not None:

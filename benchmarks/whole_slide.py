@@ -300,7 +300,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--train-steps", type=int, default=150)
     p.add_argument("--samples", type=int, default=8, help="K samples per tile")
     p.add_argument("--sample-steps", type=int, default=10, help="DDIM steps")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: DIFFST_THREADS, else usable cores - 1)")
     p.add_argument("--parts", default="sim,her2st,memory",
                    help="comma-separated parts to run: sim, her2st, memory")
     p.add_argument("--quick", action="store_true", help="tiny smoke-test settings")
@@ -309,9 +310,9 @@ def main(argv: list[str] | None = None) -> dict:
     if a.child:
         _child(json.loads(a.child))
         return {}
-    import torch
+    from diffst.threads import apply_threads
 
-    torch.set_num_threads(a.threads)
+    a.threads = apply_threads(a.threads)
     parts = {x.strip() for x in a.parts.split(",") if x.strip()}
     unknown = parts - {"sim", "her2st", "memory"}
     if unknown:

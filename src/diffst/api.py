@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,118 @@ def model_config_for(ablate: list[str] | None = None, **overrides) -> DiffSTConf
     return cfg
 
 
+SPOT_UM = 50.0
+"""Cells at least this large (µm) are measured spots (Visium 55-100 µm, legacy ST 100-200 µm),
+never HR truth: :func:`spot_data_message` then suggests spots-only training."""
+
+
+def spot_data_message(samples: list[STSample], factor: int) -> str | None:
+    """Why ``samples`` look like spot data without HR truth, or None when they do not.
+
+    Spot-sized cells (:data:`SPOT_UM` or larger) cannot be HR truth for ``factor``: the model
+    would learn ``cell_um * factor`` µm -> ``cell_um`` µm and could only be applied to
+    ``cell_um * factor`` µm input. The message names the command-line flags involved.
+    """
+    sizes = sorted({round(s.cell_um, 1) for s in samples})
+    if not samples or min(sizes) < SPOT_UM:
+        return None
+    cell = sizes[0]
+    text = (
+        f"DATA has {'/'.join(f'{x:g}' for x in sizes)} µm cells: measured spots without finer "
+        f"truth, so training spots-only (as with --spots-only): training pairs pool the spots "
+        f"{factor}x{factor}, and the model then turns {cell:g} µm spots into "
+        f"{cell / factor:g} µm cells. Pass --hr-truth if these cells really are the HR truth."
+    )
+    if factor > 3:
+        text += (f" Note: --factor {factor} pools {factor}x{factor} spots "
+                 f"({cell * factor:g} µm) for training; 2 or 3 usually fits spot data.")
+    return text
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training was interrupted (Ctrl-C); the state was saved to ``checkpoint``."""
+
+    def __init__(self, step: int, total: int, checkpoint: Path) -> None:
+        self.step, self.total, self.checkpoint = step, total, Path(checkpoint)
+        super().__init__(f"interrupted at step {step} of {total}; training state saved to "
+                         f"{checkpoint}")
+
+
+def default_checkpoint(out: str | Path) -> Path:
+    """Where an interrupted :func:`train_model` without a checkpoint saves its state."""
+    out = Path(out)
+    return out.with_name(out.name + ".ckpt")
+
+
+def describe_plan(trainer: Trainer, samples: list[STSample]) -> str:
+    """What a training run will do, in words: genes, factor, patch, image resolution, device.
+
+    Patch sizes are given in HR cells, µm and image pixels at the working resolution.
+    """
+    import torch
+
+    tc, f, cell = trainer.tc, trainer.factor, trainer.cell_um
+    genes = trainer.genes
+    shown = ", ".join(genes[:6]) + (", ..." if len(genes) > 6 else "")
+    if trainer.spots_only:
+        mode = (f"spots-only: trains {cell * f:g} -> {cell:g} µm (spots pooled {f}x{f}), "
+                f"applied {cell:g} -> {cell / f:g} µm")
+    else:
+        mode = f"HR truth: {cell * f:g} µm LR cells -> {cell:g} µm HR cells"
+    px = tc.patch * trainer.k
+    threads = torch.get_num_threads()
+    lines = [
+        f"plan: {len(samples)} sample(s) ({', '.join(s.name for s in samples)}), "
+        f"{len(genes)} genes ({shown})",
+        f"      factor {f}, {mode}",
+        f"      patch {tc.patch} x {tc.patch} cells = {tc.patch * cell:g} µm = {px} x {px} px "
+        f"at {tc.work_um_per_px:g} µm/px ({trainer.k} px per cell)",
+        f"      {tc.steps} steps of batch {tc.batch_size} on {trainer.device}"
+        + (f", {threads} CPU thread{'s' if threads != 1 else ''}"
+           if trainer.device.type == "cpu" else ""),
+    ]
+    return "\n".join(lines)
+
+
+class _Timer:
+    """Prints a time estimate after the first steps and a summary at the end."""
+
+    def __init__(self, log: Callable[[str], None], target: int, start_step: int,
+                 n_first: int = 5) -> None:
+        self.log, self.target, self.start = log, target, start_step
+        self.n_first = n_first
+        self.t0 = time.perf_counter()
+        self.t_warm: float | None = None
+
+    def __call__(self, trainer: Trainer) -> None:
+        done = trainer.step - self.start
+        if done == 1:  # the first step includes one-off set-up: time from here on
+            self.t_warm = time.perf_counter()
+        elif self.t_warm is not None and done == 1 + self.n_first:
+            per = (time.perf_counter() - self.t_warm) / self.n_first
+            left = self.target - trainer.step
+            self.log(f"first steps: {per:.2f} s/step -> about {_duration(per * left)} for the "
+                     f"remaining {left} steps")
+
+    def summary(self, trainer: Trainer) -> str:
+        """One line: steps, wall time, time per step and the recent loss."""
+        done = trainer.step - self.start
+        took = time.perf_counter() - self.t0
+        recent = trainer.history[-50:]
+        loss = f", loss {sum(recent) / len(recent):.4f} (mean of the last {len(recent)})" \
+            if recent else ""
+        return (f"trained {done} steps in {_duration(took)} "
+                f"({took / max(done, 1):.2f} s/step){loss}")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def train_model(
     samples: list[STSample],
     factor: int,
@@ -82,6 +195,8 @@ def train_model(
     progress: bool = True,
     trainer_cls: type[Trainer] = Trainer,
     trainer_kwargs: dict | None = None,
+    log: Callable[[str], None] | None = None,
+    save_on_interrupt: bool = False,
 ) -> Path:
     """Train Diff-ST and write the model file ``out``; returns its path.
 
@@ -98,6 +213,12 @@ def train_model(
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
         trainer_cls, trainer_kwargs: the trainer class and its extra keyword arguments (e.g.
             :class:`diffst.distributed.DistributedTrainer`).
+        log: called with lines of text: the plan (:func:`describe_plan`), whether training
+            resumes, a time estimate after the first steps and a summary at the end.
+        save_on_interrupt: on Ctrl-C save the state to ``checkpoint`` (default
+            :func:`default_checkpoint`) and raise :class:`TrainingInterrupted`. The state is
+            that of the last finished step or, if the interrupt hit inside a step, of a step
+            that is partly applied; resuming from it is not bit-identical.
     """
     gene_list = list(genes) if genes else shared_top_genes(samples, top_genes)
     cfg = model_config or model_config_for(ablate)
@@ -107,9 +228,22 @@ def train_model(
                      work_um_per_px=work_um_per_px or default_work_um_per_px(samples[0]))
     trainer = trainer_cls(samples, gene_list, factor, cfg, tc, spots_only=spots_only,
                           **(trainer_kwargs or {}))
+    say = log or (lambda _msg: None)
+    say(describe_plan(trainer, samples))
     if checkpoint is not None and Path(checkpoint).exists():
         trainer.load_checkpoint(checkpoint)
-    trainer.fit(checkpoint=checkpoint, progress=progress)
+        say(f"resuming from {checkpoint}: {trainer.step} of {steps} steps done")
+    timer = _Timer(say, steps, trainer.step)
+    try:
+        extra = {"callback": timer} if log is not None else {}
+        trainer.fit(checkpoint=checkpoint, progress=progress, **extra)
+    except KeyboardInterrupt:
+        if not save_on_interrupt:
+            raise
+        keep = Path(checkpoint) if checkpoint is not None else default_checkpoint(out)
+        trainer.save_checkpoint(keep)
+        raise TrainingInterrupted(trainer.step, steps, keep) from None
+    say(timer.summary(trainer))
     return trainer.export_model(out)
 
 
@@ -138,6 +272,7 @@ def predict(
     device: str = "auto",
     autocast: bool = False,
     progress: bool = True,
+    log: Callable[[str], None] | None = None,
 ) -> SRResult:
     """Super-resolve ``sample`` with the model file ``model``; optionally write ``out``.
 
@@ -156,6 +291,8 @@ def predict(
         report_dir: also write a per-gene PNG gallery and ``report.html`` there.
         report_genes: genes for the gallery (default: the most expressed, at most 24).
         autocast: bfloat16/float16 autocast while sampling (see ``benchmarks/README.md``).
+        log: called with a line of text before sampling (what will be done, how the model was
+            trained) and one after it (tiles and time).
     """
     from diffst.tilestore import remove_store
 
@@ -174,12 +311,16 @@ def predict(
     tiles = None
     if resume and (resume_dir is not None or out is not None):
         tiles = Path(resume_dir) if resume_dir is not None else default_resume_dir(out)
+    if log is not None:
+        log(_predict_plan(lm, sample, model, n_samples, steps, sampler))
     t0 = time.perf_counter()
     result = super_resolve(lm, sample, steps=steps, sampler=sampler, n_samples=n_samples,
                            batch_size=batch_size, hr_mask=hr_mask, seed=seed,
                            consistency=consistency, resume_dir=tiles, progress=progress,
                            autocast=autocast)
     timings = {"sampling_s": time.perf_counter() - t0}
+    if log is not None:
+        log(f"sampled {result.meta['n_tiles']} tiles in {_duration(timings['sampling_s'])}")
     result.meta["timings_s"] = timings
     if out is not None:
         t0 = time.perf_counter()
@@ -188,13 +329,45 @@ def predict(
     if report_dir is not None:
         from diffst.report import write_report
 
-        settings = {"model": str(model), "device": str(lm.device), "pool": pool,
+        settings = {"model": str(model), "model training": training_summary(model),
+                    "device": str(lm.device), "pool": pool,
                     "output": str(out) if out is not None else "-"}
         write_report(result, sample, report_dir, settings=settings, timings=timings,
                      genes=report_genes)
     if tiles is not None and out is not None:
         remove_store(tiles)
     return result
+
+
+def training_summary(model: str | Path) -> str:
+    """How the model file ``model`` was trained, in one line (for reports)."""
+    from diffst.train import MODEL_FORMAT, safe_load
+
+    state = safe_load(model, MODEL_FORMAT)
+    f, cell = int(state["factor"]), float(state["cell_um"])
+    if state["spots_only"]:
+        how = (f"spots-only on {cell:g} µm spots (pooled {f}x{f} for training pairs), applied "
+               f"{cell:g} -> {cell / f:g} µm")
+    else:
+        how = f"on {cell:g} µm HR truth pooled {f}x{f}, applied {cell * f:g} -> {cell:g} µm"
+    steps = state.get("trained_steps")
+    budget = (f"{steps} steps of batch {state.get('batch_size', '?')}" if steps is not None
+              else "steps not recorded")
+    return (f"{how}; factor {f}, {len(state['genes'])} genes, patch {state['patch']} cells at "
+            f"{float(state['work_um_per_px']):g} µm/px; {budget}")
+
+
+def _predict_plan(lm, sample: STSample, model: str | Path, n_samples: int, steps: int,
+                  sampler: str) -> str:
+    import torch
+
+    threads = torch.get_num_threads()
+    where = str(lm.device) + (f", {threads} CPU thread{'s' if threads != 1 else ''}"
+                              if lm.device.type == "cpu" else "")
+    return (f"plan: {len(lm.genes)} genes, {sample.cell_um:g} µm cells -> "
+            f"{sample.cell_um / lm.factor:g} µm (factor {lm.factor}), {n_samples} samples x "
+            f"{steps} {sampler} steps per tile, on {where}\n"
+            f"      model {model}: trained {training_summary(model)}")
 
 
 def write_result(result: SRResult, lr: STSample, out: str | Path) -> Path:
@@ -230,12 +403,18 @@ def evaluate(truth: STSample, pred: STSample) -> tuple[pd.DataFrame, dict[str, f
 
 __all__ = [
     "ABLATIONS",
+    "SPOT_UM",
+    "TrainingInterrupted",
+    "default_checkpoint",
     "default_resume_dir",
+    "describe_plan",
     "default_work_um_per_px",
     "evaluate",
     "model_config_for",
     "predict",
     "shared_top_genes",
+    "spot_data_message",
+    "training_summary",
     "train_model",
     "write_result",
 ]

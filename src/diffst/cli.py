@@ -13,7 +13,8 @@ from diffst.data.sample import SampleError
 
 
 def _fail_nicely(fn):
-    """Turn expected user errors into a one-line message and exit code 2."""
+    """Turn expected user errors into a one-line message and exit code 2; Ctrl-C outside the
+    parts that keep their work (training steps, tile batches) says that nothing was kept."""
     import functools
 
     @functools.wraps(fn)
@@ -22,31 +23,79 @@ def _fail_nicely(fn):
             return fn(*args, **kwargs)
         except (SampleError, OSError, EOFError, ValueError) as exc:  # OSError: files, permissions
             raise click.ClickException(str(exc)) from exc
+        except KeyboardInterrupt:
+            click.echo("\ninterrupted before any work was kept (reading or preparing the "
+                       "data); rerun the same command to start again", err=True)
+            sys.exit(130)
 
     return wrapper
 
 
+DATA_FORMATS = (
+    "a Space Ranger 'outs' folder (Visium, v1/v2+/parquet), Visium HD binned outputs, a Xenium "
+    "bundle, legacy ST files (SECTION.counts.tsv.gz with SECTION.spots.tsv and SECTION.HE.jpg "
+    "beside it, e.g. HER2ST), an iStar folder, an AnnData .h5ad, or a diffst .npz"
+)
+"""What a DATA argument may be (shown in the help of every verb that reads data)."""
+
+THREADS_HELP = (
+    "CPU threads for PyTorch. Default: the DIFFST_THREADS environment variable, else the "
+    "usable cores minus one (at most 8): all cores on a shared machine can make every step "
+    "several times slower (see README, 'Threads')."
+)
+
+
+def _set_threads(ctx: click.Context, _param: click.Parameter, value: int | None) -> int | None:
+    """Apply ``--threads`` (or DIFFST_THREADS / the default when ``value`` is None)."""
+    from diffst.threads import apply_threads
+
+    try:
+        apply_threads(value)
+    except ValueError as exc:
+        raise click.UsageError(str(exc), ctx=ctx) from exc
+    return value
+
+
+def _verb_threads(_ctx: click.Context, _param: click.Parameter, value: int | None) -> None:
+    """A verb's ``--threads`` overrides the group's (applied only when given)."""
+    if value is not None:
+        from diffst.threads import apply_threads
+
+        apply_threads(value)
+
+
+threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), default=None, expose_value=False,
+    callback=_verb_threads, help=THREADS_HELP,
+)
+"""``--threads`` on every verb (``diffst train ... --threads 1``)."""
+
+
 @click.group()
 @click.version_option(package_name="diffst")
-@click.option("--threads", type=int, default=None,
-              help="CPU threads for PyTorch (default: PyTorch's choice).")
-def main(threads: int | None) -> None:
-    """Histology-guided super-resolution of spatial transcriptomics (Diff-ST)."""
-    if threads:
-        import torch
+@click.option("--threads", type=click.IntRange(min=1), default=None, callback=_set_threads,
+              expose_value=False, is_eager=True, help=THREADS_HELP)
+def main() -> None:
+    """Histology-guided super-resolution of spatial transcriptomics (Diff-ST).
 
-        torch.set_num_threads(threads)
+    Every verb also takes --threads; `diffst --threads 1 VERB` and `diffst VERB --threads 1`
+    are the same.
+    """
 
 
 # ---------------------------------------------------------------------------- demo
 @main.command()
 @click.option("--out", "out_dir", default="diffst_out", show_default=True,
               type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--steps", default=None, type=int, help="Training steps (default 800).")
-@click.option("--seed", default=0, show_default=True)
-@click.option("--quick", is_flag=True, help="A much shorter run (for smoke tests).")
+@click.option("--steps", default=None, type=int,
+              help="Training steps (default 800; 20 with --quick).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the tissue and training.")
+@click.option("--quick", is_flag=True,
+              help="A much shorter run (0.8 mm tissue, 8 genes, 20 steps) to check the install; "
+                   "its numbers mean nothing.")
 @check_ranges(steps=1)
 @check_writable(folders=("out_dir",))
+@threads_option
 @_fail_nicely
 def demo(out_dir: str, steps: int | None, seed: int, quick: bool) -> None:
     """Simulate a tissue, train Diff-ST, super-resolve a held-out strip and score it."""
@@ -58,26 +107,27 @@ def demo(out_dir: str, steps: int | None, seed: int, quick: bool) -> None:
     if steps is not None:
         settings.steps = steps
     click.echo("diffst demo: simulated tissue (no real data), factor "
-               f"{settings.factor}, {settings.n_genes} genes, {settings.steps} training steps")
+               f"{settings.factor}, {settings.n_genes} genes, {settings.steps} training steps, "
+               f"{_threads_text()}")
     report = run_demo(out_dir, settings)
     click.echo("\nHeld-out strip, mean over genes (per-gene min-max of the truth):")
     click.echo(format_summary(report))
-    click.echo(f"\nwrote {report['model']}, {report['metrics_csv']}, {report['figure']}, "
-               f"{Path(out_dir) / 'summary.json'}")
+    click.echo(f"\nwrote {', '.join(report['files'])}")
 
 
 # ---------------------------------------------------------------------------- data
 @main.command()
 @click.argument("out", type=click.Path(dir_okay=False))
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of the simulated tissue.")
 @click.option("--size-um", default=1600.0, show_default=True, help="Side of the tissue in µm.")
 @click.option("--cell-um", default=8.0, show_default=True, help="HR raster cell in µm.")
 @click.option("--genes", "n_genes", default=20, show_default=True, help="Number of genes.")
 @check_ranges(positive=("size_um", "cell_um"), n_genes=1)
 @check_writable(files=("out",))
+@threads_option
 @_fail_nicely
 def simulate(out: str, seed: int, size_um: float, cell_um: float, n_genes: int) -> None:
-    """Write a simulated tissue with HR truth (.npz or .h5ad)."""
+    """Write a simulated tissue with HR truth to OUT (.npz or .h5ad)."""
     from diffst.data.simulate import simulate_tissue
 
     sample = simulate_tissue(seed=seed, size_um=size_um, cell_um=cell_um, n_genes=n_genes)
@@ -86,42 +136,76 @@ def simulate(out: str, seed: int, size_um: float, cell_um: float, n_genes: int) 
                f"{sample.cell_um:g} µm cells (simulated)")
 
 
-@main.command()
+@main.command(help="Show what diffst finds at PATH: format, spots, genes, image size, µm/px. "
+                   f"PATH may be {DATA_FORMATS}.")
 @click.argument("path", type=click.Path(exists=True))
 @click.option("--overlay", type=click.Path(dir_okay=False), default=None,
-              help="PNG of tissue spot centres over the image (default PATH-stem_overlay.png "
-                   "in the current folder).")
+              help="Also write a PNG of the tissue spot centres over the image to this file "
+                   "(nothing is written without it).")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @reader_options
 @check_writable(files=("overlay",))
+@threads_option
 @_fail_nicely
 def inspect(path: str, overlay: str | None, as_json: bool) -> None:
-    """Show what diffst finds at PATH: format, spots, genes, image size, µm/px."""
     from diffst.io import format_inspection, inspect_path
 
-    overlay = overlay or f"{Path(path).name.split('.')[0]}_overlay.png"
     info = inspect_path(path, overlay_png=overlay, **reader_kwargs(path))
     click.echo(json.dumps(info, indent=2, default=str) if as_json else format_inspection(info))
 
 
 # ---------------------------------------------------------------------------- train
-@main.command()
+TRAIN_HELP = f"""Train Diff-ST on DATA and write the model file --out.
+
+DATA (one or more) may be {DATA_FORMATS}.
+
+With HR truth (Xenium cells, Visium HD 8 µm bins, a simulated .npz) the model learns HR from
+HR pooled by --factor. Spot data (cells of 50 µm or more: Visium, legacy ST) has no finer truth:
+diffst then trains spots-only (training pairs pool the spots once more) and says so;
+--spots-only makes that explicit, --hr-truth overrides the detection.
+
+Before training it prints the plan (genes, factor, patch, image resolution, device, threads) and,
+after the first steps, a time estimate. Ctrl-C saves the training state and prints the command
+that resumes.
+"""
+
+
+@main.command(help=TRAIN_HELP)
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--factor", required=True, type=int, help="Integer scale factor (e.g. 5 or 10).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Model file (.pt).")
-@click.option("--genes", default=None, help="Comma-separated genes (default: top expressed).")
-@click.option("--top-genes", default=25, show_default=True)
-@click.option("--steps", default=2000, show_default=True)
-@click.option("--batch-size", default=8, show_default=True)
+@click.option("--factor", required=True, type=int,
+              help="Integer scale factor: 2 or 3 for 100-200 µm spots (Visium, legacy ST), "
+                   "5 to 10 for 8 µm bins or cells (Visium HD, Xenium).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Model file to write (.pt).")
+@click.option("--genes", default=None,
+              help="Comma-separated genes to model (default: the --top-genes most expressed "
+                   "genes shared by all DATA).")
+@click.option("--top-genes", default=25, show_default=True, type=int,
+              help="How many of the most expressed genes to model when --genes is not given.")
+@click.option("--steps", default=2000, show_default=True, type=int,
+              help="Training steps (optimiser updates). The time per step is printed after "
+                   "the first steps.")
+@click.option("--batch-size", default=8, show_default=True, type=int,
+              help="Patches per training step.")
 @click.option("--lr", "learning_rate", default=1e-3, show_default=True,
               help="AdamW learning rate (the paper uses 1e-4 for long GPU runs).")
-@click.option("--patch", default=None, type=int, help="HR patch side in cells (default 8x factor).")
+@click.option("--patch", default=None, type=int,
+              help="Training patch side in HR cells, a multiple of --factor (default 8 x "
+                   "factor; with spots-only training the HR cells are the spots).")
 @click.option("--work-um-per-px", default=None, type=float,
-              help="Image resolution the model works at (default: 8 px per HR cell).")
+              help="Image resolution the model works at, in µm per pixel (default: 8 px per HR "
+                   "cell, but never coarser than 2 µm/px nor finer than the image; 200 µm spots "
+                   "thus get 100 px per spot). Coarser is faster: e.g. 8 for spot data.")
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
-              help="Resumable checkpoint; training resumes from it when it exists.")
+              help="Resumable training state; training resumes from it when it exists "
+                   "(Ctrl-C writes one to OUT.ckpt when this is not given).")
 @click.option("--spots-only", is_flag=True,
-              help="DATA has no HR truth: train LR/s -> LR by pooling it one level further.")
+              help="DATA has no HR truth: train on spots pooled by --factor (spot x factor -> "
+                   "spot), then apply spot -> spot / factor. Chosen automatically for cells of "
+                   "50 µm or more.")
+@click.option("--hr-truth", is_flag=True,
+              help="DATA is HR truth even though its cells are 50 µm or larger (switches the "
+                   "spot detection off).")
 @click.option("--ablate", multiple=True,
               type=click.Choice(["disentangle", "modulation", "attention", "graph"]),
               help="Switch a Diff-ST part off (repeatable).")
@@ -130,44 +214,78 @@ def inspect(path: str, overlay: str | None, as_json: bool) -> None:
               help="What the denoiser predicts (the paper uses epsilon; see README).")
 @click.option("--bf16", is_flag=True, help="bfloat16 autocast (GPUs, CPUs with bf16 support).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True,
+              help="Seed of the model initialisation and the patch sampling.")
 @reader_options
 @check_ranges(positive=("learning_rate", "work_um_per_px"), factor=2, top_genes=1, steps=1,
               batch_size=1, patch=1)
 @check_writable(files=("out", "checkpoint"))
+@threads_option
 @_fail_nicely
 def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate, patch,
-          work_um_per_px, checkpoint, spots_only, ablate, prediction, bf16, device,
+          work_um_per_px, checkpoint, spots_only, hr_truth, ablate, prediction, bf16, device,
           seed) -> None:
-    """Train Diff-ST on samples with HR truth (or on spots only with --spots-only)."""
-    from diffst.api import model_config_for, train_model
+    from diffst.api import TrainingInterrupted, model_config_for, spot_data_message, train_model
 
+    if spots_only and hr_truth:
+        raise click.UsageError("--spots-only and --hr-truth contradict each other; pass one")
+    if patch is not None and (patch < factor or patch % factor):
+        raise click.BadParameter(f"{patch} is not a multiple of --factor {factor} "
+                                 f"(e.g. {8 * factor})", param_hint="--patch")
     samples = [_read(p) for p in data]
+    if not spots_only and not hr_truth:
+        note = spot_data_message(samples, factor)
+        if note:
+            click.echo(note)
+            spots_only = True
     gene_list = genes.split(",") if genes else None
-    path = train_model(
-        samples, factor, out, genes=gene_list, top_genes=top_genes, steps=steps,
-        batch_size=batch_size, lr=learning_rate, patch=patch, work_um_per_px=work_um_per_px,
-        checkpoint=checkpoint, spots_only=spots_only, seed=seed,
-        model_config=model_config_for(list(ablate), prediction=prediction), bf16=bf16,
-        device=device,
-    )
+    try:
+        path = train_model(
+            samples, factor, out, genes=gene_list, top_genes=top_genes, steps=steps,
+            batch_size=batch_size, lr=learning_rate, patch=patch, work_um_per_px=work_um_per_px,
+            checkpoint=checkpoint, spots_only=spots_only, seed=seed,
+            model_config=model_config_for(list(ablate), prediction=prediction), bf16=bf16,
+            device=device, log=_log, save_on_interrupt=True,
+        )
+    except TrainingInterrupted as exc:
+        again = _command_line()
+        if checkpoint is None:
+            again += f" --checkpoint {exc.checkpoint}"
+        click.echo(f"\n{exc}\nresume with: {again}", err=True)
+        sys.exit(130)
     click.echo(f"wrote {path}")
 
 
 # ---------------------------------------------------------------------------- predict
-@main.command()
+PREDICT_HELP = f"""Super-resolve DATA with a trained model (mean, std, 5%/95% quantile maps).
+
+DATA may be {DATA_FORMATS}. Its genes must include the model's, and its cells must be the
+size the model expects (e.g. the measured spots for a spots-only model).
+
+The slide is cut into overlapping tiles; each tile is denoised --steps times for each of
+--samples draws, so the progress bar counts tile-steps (tiles x sampler steps). Finished
+batches of tiles are kept in OUT.tiles: a rerun of the same command resumes and says how many
+were done; Ctrl-C keeps them.
+"""
+
+
+@main.command(help=PREDICT_HELP)
 @click.argument("data", type=click.Path(exists=True))
-@click.option("--model", "model_path", required=True, type=click.Path(exists=True))
+@click.option("--model", "model_path", required=True, type=click.Path(exists=True),
+              help="Model file written by `diffst train` (.pt).")
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="Result: .h5ad (layers mean/std/q05/q95) or .npz (mean map).")
 @click.option("--pool", is_flag=True,
               help="DATA is HR truth: pool it by the model's factor first (for evaluation).")
-@click.option("--samples", "n_samples", default=8, show_default=True,
-              help="Diffusion samples per tile (mean, std and quantiles).")
-@click.option("--steps", default=20, show_default=True, help="Sampler steps.")
+@click.option("--samples", "n_samples", default=8, show_default=True, type=int,
+              help="Diffusion samples per tile (mean, std and quantiles; 2 or more for std).")
+@click.option("--steps", default=20, show_default=True, type=int,
+              help="Sampler steps per sample.")
 @click.option("--sampler", default="ddim", show_default=True,
-              type=click.Choice(["ddim", "dpmpp", "ddpm"]))
-@click.option("--batch-size", default=8, show_default=True, help="Tiles per batch.")
+              type=click.Choice(["ddim", "dpmpp", "ddpm"]), help="Diffusion sampler.")
+@click.option("--batch-size", default=8, show_default=True, type=int,
+              help="Tiles per batch (memory grows with batch size x samples; also fixes the "
+                   "noise seeds, so a resumed run must use the same value).")
 @click.option("--consistency", default="draws", show_default=True,
               type=click.Choice(["draws", "steps", "off"]),
               help="Make the output sum-pool back to the measured counts (draws: rescale each "
@@ -177,29 +295,38 @@ def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate,
               help="Also write a per-gene PNG gallery and report.html to this folder.")
 @click.option("--report-genes", default=None, help="Comma-separated genes for the gallery.")
 @click.option("--resume/--no-resume", default=True, show_default=True,
-              help="Keep finished tiles beside OUT so an interrupted run continues.")
-@click.option("--resume-dir", default=None, type=click.Path(file_okay=False))
+              help="Keep finished tile batches beside OUT so an interrupted run continues.")
+@click.option("--resume-dir", default=None, type=click.Path(file_okay=False),
+              help="Folder for the finished tile batches (default OUT.tiles; removed once OUT "
+                   "is written).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--autocast", is_flag=True, help="bfloat16 autocast while sampling.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, help="Seed of the sampler noise.")
 @reader_options
 @check_ranges(n_samples=1, steps=1, batch_size=1)
 @check_writable(files=("out",), folders=("report_dir", "resume_dir"))
+@threads_option
 @_fail_nicely
 def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, consistency,
             no_consistency, report_dir, report_genes, resume, resume_dir, device, autocast,
             seed) -> None:
-    """Super-resolve DATA with a trained model (mean, std, 5%/95% quantile maps)."""
     from diffst.api import predict as api_predict
+    from diffst.tilestore import SamplingInterrupted
 
-    result = api_predict(
-        _read(data), model_path, out, pool=pool, n_samples=n_samples, steps=steps,
-        sampler=sampler, batch_size=batch_size, seed=seed,
-        consistency="off" if no_consistency else consistency, resume=resume,
-        resume_dir=resume_dir, report_dir=report_dir,
-        report_genes=report_genes.split(",") if report_genes else None, device=device,
-        autocast=autocast,
-    )
+    try:
+        result = api_predict(
+            _read(data), model_path, out, pool=pool, n_samples=n_samples, steps=steps,
+            sampler=sampler, batch_size=batch_size, seed=seed,
+            consistency="off" if no_consistency else consistency, resume=resume,
+            resume_dir=resume_dir, report_dir=report_dir,
+            report_genes=report_genes.split(",") if report_genes else None, device=device,
+            autocast=autocast, log=_log,
+        )
+    except SamplingInterrupted as exc:
+        click.echo(f"\n{exc}", err=True)
+        if exc.folder is not None and exc.done > 0:
+            click.echo(f"resume with: {_command_line()}", err=True)
+        sys.exit(130)
     click.echo(f"wrote {out}: {len(result.genes)} genes on a {result.mean.shape[1]}x"
                f"{result.mean.shape[2]} raster of {result.cell_um:g} µm cells")
     if report_dir:
@@ -215,6 +342,7 @@ def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, 
               help="Per-gene metrics CSV.")
 @reader_options
 @check_writable(files=("out",))
+@threads_option
 @_fail_nicely
 def evaluate(truth: str, pred_path: str, out: str | None) -> None:
     """Score a prediction against HR truth: RMSE, SSIM, PCC, PSNR per gene."""
@@ -243,9 +371,11 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
               type=click.Choice(["test", "validation"]),
               help="'validation' never touches the test sections: choose settings there.")
 @click.option("--preset", default="default", show_default=True,
-              type=click.Choice(["quick", "short", "default", "full"]))
+              type=click.Choice(["quick", "short", "default", "full"]),
+              help="Training budget: quick (smoke test, minutes), short (the README's "
+                   "tables on 2 CPU cores), default, full (longer training).")
 @click.option("--out", "out_dir", default="benchmark_out", show_default=True,
-              type=click.Path(file_okay=False))
+              type=click.Path(file_okay=False), help="Output folder (tables, figures, JSON).")
 @click.option("--methods", default=None, help="Comma-separated subset of the methods.")
 @click.option("--ablations/--no-ablations", default=True, show_default=True,
               help="Also train Diff-ST with each part switched off.")
@@ -254,6 +384,7 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
 @click.option("--seeds", default="0", show_default=True,
               help="Comma-separated training seeds; every fold is run once per seed.")
 @check_writable(folders=("out_dir",))
+@threads_option
 @_fail_nicely
 def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, methods, ablations,
               steps, seeds) -> None:
@@ -278,6 +409,27 @@ def _int_list(text: str, option: str) -> list[int]:
 
 
 # ---------------------------------------------------------------------------- helpers
+def _log(message: str) -> None:
+    """Print a line without breaking a progress bar."""
+    from tqdm.auto import tqdm
+
+    tqdm.write(message)
+
+
+def _threads_text() -> str:
+    import torch
+
+    n = torch.get_num_threads()
+    return f"{n} CPU thread{'s' if n != 1 else ''}"
+
+
+def _command_line() -> str:
+    """The command as the user typed it (to repeat it in messages)."""
+    import shlex
+
+    return " ".join(["diffst", *(shlex.quote(a) for a in sys.argv[1:])])
+
+
 def _read(path: str, options: bool = True):
     """Read ``path`` with the command's reader options (``options=False``: without them)."""
     from diffst.io import read_sample

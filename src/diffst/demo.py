@@ -30,6 +30,10 @@ from diffst.model.config import DiffSTConfig
 from diffst.plot import gene_panel
 from diffst.train import TrainConfig, Trainer
 
+DEMO_FILES = ("model.pt", "checkpoint.pt", "metrics_per_gene.csv", "demo_maps.png",
+              "summary.json", "summary.md")
+"""Every file :func:`run_demo` writes into its output folder."""
+
 
 @dataclass
 class DemoSettings:
@@ -62,7 +66,8 @@ def run_demo(out_dir: str | Path = "diffst_out", settings: DemoSettings | None =
              progress: bool = True) -> dict:
     """Run the demo end to end; write model, metrics and pictures to ``out_dir``.
 
-    Returns a dict with the summary metrics of Diff-ST and bicubic and the output paths.
+    Returns a dict with the summary metrics of Diff-ST and bicubic and the output paths
+    (``files``: every file written, see :data:`DEMO_FILES`).
     """
     cfg = settings or DemoSettings()
     out = Path(out_dir)
@@ -116,7 +121,8 @@ def _score_and_draw(truth: STSample, lr: STSample, result: SRResult, cfg: DemoSe
     )
     report = {"summary": summary, "timings_s": timings, "settings": cfg.__dict__,
               "figure": str(figure), "metrics_csv": str(out / "metrics_per_gene.csv"),
-              "model": str(out / "model.pt")}
+              "model": str(out / "model.pt"),
+              "files": [str(out / name) for name in DEMO_FILES]}
     (out / "summary.json").write_text(json.dumps(report, indent=2))
     (out / "summary.md").write_text(format_markdown(report))
     return report

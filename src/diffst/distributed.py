@@ -122,9 +122,11 @@ class DistributedTrainer(Trainer):
                 "torch_rng": torch.get_rng_state()}
 
     def fit(self, steps: int | None = None, checkpoint: str | Path | None = None,
-            progress: bool = True) -> list[float]:
-        """As :meth:`Trainer.fit` in every rank (progress bar on rank 0 only); ends in a barrier."""
-        history = super().fit(steps, checkpoint, progress and self.rank == 0)
+            progress: bool = True, callback=None) -> list[float]:
+        """As :meth:`Trainer.fit` in every rank (progress bar and ``callback`` on rank 0 only);
+        ends in a barrier."""
+        history = super().fit(steps, checkpoint, progress and self.rank == 0,
+                              callback if self.rank == 0 else None)
         dist.barrier()
         return history
 

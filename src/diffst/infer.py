@@ -71,7 +71,13 @@ from diffst.model.config import DiffSTConfig
 from diffst.model.diffst import DiffST
 from diffst.precision import autocast as autocast_context
 from diffst.precision import memory_format
-from diffst.tilestore import STAT_KEYS, TileStore, fingerprint
+from diffst.tilestore import (
+    STAT_KEYS,
+    SamplingInterrupted,
+    TileStore,
+    fingerprint,
+    resume_message,
+)
 from diffst.train import MODEL_FORMAT, Trainer, resolve_device, safe_load
 
 CONSISTENCY_MODES = ("off", "draws", "steps")
@@ -281,6 +287,10 @@ def check_model_fits(lm: LoadedModel, lr: STSample) -> STSample:
             f"sample '{lr.name}': LR cells are {lr.cell_um:g} µm but this {kind} "
             f"{lm.cell_um:g} µm cells at factor {f} expects "
             + " or ".join(f"{a:g} µm" for a in allowed)
+            + f". To super-resolve these {lr.cell_um:g} µm cells, train on them with "
+            f"`diffst train DATA --spots-only --factor {f} --out MODEL.pt` (no finer truth), or "
+            f"on data with {lr.cell_um / f:g} µm HR truth; with HR truth of the model's cell "
+            "size, `diffst predict --pool` pools it first"
         )
     return lr.select_genes(lm.genes)
 
@@ -405,15 +415,24 @@ def _accumulate(job: _Job, store: TileStore | None,
     starts = range(0, len(origins), job.batch_size)
     stored = {s for s in starts if store is not None and store.has(s)}
     resumed = sum(len(origins[s : s + job.batch_size]) for s in stored)
+    if stored and progress:
+        tqdm.write(resume_message(len(stored), len(starts), store.folder))
     bar = tqdm(total=len(origins) * job.steps, initial=resumed * job.steps, desc="sampling",
                unit="tile-step", disable=not progress, dynamic_ncols=True)
+    done = len(stored)
     for start in starts:
         chunk = origins[start : start + job.batch_size]
         stats = store.load(start, len(chunk)) if start in stored else None
         if stats is None:
-            stats = _sample_batch(job, chunk, start, bar)
+            try:
+                stats = _sample_batch(job, chunk, start, bar)
+            except KeyboardInterrupt:
+                bar.close()
+                raise SamplingInterrupted(done, len(starts),
+                                          None if store is None else store.folder) from None
             if store is not None:
                 store.save(start, stats)
+            done += 1
         p = job.patch
         for i, (r, c) in enumerate(chunk):
             for key in STAT_KEYS:

@@ -100,6 +100,30 @@ class TileStore:
         remove_store(self.folder)
 
 
+def resume_message(done: int, total: int, folder: str | Path) -> str:
+    """``resuming: 7 of 12 tile batches done (folder)``."""
+    return f"resuming: {done} of {total} tile batches done ({folder})"
+
+
+class SamplingInterrupted(KeyboardInterrupt):
+    """Sampling was interrupted; ``done`` of ``total`` tile batches are kept in ``folder``
+    (None when the run kept nothing, i.e. without a resume folder)."""
+
+    def __init__(self, done: int, total: int, folder: str | Path | None) -> None:
+        self.done, self.total = done, total
+        self.folder = None if folder is None else Path(folder)
+        if self.folder is None:
+            text = (f"interrupted after {done} of {total} tile batches; nothing was kept "
+                    "(resume was off): a rerun starts over")
+        elif done == 0:
+            text = (f"interrupted before the first of {total} tile batches finished; nothing "
+                    "to keep yet: a rerun starts over")
+        else:
+            text = (f"interrupted: {done} of {total} tile batches kept in {self.folder}; "
+                    "rerun the same command to resume")
+        super().__init__(text)
+
+
 def remove_store(folder: str | Path) -> None:
     """Delete the files a store writes in ``folder``, and the folder when it is then empty."""
     folder = Path(folder)

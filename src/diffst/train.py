@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -218,11 +219,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self, steps: int | None = None, checkpoint: str | Path | None = None,
-            progress: bool = True) -> list[float]:
+            progress: bool = True,
+            callback: Callable[[Trainer], None] | None = None) -> list[float]:
         """Train until ``steps`` total steps (default ``TrainConfig.steps``); returns losses.
 
         With ``checkpoint`` set, a resumable checkpoint is written every
-        ``checkpoint_every`` steps and at the end.
+        ``checkpoint_every`` steps and at the end. ``callback(trainer)`` runs after every step
+        (e.g. to print a time estimate, :mod:`diffst.api`).
         """
         target = self.tc.steps if steps is None else steps
         bar = tqdm(total=target, initial=self.step, desc="train", disable=not progress,
@@ -230,6 +233,8 @@ class Trainer:
         while self.step < target:
             self.train_step()
             bar.update(1)
+            if callback is not None:
+                callback(self)
             if self.step % 10 == 0 or self.step == target:
                 recent = self.history[-50:]
                 bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}")
@@ -251,6 +256,8 @@ class Trainer:
             "work_um_per_px": self.tc.work_um_per_px,
             "patch": self.tc.patch,
             "spots_only": self.spots_only,
+            "trained_steps": self.step,
+            "batch_size": self.tc.batch_size,
         }
 
     def save_checkpoint(self, path: str | Path) -> Path:

@@ -177,7 +177,8 @@ def anndata_to_sample(
         meta["duplicate_gene_symbols"] = dups
     else:
         check_unique(gene_names, source, "gene name", "use a var column with unique ids "
-                     "(gene_key='gene_ids'), or make_unique=True to append -1, -2 to repeats")
+                     "(gene_key='gene_ids'), or make_unique=True (command line: "
+                     "--make-unique) to append -1, -2 to repeats")
     check_counts(matrix, source, what, require_integer and not is_diffst)
     if is_diffst:
         sample = _diffst_to_sample(adata, matrix, gene_names, library_id, image, genes,

@@ -223,7 +223,9 @@ def _read_legacy(path: Path, **kw: Any) -> STSample:
     if section is None:
         if len(sections) > 1:
             raise ValueError(
-                f"{folder} holds several ST sections ({', '.join(sections)}); pass section="
+                f"{folder} holds several ST sections ({', '.join(sections)}); choose one: give "
+                f"its counts file (e.g. {folder / (sections[0] + '.counts.tsv.gz')}) or "
+                f"--section {sections[0]} (Python: section={sections[0]!r})"
             )
         section = sections[0]
     elif section not in sections:
@@ -296,7 +298,8 @@ def _notes(meta: dict[str, Any]) -> list[str]:
         dups = meta["duplicate_gene_symbols"]
         notes.append(
             f"{len(dups)} duplicated gene symbol(s) ({', '.join(dups[:5])}"
-            f"{', ...' if len(dups) > 5 else ''}): read with gene_key='id' or make_unique=True"
+            f"{', ...' if len(dups) > 5 else ''}): made unique here by appending -1, -2 "
+            "(command line: --make-unique)"
         )
     if meta.get("merged_duplicate_genes"):
         notes.append(f"duplicate genes merged: {len(meta['merged_duplicate_genes'])}")

@@ -363,7 +363,8 @@ def _resolve_um_per_px(given: float | None, fitted: float, image_path: Path) -> 
         raise ValueError(f"image_um_per_px must be positive, got {given}")
     if abs(given - fitted) > UM_PER_PX_TOLERANCE * fitted:
         raise SampleError(
-            f"{image_path}: image_um_per_px={given} disagrees with the {fitted:.3f} µm/px implied "
+            f"{image_path}: image_um_per_px={given} (--image-um-per-px) disagrees with the "
+            f"{fitted:.3f} µm/px implied "
             "by the spot pitch and the fitted spot positions; check spot_pitch_um and the image"
         )
     return float(given)

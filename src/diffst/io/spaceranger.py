@@ -362,7 +362,8 @@ def read_10x_matrix(
         genes = make_names_unique(genes)
     else:
         check_unique(genes, path, f"gene {gene_key}", "read with gene_key='id' to use the "
-                     "unique gene ids, or make_unique=True to append -1, -2 to repeats")
+                     "unique gene ids, or make_unique=True (command line: --make-unique) "
+                     "to append -1, -2 to repeats")
     check_counts(mat, path, "counts", require_integer)
     return CountMatrix(sp.csr_matrix(mat), list(barcodes), list(genes), list(ids), path, meta)
 

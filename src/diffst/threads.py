@@ -1,0 +1,68 @@
+"""How many CPU threads PyTorch uses: one place for the command line and the benchmark scripts.
+
+PyTorch's default is one thread per core. On a small machine that other work shares, its
+threads wait for each other at every operation and a training step can become 10x slower;
+``benchmarks/threads.py`` measures this. The rule here:
+
+1. an explicit number (``--threads N`` on the command line) wins;
+2. else the ``DIFFST_THREADS`` environment variable;
+3. else ``usable cores - 1`` (at least 1, at most :data:`MAX_DEFAULT_THREADS`), which leaves one
+   core for the rest of the machine so the threads never wait on a busy neighbour.
+"""
+
+from __future__ import annotations
+
+import os
+
+ENV_VAR = "DIFFST_THREADS"
+MAX_DEFAULT_THREADS = 8
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS reports one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def default_threads(cores: int | None = None) -> int:
+    """The default thread count for ``cores`` usable cores (default: :func:`usable_cores`)."""
+    n = usable_cores() if cores is None else int(cores)
+    return max(1, min(n - 1, MAX_DEFAULT_THREADS))
+
+
+def resolve_threads(threads: int | None = None) -> tuple[int, str]:
+    """The thread count to use and where it came from (``option``, ``DIFFST_THREADS``, ``default``).
+
+    Raises:
+        ValueError: ``threads`` or ``DIFFST_THREADS`` is not a positive integer.
+    """
+    if threads is not None:
+        if int(threads) < 1:
+            raise ValueError(f"--threads must be at least 1, got {threads}")
+        return int(threads), "option"
+    raw = os.environ.get(ENV_VAR, "").strip()
+    if raw:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise ValueError(f"{ENV_VAR}={raw!r} is not a positive integer; set it to e.g. 1 "
+                             f"or unset it (default here: {default_threads()})")
+        return value, ENV_VAR
+    return default_threads(), "default"
+
+
+def apply_threads(threads: int | None = None) -> int:
+    """Set PyTorch's intra-op thread count by :func:`resolve_threads`; returns the count."""
+    import torch
+
+    n, _source = resolve_threads(threads)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n
+
+
+__all__ = ["ENV_VAR", "apply_threads", "default_threads", "resolve_threads", "usable_cores"]
