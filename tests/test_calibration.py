@@ -52,7 +52,8 @@ def test_conformal_quantile_is_the_finite_sample_rank():
 def test_known_distribution_gets_nominal_coverage_per_gene():
     truth, mean, spread, mask = _gaussian_maps(0)
     genes = ["a", "b", "c"]
-    cal = fit_calibration(truth, mean, spread, mask, genes)
+    cal = fit_calibration(truth, mean, spread, mask, genes, floor_frac=0.1)
+    assert fit_calibration(truth, mean, spread, mask, genes).floor_frac <= 0.3  # informative
     t2, m2, s2, _ = _gaussian_maps(1)  # fresh draws from the same distribution
     for level in LEVELS:
         lo, hi = cal.interval(m2, s2, mask, level)
@@ -66,6 +67,21 @@ def test_known_distribution_gets_nominal_coverage_per_gene():
         assert raw < level - 0.2
     # scaled spread: the multiplier recovers the under-dispersion (z_0.95 * 3 for 90 %)
     assert cal.multiplier(0.9)[:, 0] == pytest.approx(1.645 * 3 / 1.1, rel=0.06)
+
+
+def test_auto_floor_ignores_an_uninformative_spread():
+    truth, mean, _, mask = _gaussian_maps(4)
+    noise = np.random.default_rng(5).uniform(0.01, 3.0, truth.shape)  # unrelated to the error
+    auto = fit_calibration(truth, mean, noise, mask, ["a", "b", "c"])
+    fixed = fit_calibration(truth, mean, noise, mask, ["a", "b", "c"], floor_frac=0.1)
+    assert auto.floor_frac >= 3.0
+    t2, m2, _, _ = _gaussian_maps(6)
+    widths = {}
+    for name, cal in (("auto", auto), ("fixed", fixed)):
+        lo, hi = cal.interval(m2, noise, mask, 0.9)
+        assert abs(coverage(t2, lo, hi, mask) - 0.9) < 0.015
+        widths[name] = float((hi - lo)[:, mask].mean())
+    assert widths["auto"] < 0.8 * widths["fixed"]
 
 
 def test_expression_level_bins_fix_level_dependent_miscalibration():
