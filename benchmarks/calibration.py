@@ -38,7 +38,7 @@ import csv
 import json
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import NormalDist
 
@@ -192,6 +192,8 @@ def simulated_setting(cfg: Settings) -> dict:
     tissue = simulate_tissue(seed=0, size_um=cfg.sim_size_um, cell_um=8.0, n_genes=cfg.sim_genes)
     rest, test = split_holdout(tissue, 0.3, 5)
     train_part, cal = split_holdout(rest, 0.3 / 0.7, 5)
+    test = replace(test, name=f"{tissue.name}_right_strip", meta=dict(test.meta))
+    cal = replace(cal, name=f"{tissue.name}_middle_strip", meta=dict(cal.meta))
     t0 = time.perf_counter()
     model = train([train_part], tissue.genes, 5, cfg.train_steps, cfg.out / "sim_x5.pt")
     row = run_setting("simulated: train left 40 %, calibrate middle 30 %, test right 30 %",

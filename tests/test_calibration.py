@@ -189,6 +189,9 @@ def test_split_conformal_and_scale_shift_rules(spots_model, tmp_path):
     saved = cal.save(tmp_path / "cal.json")
     res = predict(spots, path, None, n_samples=3, steps=2, progress=False, calibration=saved)
     assert res.meta["calibration"]["method"] == "split-conformal"
+    on = predict(spots, path, None, n_samples=3, steps=2, progress=False, calibrate_on=held_out)
+    assert on.meta["calibration"]["source"]["data"] == held_out.name
+    np.testing.assert_allclose(on.q95, res.q95, rtol=1e-5)  # same data, same multipliers
     # spots of another size: self-calibration runs off the training scale, only on request
     coarse = make_sample(seed=5, size=20)
     coarse.cell_um = 8.0 * F

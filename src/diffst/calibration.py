@@ -33,8 +33,10 @@ Where the calibration comes from (no test truth is used):
 * :func:`self_calibrate`: the input slide itself. Its measured spots are pooled one level
   further (spot * s) and super-resolved back to spots, where the measurement is the truth. For a
   spots-only model applied to spots of its own size this is exactly the scale it was trained
-  at. Otherwise (a model trained with HR truth, or a test input at another scale) the model is
-  run one scale coarser than it was trained for, with the input divided by the area ratio so
+  at. If the model was trained on this very slide, the self-calibration pairs are its training
+  pairs, where its errors are smaller than on unseen data, and the intervals can be too narrow.
+  For a model trained with HR truth, or an input at another scale, the model is run one scale
+  coarser than it was trained for, with the input divided by the area ratio so
   counts per cell match the training density (outputs are multiplied back). This assumes the
   scores ``|y - m| / sd`` are the same one scale up (self-similarity of the model's error
   relative to its spread); ``benchmarks/calibration.py`` measures how well that holds.
