@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from diffst.calibration import Calibration, calibrate_prediction, describe
 from diffst.data.lr import padded_mask, simulate_lr
 from diffst.data.sample import SampleError, STSample
 from diffst.infer import SRResult, load_model, super_resolve
@@ -273,6 +275,9 @@ def predict(
     autocast: bool = False,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    eta: float = 0.0,
+    calibration: str | Path | Calibration | None = "auto",
+    calibrate_on: STSample | None = None,
 ) -> SRResult:
     """Super-resolve ``sample`` with the model file ``model``; optionally write ``out``.
 
@@ -293,6 +298,15 @@ def predict(
         autocast: bfloat16/float16 autocast while sampling (see ``benchmarks/README.md``).
         log: called with a line of text before sampling (what will be done, how the model was
             trained) and one after it (tiles and time).
+        eta: DDIM stochasticity (0 deterministic steps, 1 DDPM variance).
+        calibration: how ``q05``/``q95`` are calibrated (:mod:`diffst.calibration`):
+            ``"auto"`` (split-conformal on ``calibrate_on`` if given, else self-calibration
+            when the model is spots-only and the sample has spots of its size, else
+            uncalibrated), ``"self"``, ``"none"`` (the raw sampler quantiles), a
+            :class:`diffst.calibration.Calibration` or the path of a saved one. The ``.h5ad``
+            records it in ``uns["diffst_calibration"]``.
+        calibrate_on: a sample with HR truth the model did not train on, for split-conformal
+            calibration (pooled by the factor and super-resolved with the same settings).
     """
     from diffst.tilestore import remove_store
 
@@ -317,8 +331,13 @@ def predict(
     result = super_resolve(lm, sample, steps=steps, sampler=sampler, n_samples=n_samples,
                            batch_size=batch_size, hr_mask=hr_mask, seed=seed,
                            consistency=consistency, resume_dir=tiles, progress=progress,
-                           autocast=autocast)
+                           autocast=autocast, eta=eta)
     timings = {"sampling_s": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    result = calibrate_prediction(lm, sample, result, calibration, calibrate_on, dict(
+        steps=steps, sampler=sampler, n_samples=n_samples, batch_size=batch_size, seed=seed,
+        consistency=consistency, autocast=autocast, eta=eta))
+    timings["calibration_s"] = time.perf_counter() - t0
     if log is not None:
         log(f"sampled {result.meta['n_tiles']} tiles in {_duration(timings['sampling_s'])}")
     result.meta["timings_s"] = timings
@@ -382,7 +401,13 @@ def write_result(result: SRResult, lr: STSample, out: str | Path) -> Path:
     if out.suffix == ".h5ad":
         from diffst.io import write_anndata
 
-        return write_anndata(hr, out, layers=result.layers())
+        uns = None
+        if "calibration" in result.meta:
+            rec = result.meta["calibration"]
+            uns = {"diffst_calibration": {
+                "method": rec["method"], "output_level": float(rec["output_level"]),
+                "description": describe(rec), "record_json": json.dumps(rec)}}
+        return write_anndata(hr, out, layers=result.layers(), uns=uns)
     return hr.save_npz(out)
 
 

@@ -302,6 +302,15 @@ were done; Ctrl-C keeps them.
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
 @click.option("--autocast", is_flag=True, help="bfloat16 autocast while sampling.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the sampler noise.")
+@click.option("--eta", default=0.0, show_default=True,
+              help="DDIM stochasticity (0: deterministic steps; 1: DDPM variance).")
+@click.option("--calibration", default="auto", show_default=True,
+              help="How q05/q95 are calibrated: auto (split-conformal on --calibrate-on, else "
+                   "self-calibration for a spots-only model on spots of its size, else none), "
+                   "self, none (raw sampler quantiles), or a saved calibration .json.")
+@click.option("--calibrate-on", default=None, type=click.Path(exists=True),
+              help="A sample with HR truth the model did not train on, for split-conformal "
+                   "calibration of the intervals.")
 @reader_options
 @check_ranges(n_samples=1, steps=1, batch_size=1)
 @check_writable(files=("out",), folders=("report_dir", "resume_dir"))
@@ -309,7 +318,7 @@ were done; Ctrl-C keeps them.
 @_fail_nicely
 def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, consistency,
             no_consistency, report_dir, report_genes, resume, resume_dir, device, autocast,
-            seed) -> None:
+            seed, eta, calibration, calibrate_on) -> None:
     from diffst.api import predict as api_predict
     from diffst.tilestore import SamplingInterrupted
 
@@ -320,7 +329,8 @@ def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, 
             consistency="off" if no_consistency else consistency, resume=resume,
             resume_dir=resume_dir, report_dir=report_dir,
             report_genes=report_genes.split(",") if report_genes else None, device=device,
-            autocast=autocast, log=_log,
+            autocast=autocast, eta=eta, calibration=calibration,
+            calibrate_on=_read(calibrate_on) if calibrate_on else None, log=_log,
         )
     except SamplingInterrupted as exc:
         click.echo(f"\n{exc}", err=True)
@@ -329,6 +339,9 @@ def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, 
         sys.exit(130)
     click.echo(f"wrote {out}: {len(result.genes)} genes on a {result.mean.shape[1]}x"
                f"{result.mean.shape[2]} raster of {result.cell_um:g} µm cells")
+    from diffst.calibration import describe
+
+    click.echo(f"intervals: {describe(result.meta['calibration'])}")
     if report_dir:
         click.echo(f"report: {Path(report_dir) / 'report.html'}")
 

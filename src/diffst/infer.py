@@ -221,12 +221,13 @@ def sample_tiles(lm: LoadedModel, batch: dict[str, torch.Tensor], n_samples: int
                  steps: int, sampler: str, generator: torch.Generator, *,
                  lr_counts: torch.Tensor | None = None,
                  progress: Callable[[int], None] | None = None,
-                 autocast: bool = False) -> torch.Tensor:
+                 autocast: bool = False, eta: float = 0.0) -> torch.Tensor:
     """Draw ``n_samples`` scaled HR maps per tile: ``(B, K, G, P, P)``.
 
     ``lr_counts`` ``(B, G, P/s, P/s)`` measured LR counts switch on the per-step consistency
     projection of the clean-sample estimate; ``progress(i)`` is called after sampler step i.
     ``autocast`` runs the network in bfloat16 (float16 on older GPUs); the sampler stays float32.
+    ``eta`` > 0 makes DDIM stochastic (:func:`diffst.diffusion.samplers.make_sampler`).
     """
     cfg = lm.config
     batch = {k: v.to(lm.device) for k, v in batch.items()}
@@ -251,7 +252,7 @@ def sample_tiles(lm: LoadedModel, batch: dict[str, torch.Tensor], n_samples: int
             hr = _counts_to_scaled(counts, lm.scaler).to(z0.dtype)
         return (hr - lr_up) / rs
 
-    solver = make_sampler(sampler, schedule, steps, clip_x0=project)
+    solver = make_sampler(sampler, schedule, steps, clip_x0=project, eta=eta)
     b, g, p, _ = batch["lr_up"].shape
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -312,6 +313,7 @@ def super_resolve(
     progress: bool = True,
     autocast: bool = False,
     channels_last: bool = False,
+    eta: float = 0.0,
 ) -> SRResult:
     """Super-resolve an LR sample by the model's factor.
 
@@ -335,6 +337,8 @@ def super_resolve(
             GPUs and on CPUs with bfloat16 instructions, slower elsewhere (measure with
             ``benchmarks/speed.py``). The sampler arithmetic stays float32.
         channels_last: store the convolution weights NHWC while sampling (restored after).
+        eta: DDIM stochasticity (0: deterministic steps; 1: DDPM variance); more spread between
+            the draws (see :mod:`diffst.calibration` for turning the spread into intervals).
 
     Returns:
         An :class:`SRResult` on the HR raster ``(lr.H * factor, lr.W * factor)``.
@@ -353,7 +357,7 @@ def super_resolve(
     prep = prepare_inference_sample(lr, f, lm.scaler, k, hr_mask=hr_mask)
     padded = pad_prepared(prep, patch)
     job = _Job(lm, padded, _padded_counts(lr.expr, padded), patch, overlap, steps, sampler,
-               n_samples, batch_size, seed, mode)
+               n_samples, batch_size, seed, mode, float(eta))
     store = None
     if resume_dir is not None:
         store = TileStore(resume_dir, {**_store_settings(job, lr, prep),
@@ -376,6 +380,7 @@ class _Job:
     batch_size: int
     seed: int
     mode: str
+    eta: float = 0.0
 
     def origins(self) -> list[tuple[int, int]]:
         """Tile origins (HR cells) of tiles that touch tissue, row-major."""
@@ -398,7 +403,7 @@ def _store_settings(job: _Job, lr: STSample, prep: PreparedSample) -> dict:
         "input": fingerprint(lr.expr, lr.mask, prep.mask, prep.image),
         "steps": job.steps, "sampler": job.sampler, "n_samples": job.n_samples,
         "patch": job.patch, "overlap": job.overlap, "batch_size": job.batch_size,
-        "seed": job.seed, "consistency": job.mode,
+        "seed": job.seed, "consistency": job.mode, "eta": job.eta,
     }
 
 
@@ -453,7 +458,7 @@ def _sample_batch(job: _Job, chunk: list[tuple[int, int]], start: int,
     gen = torch.Generator().manual_seed(job.seed + start)
     draws = sample_tiles(lm, batch, job.n_samples, job.steps, job.sampler, gen,
                          lr_counts=lr_counts if job.mode == "steps" else None,
-                         progress=lambda _i: bar.update(len(chunk))).numpy()
+                         progress=lambda _i: bar.update(len(chunk)), eta=job.eta).numpy()
     # (B, K, G, P, P) scaled -> counts (the scaler wants genes first)
     counts = np.moveaxis(lm.scaler.inverse(np.moveaxis(draws, 2, 0)), 0, 2)
     counts = torch.from_numpy(counts.astype(np.float64))
@@ -492,7 +497,8 @@ def _finish(job: _Job, prep: PreparedSample, lr: STSample, acc: dict[str, np.nda
     counts = np.asarray(lr.expr, np.float64)
     meta = {"factor": f, "steps": job.steps, "sampler": job.sampler,
             "n_samples": job.n_samples, "patch": job.patch, "overlap": job.overlap,
-            "seed": job.seed, "consistency": job.mode, "n_tiles": len(job.origins()),
+            "seed": job.seed, "consistency": job.mode, "eta": job.eta,
+            "n_tiles": len(job.origins()),
             "consistency_max_rel_err": max_relative_error(maps_["mean"], counts, inside, f),
             "unplaced_counts": unplaced_counts(counts, inside, f)}
     return SRResult(mean=maps_["mean"], std=maps_["std"], q05=maps_["q05"], q95=maps_["q95"],

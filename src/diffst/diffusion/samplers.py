@@ -146,11 +146,20 @@ class DPMSolverPPSampler(_Sampler):
 
 
 def make_sampler(name: str, schedule: NoiseSchedule, num_steps: int = 20,
-                 clip_x0: float | X0Fn | None = None) -> _Sampler:
-    """Sampler by name: ``ddim`` (default), ``ddpm`` or ``dpmpp``."""
+                 clip_x0: float | X0Fn | None = None, eta: float = 0.0) -> _Sampler:
+    """Sampler by name: ``ddim`` (default), ``ddpm`` or ``dpmpp``.
+
+    ``eta`` (DDIM only) adds fresh noise at every step: 0 is deterministic given the start
+    noise, 1 has the DDPM variance. Stochastic steps widen the spread of the draws, which a
+    briefly trained model under-disperses (``benchmarks/calibration.py`` measures it).
+    """
     name = name.lower()
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    if eta and name != "ddim":
+        raise ValueError(f"eta applies to the ddim sampler only, not {name!r}")
     if name == "ddim":
-        return DDIMSampler(schedule, num_steps, eta=0.0, clip_x0=clip_x0)
+        return DDIMSampler(schedule, num_steps, eta=eta, clip_x0=clip_x0)
     if name == "ddpm":
         return DDPMSampler(schedule, num_steps, clip_x0=clip_x0)
     if name in ("dpmpp", "dpm-solver++", "dpmsolver++"):

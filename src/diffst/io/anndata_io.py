@@ -583,10 +583,14 @@ def write_anndata(
     layers: Mapping[str, np.ndarray] | None = None,
     library_id: str | None = None,
     max_image_px: int | None = 2000,
+    uns: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``result`` as ``.h5ad`` atomically (see :func:`sample_to_anndata`); return the path."""
+    """Write ``result`` as ``.h5ad`` atomically (see :func:`sample_to_anndata`); return the path.
+
+    ``uns`` entries are added to ``adata.uns`` (e.g. how the intervals were calibrated)."""
     path = Path(path)
     adata = sample_to_anndata(result, layers, library_id, max_image_px)
+    adata.uns.update(dict(uns or {}))
     with atomic_path(path) as tmp:
         adata.write_h5ad(tmp)
     return path
