@@ -211,7 +211,9 @@ class Trainer:
                              f"got {tc.data_pipeline!r}")
         if tc.data_pipeline == "numpy":
             return PatchSampler(prepared, tc.patch, tc.min_tissue, tc.seed)
-        return DevicePatchSampler(prepared, tc.patch, tc.min_tissue, tc.seed, self.device)
+        mc = self.model_config
+        return DevicePatchSampler(prepared, tc.patch, tc.min_tissue, tc.seed, self.device,
+                                  image_products=(mc.tissue_px_per_cell, mc.tile_px))
 
     # ------------------------------------------------------------------ one step
     def draw_batch(self) -> dict[str, torch.Tensor]:

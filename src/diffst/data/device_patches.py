@@ -22,6 +22,8 @@ copied to the device per batch. Host RAM keeps no second copy of a section on th
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -61,16 +63,18 @@ def transform_offsets(side: int, device: torch.device) -> tuple[torch.Tensor, to
 
 
 def crop_index(rows0: torch.Tensor, cols0: torch.Tensor, transform: torch.Tensor, side: int,
-               width: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
+               width: torch.Tensor, base: torch.Tensor, step: int = 1) -> torch.Tensor:
     """Flat indices ``(B, side, side)`` of turned crops in rasters stored row-major.
 
     ``rows0``, ``cols0`` ``(B,)`` int64 are the crop origins, ``transform`` ``(B,)`` the
     transform ids of :func:`transform_offsets`, ``width`` ``(B,)`` the raster widths and
-    ``base`` ``(B,)`` the flat offsets of the rasters in their storage.
+    ``base`` ``(B,)`` the flat offsets of the rasters in their storage. ``step`` is the
+    raster distance between neighbouring crop elements (1: a dense crop).
     """
     tr, tc = transform_offsets(side, rows0.device)
     v = lambda a: a.view(-1, 1, 1)  # noqa: E731
-    return (v(rows0) + tr[transform]) * v(width) + v(cols0) + tc[transform] + v(base)
+    return ((v(rows0) + step * tr[transform]) * v(width) + v(cols0) + step * tc[transform]
+            + v(base))
 
 
 # ---------------------------------------------------------------------------- tiles
@@ -113,18 +117,84 @@ def batch_cell_tiles(crops: torch.Tensor, tile: int, n_tiles: int
     flat = (torch.arange(b, device=dev).view(-1, 1, 1) * (n * n) + cell) * ENTROPY_BINS + q
     hist = torch.bincount(flat.reshape(-1), minlength=b * n * n * ENTROPY_BINS)
     key = entropy_key_table(tile * tile, dev)[hist].view(b, n * n, ENTROPY_BINS).sum(-1)
-    order = torch.sort(key, dim=1, stable=True).indices[:, :n_tiles]
-    rows, cols = order // n, order % n
+    rows, cols = rank_tiles(key, n, n_tiles)
     blocks = used.view(b, 3, n, tile, n, tile).permute(0, 2, 4, 1, 3, 5)
     chosen = blocks[torch.arange(b, device=dev).view(-1, 1), rows, cols].float().div_(255.0)
+    return pad_tiles(chosen, rows, cols, n, n_tiles)
+
+
+def rank_tiles(key: torch.Tensor, n: int, n_tiles: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grid rows and columns ``(B, min(N, n*n))`` of the tiles with the smallest ``key``
+    ``(B, n*n)`` (row-major tile order; ties keep that order)."""
+    order = torch.sort(key, dim=1, stable=True).indices[:, :n_tiles]
+    return order // n, order % n
+
+
+def pad_tiles(chosen: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, n: int,
+              n_tiles: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Tiles, centres (x, y) and validity padded to ``n_tiles`` by repeating the first tile."""
+    b, dev = chosen.shape[0], chosen.device
     centres = torch.stack([(cols.double() + 0.5) / n, (rows.double() + 0.5) / n], -1).float()
-    valid = torch.ones(order.shape, dtype=torch.bool, device=dev)
-    extra = n_tiles - order.shape[1]
+    valid = torch.ones(rows.shape, dtype=torch.bool, device=dev)
+    extra = n_tiles - rows.shape[1]
     if extra > 0:
         chosen = torch.cat([chosen, chosen[:, :1].expand(-1, extra, -1, -1, -1)], 1)
         centres = torch.cat([centres, centres[:, :1].expand(-1, extra, -1)], 1)
         valid = torch.cat([valid, torch.zeros((b, extra), dtype=torch.bool, device=dev)], 1)
     return chosen, centres, valid
+
+
+# ---------------------------------------------------------------------------- section products
+#: largest (tile_px / grid step)**2 for which tile keys are precomputed per section
+MAX_KEY_OVERSAMPLING = 16
+
+
+def products_usable(k: int, factor: int, patch: int, tissue_px: int, tile_px: int) -> bool:
+    """Whether the tissue image and tile ranking can come from per-section precomputation.
+
+    Needs exact block pooling (``k`` a multiple of ``tissue_px``), a patch image that is a
+    whole number of tiles (then turning a crop turns its tile grid), and a tile-key grid
+    step ``gcd(tile_px, factor * k)`` (every tile of every crop starts on it) that is not
+    too fine.
+    """
+    side = patch * k
+    step = math.gcd(tile_px, factor * k)
+    return (k % tissue_px == 0 and side % tile_px == 0
+            and (tile_px // step) ** 2 <= MAX_KEY_OVERSAMPLING)
+
+
+def pooled_image(image: torch.Tensor, block: int, rows_per_strip: int = 1024) -> torch.Tensor:
+    """``(3, H/block, W/block)`` float32 block means in [0, 1] of an ``(H, W, 3)`` uint8
+    image (strips of rows keep the float copy small)."""
+    h, w, _ = image.shape
+    strip = max(block, rows_per_strip // block * block)
+    out = [F.avg_pool2d(image[r : r + strip].permute(2, 0, 1).float().div_(255.0)[None],
+                        block)[0] for r in range(0, h, strip)]
+    return torch.cat(out, 1)
+
+
+def tile_key_map(image: torch.Tensor, tile: int, step: int) -> torch.Tensor:
+    """Entropy keys (:func:`entropy_key_table`) of every ``tile`` x ``tile`` block of an
+    ``(H, W, 3)`` uint8 image whose corner lies on a grid of ``step`` pixels:
+    ``(1 + (H - tile) // step, 1 + (W - tile) // step)`` int64 (per-bin integral images)."""
+    h, w, _ = image.shape
+    gray = image.sum(-1, dtype=torch.int32).div_(3, rounding_mode="floor")
+    q = (gray * ENTROPY_BINS).div_(256, rounding_mode="floor").to(torch.uint8)
+    del gray
+    nr, nc = 1 + (h - tile) // step, 1 + (w - tile) // step
+    lo_r, lo_c = slice(0, (nr - 1) * step + 1, step), slice(0, (nc - 1) * step + 1, step)
+    hi_r = slice(tile, tile + (nr - 1) * step + 1, step)
+    hi_c = slice(tile, tile + (nc - 1) * step + 1, step)
+    table = entropy_key_table(tile * tile, image.device)
+    key = torch.zeros((nr, nc), dtype=torch.int64, device=image.device)
+    integral = torch.zeros((h + 1, w + 1), dtype=torch.int32, device=image.device)
+    for b in range(ENTROPY_BINS):
+        torch.cumsum((q == b).to(torch.int32), 0, out=integral[1:, 1:])
+        integral[1:, 1:] = integral[1:, 1:].cumsum(1)
+        counts = (integral[hi_r, hi_c] - integral[lo_r, hi_c] - integral[hi_r, lo_c]
+                  + integral[lo_r, lo_c])
+        key += table[counts.long()]
+    return key
 
 
 # ---------------------------------------------------------------------------- storage
@@ -137,12 +207,30 @@ def padded_shape(prep: PreparedSample, patch: int) -> tuple[int, int]:
     return out[0], out[1]
 
 
-def section_nbytes(prep: PreparedSample, patch: int) -> int:
-    """Bytes a prepared section occupies as tensors once padded for ``patch``."""
+def _rasters(prep: PreparedSample, patch: int, products: tuple[int, int] | None
+             ) -> list[tuple[int, int]]:
+    """``(rows, cols)`` of the rasters a section stores: HR maps, LR map, image, and with
+    ``products`` ``(tissue_px, tile_px)`` the pooled image and the tile-key map."""
     h, w = padded_shape(prep, patch)
-    g, s, k = prep.lr.shape[0], prep.factor, prep.k
+    s, k = prep.factor, prep.k
+    out = [(h, w), (h // s, w // s), (h * k, w * k)]
+    if products is not None:
+        t, tile = products
+        step = math.gcd(tile, s * k)
+        out += [(h * t, w * t), (1 + (h * k - tile) // step, 1 + (w * k - tile) // step)]
+    return out
+
+
+def section_nbytes(prep: PreparedSample, patch: int,
+                   products: tuple[int, int] | None = None) -> int:
+    """Bytes a prepared section occupies in a :class:`SectionPool`."""
+    g = prep.lr.shape[0]
     n_maps = 2 * g + 1 if prep.hr is not None else g + 1
-    return 4 * (n_maps * h * w + g * (h // s) * (w // s)) + 3 * h * k * w * k
+    sizes = [r * c for r, c in _rasters(prep, patch, products)]
+    out = 4 * (n_maps * sizes[0] + g * sizes[1]) + 3 * sizes[2]
+    if products is not None:
+        out += 12 * sizes[3] + 8 * sizes[4]
+    return out
 
 
 class SectionPool:
@@ -150,41 +238,45 @@ class SectionPool:
 
     ``maps`` ``(C, sum H*W)`` float32 holds ``lr_up`` (G channels), ``hr`` (G, when known)
     and the tissue mask (1) of every section; ``lr`` ``(G, sum h*w)`` float32; ``image``
-    ``(sum H*k*W*k, 3)`` uint8. ``layout`` ``(n, 6)`` int64 gives per section the offset and
-    row width in ``maps``, ``lr`` and ``image``; ``origins[i]`` ``(n_i, 2)`` are section i's
-    HR patch origins with at least ``min_tissue`` tissue (:func:`valid_origins`).
+    ``(sum H*k*W*k, 3)`` uint8. With ``products`` ``(tissue_px, tile_px)`` also ``tissue``
+    ``(3, sum H*t*W*t)`` float32, the image block-averaged to ``tissue_px`` pixels per cell,
+    and ``keys`` ``(sum nr*nc,)`` int64, the entropy keys of the tiles on a grid
+    (:func:`tile_key_map`), so batches need no full-resolution image work.
+    ``layout[i]`` ``(n_rasters, 2)`` int64 holds section i's flat offset and row width in each
+    of these; ``origins[i]`` ``(n_i, 2)`` are its HR patch origins with at least
+    ``min_tissue`` tissue (:func:`diffst.data.patches.valid_origins`).
     """
 
     def __init__(self, preps: list[PreparedSample], patch: int, device: torch.device,
-                 min_tissue: float = 0.3) -> None:
-        self.device = device
+                 min_tissue: float = 0.3, products: tuple[int, int] | None = None) -> None:
         first = preps[0]
+        self.device, self.patch, self.products = device, patch, products
         self.n_genes, self.k, self.factor = first.lr.shape[0], first.k, first.factor
         self.has_hr = first.hr is not None
-        shapes = [padded_shape(p, patch) for p in preps]
-        g, s, k = self.n_genes, self.factor, self.k
-        sizes = np.array([[h * w, (h // s) * (w // s), h * k * w * k] for h, w in shapes],
-                         np.int64).reshape(-1, 3)
-        offsets = np.concatenate([np.zeros((1, 3), np.int64), sizes.cumsum(0)[:-1]])
-        widths = np.array([[w, w // s, w * k] for _, w in shapes], np.int64).reshape(-1, 3)
-        self.layout = np.stack([offsets[:, 0], widths[:, 0], offsets[:, 1], widths[:, 1],
-                                offsets[:, 2], widths[:, 2]], 1)
-        n_maps = 2 * g + 1 if self.has_hr else g + 1
-        total = sizes.sum(0)
-        self.maps = torch.empty((n_maps, int(total[0])), dtype=torch.float32, device=device)
-        self.lr = torch.empty((g, int(total[1])), dtype=torch.float32, device=device)
-        self.image = torch.empty((int(total[2]), 3), dtype=torch.uint8, device=device)
+        for prep in preps:
+            if (prep.lr.shape[0], prep.hr is not None, prep.k, prep.factor) != (
+                    self.n_genes, self.has_hr, self.k, self.factor):
+                raise SampleError("training sections differ in genes, HR truth, k or factor")
+        rasters = np.array([_rasters(p, patch, products) for p in preps], np.int64)
+        sizes = rasters[..., 0] * rasters[..., 1]
+        offsets = np.concatenate([np.zeros_like(sizes[:1]), sizes.cumsum(0)[:-1]])
+        self.layout = np.stack([offsets, rasters[..., 1]], -1)  # (n, n_rasters, 2)
+        total = [int(x) for x in sizes.sum(0)]
+        g, n_maps = self.n_genes, (2 * self.n_genes + 1 if self.has_hr else self.n_genes + 1)
+        new = lambda *shape, dtype=torch.float32: torch.empty(  # noqa: E731
+            shape, dtype=dtype, device=device)
+        self.maps, self.lr = new(n_maps, total[0]), new(g, total[1])
+        self.image = new(total[2], 3, dtype=torch.uint8)
+        if products is not None:
+            self.tissue, self.keys = new(3, total[3]), new(total[4], dtype=torch.int64)
         self.origins: list[np.ndarray] = []
         for i, prep in enumerate(preps):
-            if prep.lr.shape[0] != g or (prep.hr is not None) != self.has_hr or prep.k != k \
-                    or prep.factor != s:
-                raise SampleError("training sections differ in genes, HR truth, k or factor")
             padded = pad_prepared(prep, patch)
-            self._store(i, padded, sizes[i])
+            self._store(self.layout[i], sizes[i], padded)
             self.origins.append(valid_origins(padded, patch, min_tissue))
 
-    def _store(self, i: int, padded: PreparedSample, size: np.ndarray) -> None:
-        m, _, lo, _, io, _ = (int(x) for x in self.layout[i])
+    def _store(self, layout: np.ndarray, size: np.ndarray, padded: PreparedSample) -> None:
+        (m, _), (lo, _), (io, _) = layout[:3].tolist()
         parts = [padded.lr_up] + ([padded.hr] if self.has_hr else []) + [padded.mask[None]]
         row = 0
         for part in parts:
@@ -193,43 +285,80 @@ class SectionPool:
             row += part.shape[0]
         lr = np.asarray(padded.lr, np.float32).reshape(self.n_genes, -1)
         self.lr[:, lo : lo + size[1]] = torch.from_numpy(lr)
-        img = np.ascontiguousarray(padded.image).reshape(-1, 3)
-        self.image[io : io + size[2]] = torch.from_numpy(img)
+        self.image[io : io + size[2]] = torch.from_numpy(
+            np.ascontiguousarray(padded.image).reshape(-1, 3))
+        if self.products is not None:
+            t, tile = self.products
+            (to, _), (ko, _) = layout[3:].tolist()
+            image = self.image[io : io + size[2]].view(*padded.image.shape)
+            self.tissue[:, to : to + size[3]] = pooled_image(image, self.k // t).flatten(1)
+            step = math.gcd(tile, self.factor * self.k)
+            self.keys[ko : ko + size[4]] = tile_key_map(image, tile, step).flatten()
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the pool's tensors."""
-        return sum(t.numel() * t.element_size() for t in (self.maps, self.lr, self.image))
+        held = [self.maps, self.lr, self.image]
+        held += [self.tissue, self.keys] if self.products is not None else []
+        return sum(t.numel() * t.element_size() for t in held)
 
     def cut(self, local: np.ndarray, rows0: np.ndarray, cols0: np.ndarray,
-            transform: np.ndarray, patch: int) -> dict[str, torch.Tensor]:
-        """Turned crops on this pool's device (one gather per tensor for the whole batch).
+            transform: np.ndarray, tissue_px: int, tile_px: int, n_tiles: int
+            ) -> dict[str, torch.Tensor]:
+        """A batch cut on this pool's device (a few gathers for the whole batch).
 
         Args:
             local: ``(B,)`` section indices within the pool.
             rows0, cols0: ``(B,)`` LR-aligned HR origins.
             transform: ``(B,)`` transform ids (:func:`transform_offsets`).
-            patch: HR patch side P.
+            tissue_px, tile_px, n_tiles: as :func:`diffst.data.patches.extract_patch`.
 
         Returns:
-            ``lr`` (B,G,p,p), ``lr_up`` (B,G,P,P), ``mask`` (B,1,P,P), ``hr`` (B,G,P,P) when
-            known, and ``crop`` (B,3,P*k,P*k) uint8.
+            The batch dict (keys of :func:`finish_batch`).
         """
-        g, s, k = self.n_genes, self.factor, self.k
-        lay = self.layout[local]
-        cols = np.stack([rows0, cols0, transform, *lay.T]).astype(np.int64)
-        r0, c0, t, m_off, m_w, l_off, l_w, i_off, i_w = torch.from_numpy(cols).to(self.device)
-        idx = crop_index(r0, c0, t, patch, m_w, m_off)
-        maps = self.maps[:, idx].transpose(0, 1)
-        lr_idx = crop_index(r0 // s, c0 // s, t, patch // s, l_w, l_off)
+        g, s, k, patch = self.n_genes, self.factor, self.k, self.patch
+        lay = self.layout[local]  # (B, n_rasters, 2)
+        cols = np.concatenate([np.stack([rows0, cols0, transform]), lay.reshape(len(local), -1).T])
+        r0, c0, t, *where = torch.from_numpy(cols.astype(np.int64)).to(self.device)
+        offs, widths = where[0::2], where[1::2]
+        maps = self.maps[:, crop_index(r0, c0, t, patch, widths[0], offs[0])].transpose(0, 1)
+        lr_idx = crop_index(r0 // s, c0 // s, t, patch // s, widths[1], offs[1])
         out = {"lr": self.lr[:, lr_idx].transpose(0, 1).contiguous(),
                "lr_up": maps[:, :g].contiguous(),
                "mask": maps[:, -1:].contiguous()}
         if self.has_hr:
             out["hr"] = maps[:, g : 2 * g].contiguous()
-        img_idx = crop_index(r0 * k, c0 * k, t, patch * k, i_w, i_off)
-        out["crop"] = self.image[img_idx].permute(0, 3, 1, 2)
-        return out
+        if self.products == (tissue_px, tile_px):
+            out.update(self._image_products(r0, c0, t, offs, widths, n_tiles))
+            return out
+        idx = crop_index(r0 * k, c0 * k, t, patch * k, widths[2], offs[2])
+        out["crop"] = self.image[idx].permute(0, 3, 1, 2)
+        return finish_batch(out, patch, tissue_px, tile_px, n_tiles)
+
+    def _image_products(self, r0: torch.Tensor, c0: torch.Tensor, t: torch.Tensor,
+                        offs: list[torch.Tensor], widths: list[torch.Tensor], n_tiles: int
+                        ) -> dict[str, torch.Tensor]:
+        """Tissue image and ranked tiles from the precomputed pooled image and tile keys."""
+        (tp, tile), k, patch = self.products, self.k, self.patch
+        b, n = r0.shape[0], patch * k // tile
+        step = math.gcd(tile, self.factor * k)
+        idx = crop_index(r0 * tp, c0 * tp, t, patch * tp, widths[3], offs[3])
+        tissue = self.tissue[:, idx].transpose(0, 1).contiguous()
+        kidx = crop_index(r0 * k // step, c0 * k // step, t, n, widths[4], offs[4],
+                          tile // step)
+        rows, cols = rank_tiles(self.keys[kidx].view(b, n * n), n, n_tiles)
+        # the turned crop's tile (rows, cols) is the source tile (src_r, src_c), turned alike
+        tr, tc = transform_offsets(n, r0.device)
+        tt = t.view(-1, 1).expand_as(rows)
+        src_r, src_c = tr[tt, rows, cols], tc[tt, rows, cols]
+        m = rows.shape[1]
+        rep = lambda a: a.view(-1, 1).expand(-1, m).reshape(-1)  # noqa: E731
+        pix = crop_index((r0 * k).view(-1, 1) + src_r * tile, (c0 * k).view(-1, 1) + src_c * tile,
+                         tt.reshape(-1), tile, rep(widths[2]), rep(offs[2]))
+        chosen = self.image[pix].view(b, m, tile, tile, 3).permute(0, 1, 4, 2, 3)
+        tiles, centres, valid = pad_tiles(chosen.float().div_(255.0), rows, cols, n, n_tiles)
+        return {"tissue_image": tissue, "tiles": tiles, "tile_centres": centres,
+                "tile_valid": valid}
 
 
 # ---------------------------------------------------------------------------- batches
@@ -253,20 +382,34 @@ def finish_batch(raw: dict[str, torch.Tensor], patch: int, tissue_px_per_cell: i
 class DevicePatchSampler:
     """Random LR-aligned training patches cut on ``device`` (drop-in for ``PatchSampler``).
 
-    Same constructor arguments as :class:`diffst.data.patches.PatchSampler` plus ``device``
-    and ``device_budget``: bytes of section tensors allowed on a CUDA device (default half of
-    its free memory at construction; ignored on the CPU). Sections beyond it stay in host
-    memory. ``rng`` is a NumPy ``Generator`` that checkpoints save and restore, so resumed
-    training draws exactly the same patches.
+    Same constructor arguments as :class:`diffst.data.patches.PatchSampler` plus:
+
+    * ``device``: where batches are made and (within the budget) sections are stored;
+    * ``device_budget``: bytes of section tensors allowed on a CUDA device (default half of
+      its free memory at construction; ignored on the CPU). Sections beyond it stay in host
+      memory and only their crops travel;
+    * ``image_products`` ``(tissue_px_per_cell, tile_px)``: the values :meth:`draw` will be
+      called with. When :func:`products_usable`, each section's block-averaged image and tile
+      entropy keys are computed once, and batches then touch only the pixels they return;
+      otherwise (and for draws with other values) crops are cut at full resolution first.
+      Both ways give the same batches.
+
+    ``rng`` is a NumPy ``Generator`` that checkpoints save and restore, so resumed training
+    draws exactly the same patches.
     """
 
     def __init__(self, samples: list[PreparedSample], patch: int, min_tissue: float = 0.3,
                  seed: int = 0, device: str | torch.device = "cpu",
-                 device_budget: int | None = None) -> None:
+                 device_budget: int | None = None,
+                 image_products: tuple[int, int] | None = None) -> None:
         if not samples:
             raise SampleError("no training sections given")
         self.patch = patch
         self.device = torch.device(device)
+        first = samples[0]
+        usable = image_products is not None and products_usable(
+            first.k, first.factor, patch, *image_products)
+        self.products = tuple(image_products) if usable else None
         home = self._placement(samples, device_budget)
         self.pools: list[SectionPool] = []
         self.where = np.zeros((len(samples), 2), np.int64)  # (pool, index in pool)
@@ -274,7 +417,8 @@ class DevicePatchSampler:
         for dev in dict.fromkeys(home):
             ids = [i for i, h in enumerate(home) if h == dev]
             self.where[ids, 0], self.where[ids, 1] = len(self.pools), np.arange(len(ids))
-            pool = SectionPool([samples[i] for i in ids], patch, dev, min_tissue)
+            pool = SectionPool([samples[i] for i in ids], patch, dev, min_tissue,
+                               self.products)
             for i, o in zip(ids, pool.origins, strict=True):
                 origins[i] = o
             self.pools.append(pool)
@@ -296,7 +440,7 @@ class DevicePatchSampler:
             budget = int(0.5 * torch.cuda.mem_get_info(self.device)[0])
         home, used = [], 0
         for prep in samples:
-            size = section_nbytes(prep, self.patch)
+            size = section_nbytes(prep, self.patch, self.products)
             on_device = used + size <= budget
             used += size if on_device else 0
             home.append(self.device if on_device else torch.device("cpu"))
@@ -333,14 +477,12 @@ class DevicePatchSampler:
         parts, order = [], []
         for p in np.unique(pool_of):
             at = np.flatnonzero(pool_of == p)
-            raw = self.pools[p].cut(self.where[sec[at], 1], rows0[at], cols0[at],
-                                    transform[at], self.patch)
-            parts.append({k: v.to(self.device) for k, v in raw.items()})
+            part = self.pools[p].cut(self.where[sec[at], 1], rows0[at], cols0[at],
+                                     transform[at], tissue_px_per_cell, tile_px, n_tiles)
+            parts.append({k: v.to(self.device) for k, v in part.items()})
             order.append(at)
         if len(parts) == 1:
-            raw = parts[0]
-        else:
-            back = np.argsort(np.concatenate(order), kind="stable")
-            where = torch.from_numpy(back).to(self.device)
-            raw = {k: torch.cat([p[k] for p in parts])[where] for k in parts[0]}
-        return finish_batch(raw, self.patch, tissue_px_per_cell, tile_px, n_tiles)
+            return parts[0]
+        back = torch.from_numpy(np.argsort(np.concatenate(order), kind="stable"))
+        back = back.to(self.device)
+        return {k: torch.cat([p[k] for p in parts])[back] for k in parts[0]}
