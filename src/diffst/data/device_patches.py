@@ -251,6 +251,7 @@ class SectionPool:
                  min_tissue: float = 0.3, products: tuple[int, int] | None = None) -> None:
         first = preps[0]
         self.device, self.patch, self.products = device, patch, products
+        self.resident = True  # False for a sampler's host-memory overflow pool
         self.n_genes, self.k, self.factor = first.lr.shape[0], first.k, first.factor
         self.has_hr = first.hr is not None
         for prep in preps:
@@ -385,9 +386,9 @@ class DevicePatchSampler:
     Same constructor arguments as :class:`diffst.data.patches.PatchSampler` plus:
 
     * ``device``: where batches are made and (within the budget) sections are stored;
-    * ``device_budget``: bytes of section tensors allowed on a CUDA device (default half of
-      its free memory at construction; ignored on the CPU). Sections beyond it stay in host
-      memory and only their crops travel;
+    * ``device_budget``: bytes of section tensors allowed on the device (default: half of a
+      CUDA device's free memory at construction; no limit on the CPU). Sections beyond it
+      stay in host memory and only their crops travel;
     * ``image_products`` ``(tissue_px_per_cell, tile_px)``: the values :meth:`draw` will be
       called with. When :func:`products_usable`, each section's block-averaged image and tile
       entropy keys are computed once, and batches then touch only the pixels they return;
@@ -410,15 +411,19 @@ class DevicePatchSampler:
         usable = image_products is not None and products_usable(
             first.k, first.factor, patch, *image_products)
         self.products = tuple(image_products) if usable else None
-        home = self._placement(samples, device_budget)
+        resident = self._placement(samples, device_budget)
         self.pools: list[SectionPool] = []
         self.where = np.zeros((len(samples), 2), np.int64)  # (pool, index in pool)
         origins: list[np.ndarray] = [np.zeros((0, 2), np.int64)] * len(samples)
-        for dev in dict.fromkeys(home):
-            ids = [i for i, h in enumerate(home) if h == dev]
+        for on_device in (True, False):
+            ids = [i for i, r in enumerate(resident) if r == on_device]
+            if not ids:
+                continue
             self.where[ids, 0], self.where[ids, 1] = len(self.pools), np.arange(len(ids))
-            pool = SectionPool([samples[i] for i in ids], patch, dev, min_tissue,
+            home = self.device if on_device else torch.device("cpu")
+            pool = SectionPool([samples[i] for i in ids], patch, home, min_tissue,
                                self.products)
+            pool.resident = on_device
             for i, o in zip(ids, pool.origins, strict=True):
                 origins[i] = o
             self.pools.append(pool)
@@ -433,23 +438,23 @@ class DevicePatchSampler:
         self.weights = self.counts / total
         self.rng = np.random.default_rng(seed)
 
-    def _placement(self, samples: list[PreparedSample], budget: int | None) -> list[torch.device]:
-        if self.device.type != "cuda":
-            return [self.device] * len(samples)
+    def _placement(self, samples: list[PreparedSample], budget: int | None) -> list[bool]:
+        """Per section: whether it is stored on the device (in order, within the budget)."""
+        if budget is None and self.device.type != "cuda":
+            return [True] * len(samples)
         if budget is None:
             budget = int(0.5 * torch.cuda.mem_get_info(self.device)[0])
-        home, used = [], 0
+        resident, used = [], 0
         for prep in samples:
             size = section_nbytes(prep, self.patch, self.products)
-            on_device = used + size <= budget
-            used += size if on_device else 0
-            home.append(self.device if on_device else torch.device("cpu"))
-        return home
+            resident.append(used + size <= budget)
+            used += size if resident[-1] else 0
+        return resident
 
     @property
     def device_bytes(self) -> int:
-        """Bytes of section tensors resident on the training device."""
-        return sum(p.nbytes for p in self.pools if p.device == self.device)
+        """Bytes of section tensors stored on the training device (not in host memory)."""
+        return self.pools[0].nbytes if self.pools[0].resident else 0
 
     def draw_indices(self, batch_size: int, augment: bool = True
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
