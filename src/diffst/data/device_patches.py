@@ -189,8 +189,7 @@ def tile_key_map(image: torch.Tensor, tile: int, step: int) -> torch.Tensor:
     key = torch.zeros((nr, nc), dtype=torch.int64, device=image.device)
     integral = torch.zeros((h + 1, w + 1), dtype=torch.int32, device=image.device)
     for b in range(ENTROPY_BINS):
-        torch.cumsum((q == b).to(torch.int32), 0, out=integral[1:, 1:])
-        integral[1:, 1:] = integral[1:, 1:].cumsum(1)
+        integral[1:, 1:] = (q == b).to(torch.int32).cumsum(0).cumsum(1)
         counts = (integral[hi_r, hi_c] - integral[lo_r, hi_c] - integral[hi_r, lo_c]
                   + integral[lo_r, lo_c])
         key += table[counts.long()]
