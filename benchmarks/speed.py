@@ -7,18 +7,25 @@ figures from different machines can be compared:
 1. Training steps per second of Diff-ST (default model, patch 40, batch 8, factor 5) in
    float32, with bfloat16 autocast, with channels-last weights and with both; reference: the
    histology regression baseline (the same networks trained without diffusion). Peak memory.
-2. A model trained briefly (``--train-steps``) on the left part of a 1.6 mm tissue; the held-out
+2. The training data pipeline: at batches 8, 32 and 128 (until memory runs out) the
+   per-item NumPy patch sampler (``TrainConfig(data_pipeline="numpy")``, the pipeline before
+   the device-resident one) and the device-resident sampler (the default) train alternately:
+   data time per step, its share of the step, steps/s and patches/s, as ratios to the NumPy
+   pipeline (and in bf16 autocast too on CUDA). Also a 10-section training set: memory the
+   device sampler stores and the time to draw a batch.
+3. A model trained briefly (``--train-steps``) on the left part of a 1.6 mm tissue; the held-out
    right strip is super-resolved with DDIM and DPM-Solver++ at 5, 10 and 20 steps (1 sample per
    tile): HR cells x genes per second, time relative to bicubic interpolation and to the
    regression baseline, and RMSE/SSIM/PCC against the truth (:mod:`diffst.metrics`).
-3. The same sampling with autocast and/or channels-last, with the change of the output.
-4. Whole-slide sampling of a simulated 2 mm tissue at factor 10 (8 µm HR cells: a 250 x 250 HR
+4. The same sampling with autocast and/or channels-last, with the change of the output.
+5. Whole-slide sampling of a simulated 2 mm tissue at factor 10 (8 µm HR cells: a 250 x 250 HR
    raster from a 25 x 25 LR map), 20 genes, 8 samples per tile, 20 DDIM steps: a few tiles are
    timed and the whole slide is extrapolated from them (``--slide-tiles 0`` samples it all).
 
 Usage (from the repository root)::
 
     python benchmarks/speed.py            # full run; writes benchmarks/results/speed.md
+    python benchmarks/speed.py --device cuda --out benchmarks/results/speed_cuda.md
     python benchmarks/speed.py --quick    # smoke test with a tiny model; prints only
     python benchmarks/speed.py --slide-tiles 0 --sections slide   # time the whole slide
 
@@ -91,7 +98,7 @@ class Settings:
     slide_tiles: int = 2
     slide_modes: tuple[str, ...] = ("fp32", "bf16 autocast")
     pipeline_batches: tuple[int, ...] = (8, 32, 128)
-    pipeline_steps: int = 2
+    pipeline_steps: int = 1
     pipeline_sections: int = 10
     pipeline_section_um: float = 800.0
     model: dict = field(default_factory=dict)
@@ -252,19 +259,45 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc)
 
 
-def bench_pipeline_batch(s: Settings, data: Data, batch: int, pipeline: str, bf16: bool,
-                         mem: PeakMemory) -> dict:
-    """Data time, step time and peak memory of one batch size and pipeline."""
-    trainer = new_trainer(dataclasses.replace(s, batch_size=batch), data, 10**6,
-                          pipeline=pipeline)
-    trainer.tc.bf16 = bf16
-    dev = trainer.device
-    mem.reset()
-    timed(trainer.train_step, dev)  # warm-up
-    draw = float(np.median([timed(trainer.draw_batch, dev)[1] for _ in range(3)]))
-    step = float(np.median([timed(trainer.train_step, dev)[1]
-                            for _ in range(s.pipeline_steps)]))
-    return {"draw_s": draw, "step_s": step, "peak": mem.peak_mib()}
+def bench_pipeline_batch(s: Settings, data: Data, batch: int, bf16: bool, mem: PeakMemory
+                         ) -> list[dict]:
+    """Data time, step time and peak memory of both pipelines at one batch size.
+
+    The two trainers alternate step by step (and draw by draw), so a changing load on a
+    shared machine slows both alike; more steps are timed at small batches.
+    """
+    trainers, peaks = {}, {}
+    for name in PIPELINES:
+        mem.reset()
+        trainers[name] = new_trainer(dataclasses.replace(s, batch_size=batch), data, 10**6,
+                                     pipeline=name)
+        trainers[name].tc.bf16 = bf16
+        timed(trainers[name].train_step, trainers[name].device)  # warm-up
+        peaks[name] = mem.peak_mib()
+    n_steps = max(s.pipeline_steps, min(6, 64 // batch))
+    draws: dict[str, list[float]] = {name: [] for name in PIPELINES}
+    steps: dict[str, list[float]] = {name: [] for name in PIPELINES}
+    for _ in range(max(3, n_steps)):
+        for name, tr in trainers.items():
+            draws[name].append(timed(tr.draw_batch, tr.device)[1])
+    for _ in range(n_steps):
+        for name, tr in trainers.items():
+            steps[name].append(timed(tr.train_step, tr.device)[1])
+    return [{"batch": batch, "pipeline": name, "bf16": bf16, "steps": n_steps,
+             "draw_s": float(np.median(draws[name])), "step_s": float(np.median(steps[name])),
+             "peak": peaks[name], "held_mib": sampler_mib(trainers[name].sampler)}
+            for name in PIPELINES]
+
+
+def sampler_mib(sampler: object) -> float:
+    """MiB of section data a patch sampler holds (its arrays or tensors)."""
+    from diffst.data.device_patches import DevicePatchSampler
+
+    if isinstance(sampler, DevicePatchSampler):
+        return sum(p.nbytes for p in sampler.pools) / 2**20
+    arrays = [a for p in sampler.samples for a in (p.lr, p.lr_up, p.mask, p.image, p.hr)
+              if a is not None]
+    return sum(a.nbytes for a in arrays) / 2**20
 
 
 def bench_pipeline(s: Settings, data: Data, mem: PeakMemory, log: Callable[[str], None]
@@ -272,28 +305,25 @@ def bench_pipeline(s: Settings, data: Data, mem: PeakMemory, log: Callable[[str]
     """Both patch pipelines at every batch size of ``pipeline_batches`` (OOM ends the list),
     and the memory and draw time of a many-section training set."""
     device = resolve_device(s.device)
-    variants = [(p, False) for p in PIPELINES]
-    if device.type == "cuda":
-        variants += [("numpy", True), ("device", True)]
+    precisions = [False, True] if device.type == "cuda" else [False]
     rows = []
     for batch in s.pipeline_batches:
         try:
-            for pipeline, bf16 in variants:
-                r = bench_pipeline_batch(s, data, batch, pipeline, bf16, mem)
-                rows.append({"batch": batch, "pipeline": pipeline, "bf16": bf16, **r})
-                log(f"pipeline {pipeline}{' bf16' if bf16 else ''} batch {batch}: data "
-                    f"{r['draw_s']:.3f} s of {r['step_s']:.3f} s/step")
+            for bf16 in precisions:
+                for r in bench_pipeline_batch(s, data, batch, bf16, mem):
+                    rows.append(r)
+                    log(f"pipeline {r['pipeline']}{' bf16' if bf16 else ''} batch {batch}: "
+                        f"data {r['draw_s']:.3f} s of {r['step_s']:.3f} s/step")
         except RuntimeError as exc:
             if not _is_oom(exc):
                 raise
             log(f"batch {batch}: out of memory, larger batches skipped")
             rows.append({"batch": batch, "oom": True})
             break
-    return {"rows": rows, "sections": bench_sections(s, device, mem, log)}
+    return {"rows": rows, "sections": bench_sections(s, device, log)}
 
 
-def bench_sections(s: Settings, device: torch.device, mem: PeakMemory,
-                   log: Callable[[str], None]) -> dict:
+def bench_sections(s: Settings, device: torch.device, log: Callable[[str], None]) -> dict:
     """Store ``pipeline_sections`` simulated sections in both samplers; time batch draws."""
     from diffst.data.device_patches import DevicePatchSampler
     from diffst.data.normalize import GeneScaler
@@ -310,7 +340,6 @@ def bench_sections(s: Settings, device: torch.device, mem: PeakMemory,
     batch = max(s.pipeline_batches[:2])
     args = (batch, cfg.tissue_px_per_cell, cfg.tile_px, cfg.n_tiles)
     for name in PIPELINES:
-        mem.reset()
         if name == "numpy":
             sampler, build_s = timed(lambda: PatchSampler(prepared, s.patch, seed=s.seed),
                                      torch.device("cpu"))
@@ -319,11 +348,12 @@ def bench_sections(s: Settings, device: torch.device, mem: PeakMemory,
                 prepared, s.patch, seed=s.seed, device=device,
                 image_products=(cfg.tissue_px_per_cell, cfg.tile_px)), device)
             out["device_mib"] = sampler.device_bytes / 2**20
+        out[name + "_held"] = sampler_mib(sampler)
         timed(lambda sampler=sampler: sampler.draw(*args), device)
         draws = [timed(lambda sampler=sampler: sampler.draw(*args), device)[1]
                  for _ in range(3)]
         out[name] = {"build_s": build_s, "draw_s": float(np.median(draws)),
-                     "peak": mem.peak_mib()}
+                     "held_mib": sampler_mib(sampler)}
         log(f"{len(sections)} sections, {name}: built in {build_s:.1f} s, batch {batch} "
             f"drawn in {out[name]['draw_s']:.3f} s")
     out["batch"] = batch
@@ -546,22 +576,26 @@ def _render_pipeline(s: Settings, r: dict) -> list[str]:
              "with the per-item NumPy patch sampler (`TrainConfig(data_pipeline=\"numpy\")`, "
              "the pipeline before the device-resident one) and with the device-resident "
              "sampler (`\"device\"`, the default). `data s` is `Trainer.draw_batch` (median "
-             "of 3), `step s` a whole training step including it (median of "
-             f"{s.pipeline_steps} after one warm-up step); data share = data s / step s. "
-             "Ratios are to the NumPy pipeline at the same batch size and precision, measured "
-             "in this run.", "",
-             "| batch | pipeline | precision | data s | step s | data share | steps/s | "
-             "patches/s | steps/s vs NumPy | data time vs NumPy | peak memory |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "of 3 or more), `step s` a whole training step including it (median of `steps`, "
+             "after one warm-up step); data share = data s / step s. The two pipelines "
+             "alternate step by step, and ratios are to the NumPy pipeline at the same batch "
+             "size and precision in this run. `sampler MiB`: section data the sampler holds "
+             "(on the training device for the device-resident one); `peak memory`: process "
+             "peak while building and warming up that trainer (the NumPy one is built first "
+             "and stays alive, so the second figure includes it).", "",
+             "| batch | pipeline | precision | steps | data s | step s | data share | steps/s | "
+             "patches/s | steps/s vs NumPy | data time vs NumPy | sampler MiB | peak memory |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for x in rows:
         base = ref.get((x["batch"], x["bf16"]))
         vs_step = f"{base['step_s'] / x['step_s']:.2f}x" if base else ""
         vs_data = f"{x['draw_s'] / base['draw_s']:.2f}x" if base else ""
         lines.append(
             f"| {x['batch']} | {PIPELINES[x['pipeline']]} | "
-            f"{'bf16 autocast' if x['bf16'] else 'fp32'} | {x['draw_s']:.3f} | "
+            f"{'bf16 autocast' if x['bf16'] else 'fp32'} | {x['steps']} | {x['draw_s']:.3f} | "
             f"{x['step_s']:.3f} | {x['draw_s'] / x['step_s']:.1%} | {1 / x['step_s']:.2f} | "
-            f"{x['batch'] / x['step_s']:.1f} | {vs_step} | {vs_data} | {x['peak']} |")
+            f"{x['batch'] / x['step_s']:.1f} | {vs_step} | {vs_data} | {x['held_mib']:.0f} | "
+            f"{x['peak']} |")
     oom = [x["batch"] for x in r["rows"] if x.get("oom")]
     if oom:
         lines += ["", f"Batch {oom[0]} ran out of memory; larger batches were not tried."]
@@ -571,12 +605,12 @@ def _render_pipeline(s: Settings, r: dict) -> list[str]:
               f"sampler stores {sec['device_mib']:.0f} MiB on the device (maps, uint8 image, "
               "block-averaged image, tile entropy keys). Batch of "
               f"{sec['batch']} patches without the model:", "",
-              "| pipeline | build s | draw s | draw time vs NumPy | peak memory |",
+              "| pipeline | build s | draw s | draw time vs NumPy | sampler MiB |",
               "|---|---|---|---|---|"]
     for name in PIPELINES:
         x = sec[name]
         lines.append(f"| {PIPELINES[name]} | {x['build_s']:.1f} | {x['draw_s']:.3f} | "
-                     f"{x['draw_s'] / sec['numpy']['draw_s']:.2f}x | {x['peak']} |")
+                     f"{x['draw_s'] / sec['numpy']['draw_s']:.2f}x | {x['held_mib']:.0f} |")
     return lines + [""]
 
 

@@ -143,7 +143,7 @@ def test_the_random_state_alone_decides_the_next_batch():
 def test_trainer_uses_the_device_pipeline_and_the_lr_rule():
     samples = [make_sample(seed=0)]
     tc = TrainConfig(steps=2, batch_size=32, patch=10, work_um_per_px=2.0, lr=1e-3,
-                     lr_scaling="sqrt")
+                     lr_scaling="sqrt", compile=True)
     trainer = Trainer(samples, samples[0].genes, 5, tiny_config(), tc)
     assert isinstance(trainer.sampler, DevicePatchSampler) and trainer.sampler.products
     assert trainer.opt.param_groups[0]["lr"] == pytest.approx(2e-3)
@@ -151,6 +151,7 @@ def test_trainer_uses_the_device_pipeline_and_the_lr_rule():
     assert batch_scaled_lr(1e-4, 128, "none") == 1e-4
     with pytest.raises(ValueError, match="lr_scaling"):
         batch_scaled_lr(1e-4, 8, "cubic")
+    assert trainer.train_module is None  # TrainConfig.compile is used on CUDA only
     with pytest.raises(ValueError, match="data_pipeline"):
         Trainer(samples, samples[0].genes, 5, tiny_config(),
                 TrainConfig(patch=10, work_um_per_px=2.0, data_pipeline="gpu"))
