@@ -56,6 +56,7 @@ def test_device_batches_equal_the_numpy_patches(patch, products):
     assert list(new) == list(ref)
     for key in ref:
         assert new[key].dtype == ref[key].dtype and new[key].shape == ref[key].shape, key
+        assert new[key].is_contiguous(), key  # same memory layout as the NumPy batches
     for key in ("lr", "lr_up", "mask", "hr", "tissue_image", "tile_valid"):
         torch.testing.assert_close(new[key], ref[key], atol=1e-6, rtol=0, msg=key)
     # tiles: the same entropies in the same order, and the same tile wherever its entropy

@@ -11,9 +11,16 @@ float only for the crops of a batch).
 A batch is a handful of whole-batch operations: the random draws (vectorised calls on the
 sampler's NumPy ``Generator``, whose state checkpoints save as before), one gather per tensor
 that cuts every crop *and* applies its quarter turns and flip (pre-computed index tables of
-the 8 rotations/flips, so all modalities turn alike), a batched adaptive average pooling for
-the tissue-level image, and the cell-level tiles ranked by the entropy of their grey-level
-histogram, computed on the device with ``bincount`` and an exact integer sort key.
+the 8 rotations/flips, so all modalities turn alike), the tissue-level image by average
+pooling, and the cell-level tiles ranked by the entropy of their grey-level histogram with an
+exact integer sort key (:func:`entropy_key_table`; identical order on every device).
+
+When the sizes allow (:func:`products_usable`, true for the default model) the pooled image
+and the entropy keys of every tile position are computed once per section on the device
+(:func:`pooled_image`, :func:`tile_key_map` with per-bin integral images); a batch then
+gathers only the pixels it returns. Otherwise the full-resolution crops are cut and pooled,
+and their tiles ranked with ``bincount`` histograms (:func:`batch_cell_tiles`). Both give the
+batches of :func:`diffst.data.patches.extract_patch` (tests/test_device_patches.py).
 
 Memory stays bounded: sections go to a CUDA device until ``device_budget`` bytes are used;
 the others stay in host memory, are cut there with the same ops, and only their crops are
@@ -119,7 +126,8 @@ def batch_cell_tiles(crops: torch.Tensor, tile: int, n_tiles: int
     key = entropy_key_table(tile * tile, dev)[hist].view(b, n * n, ENTROPY_BINS).sum(-1)
     rows, cols = rank_tiles(key, n, n_tiles)
     blocks = used.view(b, 3, n, tile, n, tile).permute(0, 2, 4, 1, 3, 5)
-    chosen = blocks[torch.arange(b, device=dev).view(-1, 1), rows, cols].float().div_(255.0)
+    chosen = blocks[torch.arange(b, device=dev).view(-1, 1), rows, cols].contiguous()
+    chosen = chosen.float().div_(255.0)
     return pad_tiles(chosen, rows, cols, n, n_tiles)
 
 
@@ -332,7 +340,7 @@ class SectionPool:
             out.update(self._image_products(r0, c0, t, offs, widths, n_tiles))
             return out
         idx = crop_index(r0 * k, c0 * k, t, patch * k, widths[2], offs[2])
-        out["crop"] = self.image[idx].permute(0, 3, 1, 2)
+        out["crop"] = self.image[idx].permute(0, 3, 1, 2).contiguous()
         return finish_batch(out, patch, tissue_px, tile_px, n_tiles)
 
     def _image_products(self, r0: torch.Tensor, c0: torch.Tensor, t: torch.Tensor,
@@ -355,7 +363,7 @@ class SectionPool:
         rep = lambda a: a.view(-1, 1).expand(-1, m).reshape(-1)  # noqa: E731
         pix = crop_index((r0 * k).view(-1, 1) + src_r * tile, (c0 * k).view(-1, 1) + src_c * tile,
                          tt.reshape(-1), tile, rep(widths[2]), rep(offs[2]))
-        chosen = self.image[pix].view(b, m, tile, tile, 3).permute(0, 1, 4, 2, 3)
+        chosen = self.image[pix].view(b, m, tile, tile, 3).permute(0, 1, 4, 2, 3).contiguous()
         tiles, centres, valid = pad_tiles(chosen.float().div_(255.0), rows, cols, n, n_tiles)
         return {"tissue_image": tissue, "tiles": tiles, "tile_centres": centres,
                 "tile_valid": valid}
