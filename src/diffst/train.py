@@ -50,12 +50,14 @@ class TrainConfig:
 
     ``lr_scaling`` is the learning-rate rule for batch sizes other than 8 (the batch ``lr``
     was tuned at): ``"none"`` uses ``lr`` as given, ``"sqrt"`` uses
-    ``lr * sqrt(batch_size / 8)`` (square-root scaling, the rule that keeps Adam-type
-    optimisers' update noise constant; use it with larger GPU batches) and ``"linear"``
-    ``lr * batch_size / 8``. See :func:`batch_scaled_lr`.
+    ``lr * sqrt(batch_size / 8)`` (square-root scaling, the usual rule for Adam-type
+    optimisers: it keeps the noise of the updates about constant, Malladi et al. 2022; the
+    recommended choice for larger GPU batches, not yet validated by a long run of this
+    model) and ``"linear"`` ``lr * batch_size / 8``. See :func:`batch_scaled_lr`.
 
-    ``compile`` wraps the training forward pass in ``torch.compile`` on CUDA (ignored on the
-    CPU; off by default because its benefit has not been measured on a GPU here).
+    ``compile`` wraps the training forward pass (:class:`DenoisingStep`) in ``torch.compile``
+    on CUDA; it is ignored on the CPU and by trainers that override :meth:`Trainer.loss`, and
+    off by default because its benefit has not been measured on a GPU.
     """
 
     steps: int = 2000
@@ -198,7 +200,7 @@ class Trainer:
                                      weight_decay=self.tc.weight_decay)
         self.schedule = NoiseSchedule(mc.num_train_timesteps, mc.beta_start, mc.beta_end)
         self.sampler = self._make_sampler(prepared)
-        if self.tc.compile and self.device.type == "cuda":
+        if self.tc.compile and self.device.type == "cuda" and type(self).loss is Trainer.loss:
             self.train_module = torch.compile(DenoisingStep(self.model))
         self.step = 0
         self.history: list[float] = []
