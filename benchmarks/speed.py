@@ -7,18 +7,25 @@ figures from different machines can be compared:
 1. Training steps per second of Diff-ST (default model, patch 40, batch 8, factor 5) in
    float32, with bfloat16 autocast, with channels-last weights and with both; reference: the
    histology regression baseline (the same networks trained without diffusion). Peak memory.
-2. A model trained briefly (``--train-steps``) on the left part of a 1.6 mm tissue; the held-out
+2. The training data pipeline: at batches 8, 32 and 128 (until memory runs out) the
+   per-item NumPy patch sampler (``TrainConfig(data_pipeline="numpy")``, the pipeline before
+   the device-resident one) and the device-resident sampler (the default) train alternately:
+   data time per step, its share of the step, steps/s and patches/s, as ratios to the NumPy
+   pipeline (and in bf16 autocast too on CUDA). Also a 10-section training set: memory the
+   device sampler stores and the time to draw a batch.
+3. A model trained briefly (``--train-steps``) on the left part of a 1.6 mm tissue; the held-out
    right strip is super-resolved with DDIM and DPM-Solver++ at 5, 10 and 20 steps (1 sample per
    tile): HR cells x genes per second, time relative to bicubic interpolation and to the
    regression baseline, and RMSE/SSIM/PCC against the truth (:mod:`diffst.metrics`).
-3. The same sampling with autocast and/or channels-last, with the change of the output.
-4. Whole-slide sampling of a simulated 2 mm tissue at factor 10 (8 µm HR cells: a 250 x 250 HR
+4. The same sampling with autocast and/or channels-last, with the change of the output.
+5. Whole-slide sampling of a simulated 2 mm tissue at factor 10 (8 µm HR cells: a 250 x 250 HR
    raster from a 25 x 25 LR map), 20 genes, 8 samples per tile, 20 DDIM steps: a few tiles are
    timed and the whole slide is extrapolated from them (``--slide-tiles 0`` samples it all).
 
 Usage (from the repository root)::
 
     python benchmarks/speed.py            # full run; writes benchmarks/results/speed.md
+    python benchmarks/speed.py --device cuda --out benchmarks/results/speed_cuda.md
     python benchmarks/speed.py --quick    # smoke test with a tiny model; prints only
     python benchmarks/speed.py --slide-tiles 0 --sections slide   # time the whole slide
 
@@ -56,7 +63,7 @@ from diffst.precision import memory_format
 from diffst.threads import apply_threads
 from diffst.train import TrainConfig, Trainer, resolve_device
 
-SECTIONS = ("train", "sample", "precision", "slide")
+SECTIONS = ("train", "pipeline", "sample", "precision", "slide")
 MODES = {  # name -> (bf16 autocast, channels_last)
     "fp32": (False, False),
     "bf16 autocast": (True, False),
@@ -91,6 +98,10 @@ class Settings:
     slide_steps: int = 20
     slide_tiles: int = 2
     slide_modes: tuple[str, ...] = ("fp32", "bf16 autocast")
+    pipeline_batches: tuple[int, ...] = (8, 32, 128)
+    pipeline_steps: int = 1
+    pipeline_sections: int = 10
+    pipeline_section_um: float = 800.0
     model: dict = field(default_factory=dict)
     device: str = "auto"
     quick: bool = False
@@ -105,7 +116,8 @@ def quick_settings() -> Settings:
     return Settings(size_um=480.0, patch=20, batch_size=4, speed_rounds=1, speed_steps=1,
                     train_steps=3, sampler_steps=(2, 4), precision_steps=2, slide_um=800.0,
                     slide_genes=6, slide_samples=2, slide_steps=2, slide_tiles=1,
-                    n_genes=6, quick=True,
+                    n_genes=6, quick=True, pipeline_batches=(4, 8), pipeline_steps=1,
+                    pipeline_sections=3, pipeline_section_um=320.0,
                     model=dict(channels=8, channel_mults=(1, 2), time_dim=16, cond_channels=8,
                                tissue_px_per_cell=2, tile_px=8, n_tiles=6, attn_dim=8,
                                attn_heads=2, graph_dim=4, graph_layers=1))
@@ -232,11 +244,121 @@ def make_data(s: Settings) -> Data:
     return Data(tissue, train, test, simulate_lr(test, s.factor), padded_mask(test.mask, s.factor))
 
 
-def new_trainer(s: Settings, data: Data, steps: int, cls: type[Trainer] = Trainer) -> Trainer:
+def new_trainer(s: Settings, data: Data, steps: int, cls: type[Trainer] = Trainer,
+                pipeline: str = "device") -> Trainer:
     """A fresh trainer on the training part with the benchmark's model and patch settings."""
     tc = TrainConfig(steps=steps, batch_size=s.batch_size, lr=s.train_lr, ema_decay=0.995,
-                     patch=s.patch, seed=s.seed, checkpoint_every=10**9, device=s.device)
+                     patch=s.patch, seed=s.seed, checkpoint_every=10**9, device=s.device,
+                     data_pipeline=pipeline)
     return cls([data.train], data.tissue.genes, s.factor, s.model_config(), tc)
+
+
+PIPELINES = {"numpy": "per-item NumPy (before)", "device": "device-resident"}
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc)
+
+
+def bench_pipeline_batch(s: Settings, data: Data, batch: int, bf16: bool, mem: PeakMemory
+                         ) -> list[dict]:
+    """Data time, step time and peak memory of both pipelines at one batch size.
+
+    The two trainers alternate step by step (and draw by draw), so a changing load on a
+    shared machine slows both alike; more steps are timed at small batches.
+    """
+    trainers, peaks = {}, {}
+    for name in PIPELINES:
+        mem.reset()
+        trainers[name] = new_trainer(dataclasses.replace(s, batch_size=batch), data, 10**6,
+                                     pipeline=name)
+        trainers[name].tc.bf16 = bf16
+        timed(trainers[name].train_step, trainers[name].device)  # warm-up
+        peaks[name] = mem.peak_mib()
+    n_steps = max(s.pipeline_steps, min(6, 64 // batch))
+    draws: dict[str, list[float]] = {name: [] for name in PIPELINES}
+    steps: dict[str, list[float]] = {name: [] for name in PIPELINES}
+    for _ in range(max(3, n_steps)):
+        for name, tr in trainers.items():
+            draws[name].append(timed(tr.draw_batch, tr.device)[1])
+    for _ in range(n_steps):
+        for name, tr in trainers.items():
+            steps[name].append(timed(tr.train_step, tr.device)[1])
+    return [{"batch": batch, "pipeline": name, "bf16": bf16, "steps": n_steps,
+             "draw_s": float(np.median(draws[name])), "step_s": float(np.median(steps[name])),
+             "peak": peaks[name], "held_mib": sampler_mib(trainers[name].sampler)}
+            for name in PIPELINES]
+
+
+def sampler_mib(sampler: object) -> float:
+    """MiB of section data a patch sampler holds (its arrays or tensors)."""
+    from diffst.data.device_patches import DevicePatchSampler
+
+    if isinstance(sampler, DevicePatchSampler):
+        return sum(p.nbytes for p in sampler.pools) / 2**20
+    arrays = [a for p in sampler.samples for a in (p.lr, p.lr_up, p.mask, p.image, p.hr)
+              if a is not None]
+    return sum(a.nbytes for a in arrays) / 2**20
+
+
+def bench_pipeline(s: Settings, data: Data, mem: PeakMemory, log: Callable[[str], None]
+                   ) -> dict:
+    """Both patch pipelines at every batch size of ``pipeline_batches`` (OOM ends the list),
+    and the memory and draw time of a many-section training set."""
+    device = resolve_device(s.device)
+    precisions = [False, True] if device.type == "cuda" else [False]
+    rows = []
+    for batch in s.pipeline_batches:
+        try:
+            for bf16 in precisions:
+                for r in bench_pipeline_batch(s, data, batch, bf16, mem):
+                    rows.append(r)
+                    log(f"pipeline {r['pipeline']}{' bf16' if bf16 else ''} batch {batch}: "
+                        f"data {r['draw_s']:.3f} s of {r['step_s']:.3f} s/step")
+        except RuntimeError as exc:
+            if not _is_oom(exc):
+                raise
+            log(f"batch {batch}: out of memory, larger batches skipped")
+            rows.append({"batch": batch, "oom": True})
+            break
+    return {"rows": rows, "sections": bench_sections(s, device, log)}
+
+
+def bench_sections(s: Settings, device: torch.device, log: Callable[[str], None]) -> dict:
+    """Store ``pipeline_sections`` simulated sections in both samplers; time batch draws."""
+    from diffst.data.device_patches import DevicePatchSampler
+    from diffst.data.normalize import GeneScaler
+    from diffst.data.patches import PatchSampler, prepare_training_sample
+
+    cfg = s.model_config()
+    sections = [simulate_tissue(seed=s.seed + i, size_um=s.pipeline_section_um, cell_um=8.0,
+                                n_genes=s.n_genes) for i in range(s.pipeline_sections)]
+    scaler = GeneScaler.fit([x.expr for x in sections], [x.mask for x in sections])
+    k = 8  # 8 µm cells at 1 µm/px, as the benchmark's trainer
+    prepared = [prepare_training_sample(x, s.factor, scaler, k) for x in sections]
+    out: dict = {"n": len(sections), "um": s.pipeline_section_um,
+                 "image_mib": sum(p.image.nbytes for p in prepared) / 2**20}
+    batch = max(s.pipeline_batches[:2])
+    args = (batch, cfg.tissue_px_per_cell, cfg.tile_px, cfg.n_tiles)
+    for name in PIPELINES:
+        if name == "numpy":
+            sampler, build_s = timed(lambda: PatchSampler(prepared, s.patch, seed=s.seed),
+                                     torch.device("cpu"))
+        else:
+            sampler, build_s = timed(lambda: DevicePatchSampler(
+                prepared, s.patch, seed=s.seed, device=device,
+                image_products=(cfg.tissue_px_per_cell, cfg.tile_px)), device)
+            out["device_mib"] = sampler.device_bytes / 2**20
+        out[name + "_held"] = sampler_mib(sampler)
+        timed(lambda sampler=sampler: sampler.draw(*args), device)
+        draws = [timed(lambda sampler=sampler: sampler.draw(*args), device)[1]
+                 for _ in range(3)]
+        out[name] = {"build_s": build_s, "draw_s": float(np.median(draws)),
+                     "held_mib": sampler_mib(sampler)}
+        log(f"{len(sections)} sections, {name}: built in {build_s:.1f} s, batch {batch} "
+            f"drawn in {out[name]['draw_s']:.3f} s")
+    out["batch"] = batch
+    return out
 
 
 def regression_class() -> type[Trainer] | None:
@@ -435,6 +557,8 @@ def render(s: Settings, info: dict, results: dict, argv: list[str], wall: float)
               "measured in the same run are the more portable numbers.", ""]
     if "train" in results:
         lines += _render_training(s, results["train"])
+    if "pipeline" in results:
+        lines += _render_pipeline(s, results["pipeline"])
     if "sample" in results:
         lines += _render_sampling(s, results)
     if "precision" in results:
@@ -442,6 +566,53 @@ def render(s: Settings, info: dict, results: dict, argv: list[str], wall: float)
     if "slide" in results:
         lines += _render_slide(s, results["slide"])
     return "\n".join(lines) + "\n"
+
+
+def _render_pipeline(s: Settings, r: dict) -> list[str]:
+    rows = [x for x in r["rows"] if not x.get("oom")]
+    ref = {(x["batch"], x["bf16"]): x for x in rows if x["pipeline"] == "numpy"}
+    lines = ["## Training data pipeline", "",
+             f"Diff-ST {'tiny' if s.quick else 'default'} model, patch {s.patch}, factor "
+             f"{s.factor}, {s.n_genes} genes, one training section; every batch size trained "
+             "with the per-item NumPy patch sampler (`TrainConfig(data_pipeline=\"numpy\")`, "
+             "the pipeline before the device-resident one) and with the device-resident "
+             "sampler (`\"device\"`, the default). `data s` is `Trainer.draw_batch` (median "
+             "of 3 or more), `step s` a whole training step including it (median of `steps`, "
+             "after one warm-up step); data share = data s / step s. The two pipelines "
+             "alternate step by step, and ratios are to the NumPy pipeline at the same batch "
+             "size and precision in this run. `sampler MiB`: section data the sampler holds "
+             "(on the training device for the device-resident one); `peak memory`: process "
+             "peak while building and warming up that trainer (the NumPy one is built first "
+             "and stays alive, so the second figure includes it).", "",
+             "| batch | pipeline | precision | steps | data s | step s | data share | steps/s | "
+             "patches/s | steps/s vs NumPy | data time vs NumPy | sampler MiB | peak memory |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for x in rows:
+        base = ref.get((x["batch"], x["bf16"]))
+        vs_step = f"{base['step_s'] / x['step_s']:.2f}x" if base else ""
+        vs_data = f"{x['draw_s'] / base['draw_s']:.2f}x" if base else ""
+        lines.append(
+            f"| {x['batch']} | {PIPELINES[x['pipeline']]} | "
+            f"{'bf16 autocast' if x['bf16'] else 'fp32'} | {x['steps']} | {x['draw_s']:.3f} | "
+            f"{x['step_s']:.3f} | {x['draw_s'] / x['step_s']:.1%} | {1 / x['step_s']:.2f} | "
+            f"{x['batch'] / x['step_s']:.1f} | {vs_step} | {vs_data} | {x['held_mib']:.0f} | "
+            f"{x['peak']} |")
+    oom = [x["batch"] for x in r["rows"] if x.get("oom")]
+    if oom:
+        lines += ["", f"Batch {oom[0]} ran out of memory; larger batches were not tried."]
+    sec = r["sections"]
+    lines += ["", f"Many sections: {sec['n']} simulated {sec['um'] / 1000:g} mm sections "
+              f"({sec['image_mib']:.0f} MiB of aligned H&E in all). The device-resident "
+              f"sampler stores {sec['device_mib']:.0f} MiB on the device (maps, uint8 image, "
+              "block-averaged image, tile entropy keys). Batch of "
+              f"{sec['batch']} patches without the model:", "",
+              "| pipeline | build s | draw s | draw time vs NumPy | sampler MiB |",
+              "|---|---|---|---|---|"]
+    for name in PIPELINES:
+        x = sec[name]
+        lines.append(f"| {PIPELINES[name]} | {x['build_s']:.1f} | {x['draw_s']:.3f} | "
+                     f"{x['draw_s'] / sec['numpy']['draw_s']:.2f}x | {x['held_mib']:.0f} |")
+    return lines + [""]
 
 
 def _render_training(s: Settings, r: dict) -> list[str]:
@@ -586,9 +757,12 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(device)
     torch.manual_seed(s.seed)
     results: dict = {}
-    data = make_data(s) if {"train", "sample", "precision"} & set(sections) else None
+    data = make_data(s) if {"train", "pipeline", "sample", "precision"} & set(sections) \
+        else None
     if "train" in sections:
         results["train"] = bench_training(s, data, mem, log)
+    if "pipeline" in sections:
+        results["pipeline"] = bench_pipeline(s, data, mem, log)
     if {"sample", "precision"} & set(sections):
         bf16 = args.train_precision == "bf16"
         if args.train_precision == "auto" and "train" in results:

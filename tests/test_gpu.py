@@ -56,3 +56,53 @@ def test_super_resolve_on_cuda_matches_cpu_loosely(autocast):
     scale = max(float(res_cpu.mean.max()), 1.0)
     tol = 0.1 if autocast else 0.02  # same noise (drawn on the CPU), different kernels
     assert np.abs(res_gpu.mean - res_cpu.mean).max() <= tol * scale
+
+
+def _prepared_sections() -> list:
+    from diffst.data.normalize import GeneScaler
+    from diffst.data.patches import prepare_training_sample
+
+    samples = [make_sample(seed=0, size=30), make_sample(seed=1, size=25)]
+    scaler = GeneScaler.fit([s.expr for s in samples], [s.mask for s in samples])
+    return [prepare_training_sample(s, 5, scaler, k=4) for s in samples]
+
+
+@pytest.mark.parametrize("products", [(2, 4), None])
+def test_device_sampler_on_cuda_cuts_the_cpu_batches(products):
+    from diffst.data.device_patches import DevicePatchSampler
+
+    prepared = _prepared_sections()
+    gpu = DevicePatchSampler(prepared, 10, seed=4, device="cuda", image_products=products)
+    cpu = DevicePatchSampler(prepared, 10, seed=4, device="cpu", image_products=products)
+    assert all(p.device.type == "cuda" for p in gpu.pools) and gpu.device_bytes > 0
+    for _ in range(3):
+        a, b = gpu.draw(16, 2, 4, 6), cpu.draw(16, 2, 4, 6)
+        for key in b:
+            assert a[key].is_cuda and a[key].dtype == b[key].dtype, key
+            torch.testing.assert_close(a[key].cpu(), b[key], atol=1e-6, rtol=0, msg=key)
+
+
+def test_sections_over_the_cuda_budget_are_cut_in_host_memory():
+    from diffst.data.device_patches import DevicePatchSampler
+
+    prepared = _prepared_sections()
+    whole = DevicePatchSampler(prepared, 10, seed=2, device="cuda", image_products=(2, 4))
+    split = DevicePatchSampler(prepared, 10, seed=2, device="cuda", image_products=(2, 4),
+                               device_budget=whole.device_bytes // 2)
+    assert [p.device.type for p in split.pools] == ["cuda", "cpu"]
+    assert 0 < split.device_bytes < whole.device_bytes
+    a, b = whole.draw(16, 2, 4, 6), split.draw(16, 2, 4, 6)
+    for key in a:
+        assert b[key].is_cuda
+        torch.testing.assert_close(a[key], b[key], atol=1e-6, rtol=0, msg=key)
+
+
+def test_trainer_keeps_its_sections_on_cuda_and_trains_with_compile():
+    samples = [make_sample(seed=0), make_sample(seed=1)]
+    tc = TrainConfig(steps=3, batch_size=4, lr=2e-3, patch=10, work_um_per_px=2.0, seed=0,
+                     device="cuda", compile=True)
+    trainer = Trainer(samples, samples[0].genes, 5, tiny_config(), tc)
+    assert trainer.sampler.pools[0].maps.is_cuda and trainer.sampler.products == (2, 4)
+    assert trainer.train_module is not None
+    trainer.fit(progress=False)
+    assert len(trainer.history) == 3 and np.isfinite(trainer.history).all()

@@ -218,6 +218,20 @@ def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     return {key: torch.stack([it[key] for it in items]) for key in items[0]}
 
 
+def valid_origins(prep: PreparedSample, patch: int, min_tissue: float) -> np.ndarray:
+    """``(n, 2)`` int64 LR-aligned HR origins (row, col) of ``patch`` x ``patch`` patches with
+    at least ``min_tissue`` (a fraction) of tissue cells."""
+    s, p = prep.factor, patch
+    h, w = prep.shape
+    cum = np.pad(prep.mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    rows = np.arange(0, h - p + 1, s)
+    cols = np.arange(0, w - p + 1, s)
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    tissue = cum[rr + p, cc + p] - cum[rr, cc + p] - cum[rr + p, cc] + cum[rr, cc]
+    ok = tissue >= min_tissue * p * p
+    return np.stack([rr[ok], cc[ok]], 1)
+
+
 class PatchSampler:
     """Random LR-aligned training patches with enough tissue, from several prepared samples.
 
@@ -239,15 +253,7 @@ class PatchSampler:
         self.rng = np.random.default_rng(seed)
 
     def _valid_origins(self, prep: PreparedSample, min_tissue: float) -> np.ndarray:
-        s, p = prep.factor, self.patch
-        h, w = prep.shape
-        cum = np.pad(prep.mask.astype(np.int64).cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-        rows = np.arange(0, h - p + 1, s)
-        cols = np.arange(0, w - p + 1, s)
-        rr, cc = np.meshgrid(rows, cols, indexing="ij")
-        tissue = cum[rr + p, cc + p] - cum[rr, cc + p] - cum[rr + p, cc] + cum[rr, cc]
-        ok = tissue >= min_tissue * p * p
-        return np.stack([rr[ok], cc[ok]], 1)
+        return valid_origins(prep, self.patch, min_tissue)
 
     def draw(self, batch_size: int, tissue_px_per_cell: int, tile_px: int, n_tiles: int,
              augment: bool = True) -> dict[str, torch.Tensor]:
