@@ -144,7 +144,7 @@ def score(truth, mask, ivs: dict) -> dict:
 def prepare(lm, test, cal, cfg: Settings) -> dict:
     """Super-resolve the test and calibration inputs once per sampler variant."""
     from diffst.baselines.interpolation import bicubic
-    from diffst.data.lr import padded_mask, simulate_lr
+    from diffst.data.lr import simulate_lr
     from diffst.infer import super_resolve
 
     test, cal = test.select_genes(lm.genes), cal.select_genes(lm.genes)
@@ -153,12 +153,11 @@ def prepare(lm, test, cal, cfg: Settings) -> dict:
              cal_results={}, cals={}, timings={})
     for name, kw in cfg.variants().items():
         t0 = time.perf_counter()
-        s["results"][name] = super_resolve(lm, lr, steps=cfg.sample_steps, progress=False,
-                                           hr_mask=padded_mask(test.mask, lm.factor), **kw)
+        # HR masks come from the pooled LR masks; the truth masks are used for scoring only
+        s["results"][name] = super_resolve(lm, lr, steps=cfg.sample_steps, progress=False, **kw)
         s["timings"][name] = time.perf_counter() - t0
         s["cal_results"][kw["n_samples"], kw["eta"]] = super_resolve(
-            lm, cal_lr, steps=cfg.sample_steps, progress=False,
-            hr_mask=padded_mask(cal.mask, lm.factor), **kw)
+            lm, cal_lr, steps=cfg.sample_steps, progress=False, **kw)
     h, w = test.shape
     ch, cw = cal.shape
     hr = lambda x: (x.shape[1] * lm.factor, x.shape[2] * lm.factor)  # noqa: E731

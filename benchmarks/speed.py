@@ -207,7 +207,7 @@ def mode(trainer: Trainer, name: str) -> Iterator[None]:
 
 
 def scores(truth: STSample, pred: np.ndarray) -> dict[str, float]:
-    """Mean RMSE/SSIM/PCC over genes (paper protocol) of ``pred`` cropped to the truth."""
+    """Mean RMSE/SSIM/PCC over genes (truth min-max protocol) of ``pred`` cropped to the truth."""
     h, w = truth.shape
     table = evaluate(truth.expr, pred[:, :h, :w], truth.mask, truth.genes)
     return summarize(table)
@@ -654,7 +654,7 @@ def _render_sampling(s: Settings, results: dict) -> list[str]:
              f"{s.patch}, 1 sample per tile, batches of {s.batch_size} tiles. Diff-ST was trained "
              f"in this run for {acc['steps']} steps (batch {s.batch_size}, {acc['mode']}, "
              f"{acc['s'] / 60:.1f} min): a short training, so compare rows with each other "
-             "rather than with the paper. Metrics: paper protocol, mean over genes "
+             "rather than with the paper. Metrics: truth min-max protocol, mean over genes "
              "(`diffst.metrics`). The regression row times prediction only (it runs with the "
              "diffusion model's weights, so its accuracy is not shown).",
              "", "| method | steps | seconds | HR cells x genes / s | time vs bicubic | "

@@ -134,7 +134,7 @@ def train(samples, genes, factor: int, steps: int, out: Path, spots_only: bool =
 def calibration_table(name: str, model: Path, truth, cfg: Settings) -> tuple[dict, dict]:
     """Super-resolve the pooled ``truth`` with each consistency mode and score it; returns the
     table rows and the results by mode."""
-    from diffst.data.lr import padded_mask, simulate_lr
+    from diffst.data.lr import simulate_lr
     from diffst.infer import load_model, super_resolve
 
     lm = load_model(model)
@@ -143,8 +143,7 @@ def calibration_table(name: str, model: Path, truth, cfg: Settings) -> tuple[dic
     for mode in ("off", "draws", "steps"):
         t0 = time.perf_counter()
         res = super_resolve(lm, lr, steps=cfg.sample_steps, n_samples=cfg.n_samples,
-                            hr_mask=padded_mask(truth.mask, lm.factor), consistency=mode,
-                            progress=False)
+                            consistency=mode, progress=False)  # HR mask from the LR mask
         rows[mode] = {**score(truth, res, lr, lm.factor), "time_s": time.perf_counter() - t0}
         results[mode] = res
     rows["bicubic"] = bicubic_row(truth, lr, lm.factor)

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from diffst.calibration import Calibration, calibrate_prediction, describe
-from diffst.data.lr import padded_mask, simulate_lr
+from diffst.data.lr import simulate_lr
 from diffst.data.sample import SampleError, STSample
 from diffst.infer import SRResult, load_model, super_resolve
 from diffst.metrics import evaluate as score_maps
@@ -283,7 +283,8 @@ def predict(
 
     Args:
         sample: the measured sample (counts per LR cell) with its H&E. With ``pool`` it is HR
-            truth and is sum-pooled by the model's factor first (its HR mask is kept).
+            truth and is sum-pooled by the model's factor first; the output covers the HR
+            cells of the pooled LR tissue cells (the truth's own mask is used only to score).
         model: a model file from :func:`train_model` (genes and cell size are checked).
         out: ``.h5ad`` (X = mean; layers mean/std/q05/q95) or ``.npz`` (mean map), written
             atomically.
@@ -318,9 +319,7 @@ def predict(
         raise ValueError(f"report genes {unknown[:10]} are not genes of the model {model} "
                          f"(it predicts {len(lm.genes)}: {', '.join(lm.genes[:10])}"
                          f"{', ...' if len(lm.genes) > 10 else ''})")
-    hr_mask = None
-    if pool:
-        hr_mask = padded_mask(sample.mask, lm.factor)
+    if pool:  # the HR mask is then made from the pooled LR mask, as for measured data
         sample = simulate_lr(sample, lm.factor)
     tiles = None
     if resume and (resume_dir is not None or out is not None):
@@ -329,7 +328,7 @@ def predict(
         log(_predict_plan(lm, sample, model, n_samples, steps, sampler))
     t0 = time.perf_counter()
     result = super_resolve(lm, sample, steps=steps, sampler=sampler, n_samples=n_samples,
-                           batch_size=batch_size, hr_mask=hr_mask, seed=seed,
+                           batch_size=batch_size, seed=seed,
                            consistency=consistency, resume_dir=tiles, progress=progress,
                            autocast=autocast, eta=eta)
     timings = {"sampling_s": time.perf_counter() - t0}

@@ -297,8 +297,8 @@ def split_conformal(lm: LoadedModel, truth: STSample, *, n_bins: int = 1,
     truth = truth.select_genes(lm.genes)
     lr = simulate_lr(truth, lm.factor)
     check_model_fits(lm, lr)
-    res = super_resolve(lm, lr, hr_mask=padded_mask(truth.mask, lm.factor),
-                        **{"progress": False, **sr_kwargs})
+    # predicted as at test time: the HR mask comes from the pooled LR mask, not the truth's
+    res = super_resolve(lm, lr, **{"progress": False, **sr_kwargs})
     h, w = truth.shape
     source = {"kind": "split-conformal", "data": truth.name, "cell_um": truth.cell_um,
               "factor": lm.factor, "tissue_cells": int(truth.mask.sum()),
