@@ -43,7 +43,8 @@ def cell(s: dict) -> str:
 def rows_for(summary: dict) -> tuple[list[str], list[str]]:
     """Table rows and verdicts (metric, won?) for one run folder's summary."""
     rows, verdicts = [], []
-    name = summary["dataset"]["name"]
+    name = (f"{summary['dataset']['name']} ({summary['stage']}, "
+            f"`{summary['preset']['name']}`)")
     n_runs = None
     for f in summary["factors"]:
         res = summary["results"][str(f)]
