@@ -83,9 +83,9 @@ def method_stats(units: pd.DataFrame) -> dict[str, dict[str, dict[str, float]]]:
     return out
 
 
-def better(metric: str, a: float, b: float) -> bool:
-    """True when ``a`` is strictly better than ``b`` for ``metric`` (NaN never is)."""
-    if not (math.isfinite(a) and math.isfinite(b)):
+def better(metric: str, a: float | None, b: float | None) -> bool:
+    """True when ``a`` is strictly better than ``b`` for ``metric`` (NaN or None never is)."""
+    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
         return False
     return a > b if HIGHER_IS_BETTER.get(metric, False) else a < b
 
