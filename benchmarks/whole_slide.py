@@ -7,8 +7,8 @@ Three parts, each printed as a small table (and saved to ``<out>/whole_slide.jso
    default) and ``steps``. Reported: RMSE/SSIM/PCC/PSNR of the mean map (as the demo scores
    them), the coverage of the [q05, q95] interval by the truth (nominal 0.90; with K samples
    even a perfectly calibrated sampler covers less: ``expected_cov``), the mean interval width,
-   the largest relative pooling error, and bicubic interpolation for reference. The gallery and
-   HTML report of the ``draws`` result go to ``<out>/report_sim_holdout``.
+   the largest relative pooling error, and bicubic interpolation (raw and + C) for reference.
+   The gallery and HTML report of the ``draws`` result go to ``<out>/report_sim_holdout``.
 2. ``her2st`` (skipped when ``../shared/data/her2st`` is absent): a spots-only model trained on
    C2-C5 (measured spots as HR, pooled 2x as LR) is tested on C6 pooled 2x against its measured
    spots (same table), then applied to the whole measured C6 section one scale finer (200 µm ->
@@ -100,21 +100,24 @@ def score(truth, result, lr, factor: int) -> dict[str, float]:
     }
 
 
-def bicubic_row(truth, lr, factor: int) -> dict[str, float]:
-    """Accuracy of bicubic interpolation of the same LR map (no intervals: NaN coverage)."""
+def bicubic_row(truth, lr, factor: int, consistent: bool = False) -> dict[str, float]:
+    """Accuracy of bicubic interpolation of the same LR map (no intervals: NaN coverage);
+    ``consistent``: after the same spot-consistency step Diff-ST's ``draws`` mode takes."""
     from diffst.baselines.interpolation import bicubic
-    from diffst.consistency import max_relative_error
+    from diffst.consistency import max_relative_error, redistribute_np
+    from diffst.data.lr import upsample_nearest
     from diffst.metrics import evaluate, summarize
 
     hr_shape = (lr.shape[0] * factor, lr.shape[1] * factor)
-    pred = bicubic(lr, factor, hr_shape)
+    tissue = upsample_nearest(lr.mask, factor).astype(bool)  # what a user has: the LR mask
+    pred = bicubic(lr, factor, hr_shape) * tissue
+    if consistent:
+        pred = redistribute_np(pred, lr.expr, tissue, factor)
     h, w = truth.shape
     s = summarize(evaluate(truth.expr, pred[:, :h, :w], truth.mask, truth.genes))
-    tissue = np.zeros(hr_shape, bool)
-    tissue[:h, :w] = truth.mask
     return {"rmse": s["rmse"], "ssim": s["ssim"], "pcc": s["pcc"], "psnr": s["psnr"],
             "coverage90": float("nan"), "width90": float("nan"),
-            "pool_err": max_relative_error(pred * tissue, lr.expr, tissue, factor),
+            "pool_err": max_relative_error(pred, lr.expr, tissue, factor),
             "time_s": float("nan")}
 
 
@@ -147,6 +150,7 @@ def calibration_table(name: str, model: Path, truth, cfg: Settings) -> tuple[dic
         rows[mode] = {**score(truth, res, lr, lm.factor), "time_s": time.perf_counter() - t0}
         results[mode] = res
     rows["bicubic"] = bicubic_row(truth, lr, lm.factor)
+    rows["bicubic+C"] = bicubic_row(truth, lr, lm.factor, consistent=True)
     print_table(f"{name}: consistency vs accuracy and calibration (K={cfg.n_samples}, "
                 f"{cfg.sample_steps} DDIM steps; expected_cov with perfect calibration "
                 f"{expected_coverage(cfg.n_samples):.3f}, nominal 0.900)", rows)
