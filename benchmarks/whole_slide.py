@@ -326,7 +326,9 @@ def main(argv: list[str] | None = None) -> dict:
         cfg.train_steps, cfg.sample_steps, cfg.n_samples = 10, 3, 4
         cfg.sim_size_um, cfg.sim_genes, cfg.her2st_genes, cfg.memory_steps = 800.0, 6, 6, 1
     cfg.out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"settings": {k: str(v) for k, v in cfg.__dict__.items()}}
+    # settings without machine paths: the output folder by name only
+    report: dict = {"settings": {k: (v.name if isinstance(v, Path) else str(v))
+                                 for k, v in cfg.__dict__.items()}}
     t0 = time.perf_counter()
     if "sim" in parts:
         simulated_part(cfg, report)
