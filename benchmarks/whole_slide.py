@@ -105,11 +105,11 @@ def bicubic_row(truth, lr, factor: int, consistent: bool = False) -> dict[str, f
     ``consistent``: after the same spot-consistency step Diff-ST's ``draws`` mode takes."""
     from diffst.baselines.interpolation import bicubic
     from diffst.consistency import max_relative_error, redistribute_np
-    from diffst.data.lr import upsample_nearest
+    from diffst.data.lr import hr_mask_from_lr
     from diffst.metrics import evaluate, summarize
 
     hr_shape = (lr.shape[0] * factor, lr.shape[1] * factor)
-    tissue = upsample_nearest(lr.mask, factor).astype(bool)  # what a user has: the LR mask
+    tissue = hr_mask_from_lr(lr.mask, factor)  # what a user has: the LR mask
     pred = bicubic(lr, factor, hr_shape) * tissue
     if consistent:
         pred = redistribute_np(pred, lr.expr, tissue, factor)

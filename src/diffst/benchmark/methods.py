@@ -17,7 +17,7 @@ from diffst.baselines import BASELINES, IStarLike
 from diffst.baselines.regression import HistologyRegression
 from diffst.benchmark.presets import Preset, train_config
 from diffst.consistency import redistribute_np
-from diffst.data.lr import upsample_nearest
+from diffst.data.lr import hr_mask_from_lr
 from diffst.data.sample import STSample
 from diffst.infer import model_from_trainer, super_resolve
 from diffst.train import Trainer
@@ -74,7 +74,7 @@ def prediction_mask(lr: STSample, factor: int, kind: str = "lr") -> np.ndarray:
     """``(h*s, w*s)`` HR mask every method receives, made from the LR input only."""
     if kind != "lr":
         raise ValueError(f"unknown HR mask {kind!r}: choose from {list(HR_MASKS)}")
-    return upsample_nearest(lr.mask, factor).astype(bool)
+    return hr_mask_from_lr(lr.mask, factor)
 
 
 def with_consistency(pred: np.ndarray, lr: STSample, hr_mask: np.ndarray,

@@ -77,6 +77,12 @@ def simulate_lr(sample: STSample, factor: int) -> STSample:
     )
 
 
+def hr_mask_from_lr(lr_mask: np.ndarray, factor: int) -> np.ndarray:
+    """``(h, w)`` LR tissue mask -> ``(h*s, w*s)`` bool HR mask: every HR cell of an LR tissue
+    cell. This is the HR mask a user has (no HR truth), used by default at prediction."""
+    return upsample_nearest(np.asarray(lr_mask, bool), factor).astype(bool)
+
+
 def upsample_nearest(expr: np.ndarray, factor: int) -> np.ndarray:
     """``(..., h, w)`` -> ``(..., h*s, w*s)`` repeating each LR value (no rescaling)."""
     factor = _check_factor(factor)

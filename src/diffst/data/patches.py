@@ -15,7 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from diffst.data.image import aligned_image
-from diffst.data.lr import hr_frame_affine, simulate_lr, upsample_bicubic, upsample_nearest
+from diffst.data.lr import (
+    hr_frame_affine,
+    hr_mask_from_lr,
+    simulate_lr,
+    upsample_bicubic,
+)
 from diffst.data.normalize import GeneScaler
 from diffst.data.sample import SampleError, STSample
 
@@ -73,7 +78,7 @@ def prepare_inference_sample(
     if lr.image is None:
         raise SampleError(f"sample '{lr.name}': an H&E image is required for Diff-ST")
     lr_scaled = scaler.transform_lr(lr.expr, factor)
-    mask = upsample_nearest(lr.mask, factor) if hr_mask is None else hr_mask
+    mask = hr_mask_from_lr(lr.mask, factor) if hr_mask is None else hr_mask
     h, w = lr.shape[0] * factor, lr.shape[1] * factor
     if mask.shape != (h, w):
         raise SampleError(f"HR mask shape {mask.shape} does not match LR x {factor} = {(h, w)}")
