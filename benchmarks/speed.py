@@ -102,6 +102,9 @@ class Settings:
     pipeline_steps: int = 1
     pipeline_sections: int = 10
     pipeline_section_um: float = 800.0
+    sustain_s: float = 5.0  # CUDA: seconds of back-to-back steps per row (GPU busy, steps/s)
+    cpu_reference_threads: int = 2  # CUDA: the CPU rate the GPU rows are compared with
+    compile: bool = False  # CUDA: also time torch.compile at the largest batch
     model: dict = field(default_factory=dict)
     device: str = "auto"
     quick: bool = False
@@ -179,6 +182,63 @@ class PeakMemory:
         return text
 
 
+class GpuBusy:
+    """Mean NVML GPU utilisation (% of time a kernel was running) while a block runs.
+
+    Polls ``nvmlDeviceGetUtilizationRates`` every 50 ms in a thread; the first 0.5 s are
+    dropped (NVML averages over its own sampling period, which may include the time before).
+    ``mean`` is ``None`` without a GPU or without the ``nvidia-ml-py`` package.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.handle, self.mean = None, None
+        if device.type != "cuda":
+            return
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+            self._read = lambda: pynvml.nvmlDeviceGetUtilizationRates(self.handle).gpu
+        except Exception:  # noqa: BLE001 - any NVML failure means "not measured"
+            self.handle = None
+
+    def __enter__(self) -> GpuBusy:
+        import threading
+
+        self.samples: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        if self.handle is not None:
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
+        return self
+
+    def _poll(self) -> None:
+        t0 = time.perf_counter()
+        while not self._stop.wait(0.05):
+            self.samples.append((time.perf_counter() - t0, float(self._read())))
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self.handle is not None:
+            self._thread.join()
+            kept = [u for t, u in self.samples if t >= 0.5] or [u for _, u in self.samples]
+            self.mean = float(np.mean(kept)) if kept else None
+
+
+def sustained(trainer: Trainer, seconds: float, busy: GpuBusy) -> float:
+    """Steps per second of back-to-back training steps for about ``seconds`` (GPU busy too)."""
+    _sync(trainer.device)
+    with busy:
+        t0, n = time.perf_counter(), 0
+        while n < 2 or time.perf_counter() - t0 < seconds:
+            trainer.train_step()
+            n += 1
+        _sync(trainer.device)
+        elapsed = time.perf_counter() - t0
+    return n / elapsed
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -245,11 +305,11 @@ def make_data(s: Settings) -> Data:
 
 
 def new_trainer(s: Settings, data: Data, steps: int, cls: type[Trainer] = Trainer,
-                pipeline: str = "device") -> Trainer:
+                pipeline: str = "device", compile: bool = False) -> Trainer:
     """A fresh trainer on the training part with the benchmark's model and patch settings."""
     tc = TrainConfig(steps=steps, batch_size=s.batch_size, lr=s.train_lr, ema_decay=0.995,
                      patch=s.patch, seed=s.seed, checkpoint_every=10**9, device=s.device,
-                     data_pipeline=pipeline)
+                     data_pipeline=pipeline, compile=compile)
     return cls([data.train], data.tissue.genes, s.factor, s.model_config(), tc)
 
 
@@ -284,10 +344,46 @@ def bench_pipeline_batch(s: Settings, data: Data, batch: int, bf16: bool, mem: P
     for _ in range(n_steps):
         for name, tr in trainers.items():
             steps[name].append(timed(tr.train_step, tr.device)[1])
-    return [{"batch": batch, "pipeline": name, "bf16": bf16, "steps": n_steps,
+    rows = [{"batch": batch, "pipeline": name, "bf16": bf16, "steps": n_steps,
              "draw_s": float(np.median(draws[name])), "step_s": float(np.median(steps[name])),
              "peak": peaks[name], "held_mib": sampler_mib(trainers[name].sampler)}
             for name in PIPELINES]
+    if trainers["device"].device.type == "cuda" and s.sustain_s > 0:
+        for row, tr in zip(rows, trainers.values(), strict=True):
+            busy = GpuBusy(tr.device)
+            row["sustained"] = sustained(tr, s.sustain_s, busy)
+            row["busy"] = busy.mean
+    return rows
+
+
+def bench_compiled(s: Settings, data: Data, batch: int, bf16: bool, mem: PeakMemory) -> dict:
+    """The device-resident pipeline with ``TrainConfig(compile=True)`` (CUDA): compile time
+    (the first step) and sustained steps/s with GPU busy."""
+    mem.reset()
+    tr = new_trainer(dataclasses.replace(s, batch_size=batch), data, 10**6, compile=True)
+    tr.tc.bf16 = bf16
+    first = timed(tr.train_step, tr.device)[1]
+    tr.train_step()
+    busy = GpuBusy(tr.device)
+    rate = sustained(tr, s.sustain_s, busy)
+    return {"batch": batch, "pipeline": "device", "compiled": True, "bf16": bf16,
+            "first_step_s": first, "sustained": rate, "busy": busy.mean, "peak": mem.peak_mib()}
+
+
+def cpu_reference(s: Settings, data: Data) -> dict:
+    """Patches/s of the default pipeline on the CPU with ``cpu_reference_threads`` threads
+    (batch ``batch_size``, fp32, median of 3 steps after a warm-up): what the GPU rows are
+    compared with, measured on the same machine in the same run."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(s.cpu_reference_threads)
+    try:
+        tr = new_trainer(dataclasses.replace(s, device="cpu"), data, 10**6)
+        tr.train_step()
+        step = float(np.median([timed(tr.train_step, tr.device)[1] for _ in range(3)]))
+    finally:
+        torch.set_num_threads(before)
+    return {"threads": s.cpu_reference_threads, "batch": s.batch_size, "step_s": step,
+            "patches_s": s.batch_size / step}
 
 
 def sampler_mib(sampler: object) -> float:
@@ -307,21 +403,36 @@ def bench_pipeline(s: Settings, data: Data, mem: PeakMemory, log: Callable[[str]
     and the memory and draw time of a many-section training set."""
     device = resolve_device(s.device)
     precisions = [False, True] if device.type == "cuda" else [False]
-    rows = []
+    rows, fitted = [], []
     for batch in s.pipeline_batches:
         try:
             for bf16 in precisions:
                 for r in bench_pipeline_batch(s, data, batch, bf16, mem):
                     rows.append(r)
                     log(f"pipeline {r['pipeline']}{' bf16' if bf16 else ''} batch {batch}: "
-                        f"data {r['draw_s']:.3f} s of {r['step_s']:.3f} s/step")
+                        f"data {r['draw_s']:.3f} s of {r['step_s']:.3f} s/step"
+                        + (f", sustained {r['sustained']:.2f} steps/s, GPU busy "
+                           f"{_busy(r['busy'])}" if "sustained" in r else ""))
+            fitted.append(batch)
         except RuntimeError as exc:
             if not _is_oom(exc):
                 raise
             log(f"batch {batch}: out of memory, larger batches skipped")
             rows.append({"batch": batch, "oom": True})
             break
-    return {"rows": rows, "sections": bench_sections(s, device, log)}
+    out = {"rows": rows, "sections": bench_sections(s, device, log)}
+    if device.type == "cuda":
+        out["cpu"] = cpu_reference(s, data)
+        log(f"CPU reference ({out['cpu']['threads']} threads): "
+            f"{out['cpu']['patches_s']:.1f} patches/s")
+        if s.compile and fitted:  # in the faster precision at the largest batch that fit
+            at = [r for r in rows if r.get("batch") == fitted[-1] and r["pipeline"] == "device"]
+            bf16 = max(at, key=lambda r: r.get("sustained", 0.0))["bf16"]
+            r = bench_compiled(s, data, fitted[-1], bf16, mem)
+            out["compiled"] = [r]
+            log(f"compiled batch {r['batch']}{' bf16' if bf16 else ''}: first step "
+                f"{r['first_step_s']:.0f} s, sustained {r['sustained']:.2f} steps/s")
+    return out
 
 
 def bench_sections(s: Settings, device: torch.device, log: Callable[[str], None]) -> dict:
@@ -488,7 +599,11 @@ def bench_slide(s: Settings, mem: PeakMemory, log: Callable[[str], None]) -> dic
     The model is untrained (sampling cost does not depend on the weights).
     """
     f = s.slide_factor
-    tissue = simulate_tissue(seed=s.seed, size_um=s.slide_um, cell_um=8.0, n_genes=s.slide_genes)
+    image_um = float(max(1, -(-int(s.slide_um) // 4096)))  # the simulator's 4096 px limit
+    tissue = simulate_tissue(seed=s.seed, size_um=s.slide_um, cell_um=8.0, n_genes=s.slide_genes,
+                             image_um_per_px=image_um)
+    log(f"slide: simulated {s.slide_um / 1000:g} mm tissue ({tissue.mask.shape[0]} x "
+        f"{tissue.mask.shape[1]} HR cells, {s.slide_genes} genes, {image_um:g} µm/px image)")
     patch = 8 * f if not s.quick else 4 * f
     tc = TrainConfig(steps=1, batch_size=1, patch=patch, seed=s.seed, device=s.device)
     trainer = Trainer([tissue], tissue.genes, f, s.model_config(), tc)
@@ -583,20 +698,40 @@ def _render_pipeline(s: Settings, r: dict) -> list[str]:
              "size and precision in this run. `sampler MiB`: section data the sampler holds "
              "(on the training device for the device-resident one); `peak memory`: process "
              "peak while building and warming up that trainer (the NumPy one is built first "
-             "and stays alive, so the second figure includes it).", "",
-             "| batch | pipeline | precision | steps | data s | step s | data share | steps/s | "
-             "patches/s | steps/s vs NumPy | data time vs NumPy | sampler MiB | peak memory |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "and stays alive, so the second figure includes it).", ""]
+    cpu = r.get("cpu")
+    if cpu:
+        lines += [f"GPU columns: `sustained` is steps/s over {s.sustain_s:g} s of back-to-back "
+                  "steps (after the timed ones); `GPU busy` the mean NVML utilisation (share of "
+                  "time a kernel was running) over that window; `vs CPU` its patches/s as a "
+                  f"ratio to the same pipeline on this machine's CPU with {cpu['threads']} "
+                  f"threads (batch {cpu['batch']}, fp32, measured in this run: "
+                  f"{cpu['patches_s']:.1f} patches/s).", ""]
+    extra = " sustained steps/s | sustained patches/s | GPU busy | vs CPU |" if cpu else ""
+    lines += ["| batch | pipeline | precision | steps | data s | step s | data share | steps/s | "
+              "patches/s | steps/s vs NumPy | data time vs NumPy | sampler MiB | peak memory |"
+              + extra,
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * extra.count("|")]
     for x in rows:
         base = ref.get((x["batch"], x["bf16"]))
         vs_step = f"{base['step_s'] / x['step_s']:.2f}x" if base else ""
         vs_data = f"{x['draw_s'] / base['draw_s']:.2f}x" if base else ""
-        lines.append(
-            f"| {x['batch']} | {PIPELINES[x['pipeline']]} | "
-            f"{'bf16 autocast' if x['bf16'] else 'fp32'} | {x['steps']} | {x['draw_s']:.3f} | "
-            f"{x['step_s']:.3f} | {x['draw_s'] / x['step_s']:.1%} | {1 / x['step_s']:.2f} | "
-            f"{x['batch'] / x['step_s']:.1f} | {vs_step} | {vs_data} | {x['held_mib']:.0f} | "
-            f"{x['peak']} |")
+        line = (f"| {x['batch']} | {PIPELINES[x['pipeline']]} | "
+                f"{'bf16 autocast' if x['bf16'] else 'fp32'} | {x['steps']} | {x['draw_s']:.3f} | "
+                f"{x['step_s']:.3f} | {x['draw_s'] / x['step_s']:.1%} | {1 / x['step_s']:.2f} | "
+                f"{x['batch'] / x['step_s']:.1f} | {vs_step} | {vs_data} | {x['held_mib']:.0f} | "
+                f"{x['peak']} |")
+        if cpu:
+            line += _gpu_cells(x, cpu)
+        lines.append(line)
+    if r.get("compiled"):
+        lines += ["", "With `TrainConfig(compile=True)` (`torch.compile` of the denoising step; "
+                  "device-resident pipeline; the first step includes compilation):", "",
+                  "| batch | precision | first step s | sustained steps/s | sustained patches/s "
+                  "| GPU busy | vs CPU | peak memory |", "|---|---|---|---|---|---|---|---|"]
+        for x in r["compiled"]:
+            lines.append(f"| {x['batch']} | {'bf16 autocast' if x['bf16'] else 'fp32'} | "
+                         f"{x['first_step_s']:.1f} |" + _gpu_cells(x, cpu) + f" {x['peak']} |")
     oom = [x["batch"] for x in r["rows"] if x.get("oom")]
     if oom:
         lines += ["", f"Batch {oom[0]} ran out of memory; larger batches were not tried."]
@@ -613,6 +748,19 @@ def _render_pipeline(s: Settings, r: dict) -> list[str]:
         lines.append(f"| {PIPELINES[name]} | {x['build_s']:.1f} | {x['draw_s']:.3f} | "
                      f"{x['draw_s'] / sec['numpy']['draw_s']:.2f}x | {x['held_mib']:.0f} |")
     return lines + [""]
+
+
+def _busy(percent: float | None) -> str:
+    return "n/a" if percent is None else f"{percent:.0f} %"
+
+
+def _gpu_cells(x: dict, cpu: dict) -> str:
+    """Sustained steps/s, patches/s, GPU busy and the ratio to the CPU reference."""
+    if "sustained" not in x:
+        return " | | | |"
+    rate = x["sustained"] * x["batch"]
+    return (f" {x['sustained']:.2f} | {rate:.1f} | {_busy(x['busy'])} | "
+            f"{_ratio(rate / cpu['patches_s'])} |")
 
 
 def _render_training(s: Settings, r: dict) -> list[str]:
@@ -725,6 +873,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="Precision of that training; auto = the faster of the two measured.")
     p.add_argument("--slide-tiles", type=int, default=None,
                    help="Tiles timed for the whole-slide estimate (0 = the whole slide).")
+    p.add_argument("--slide-um", type=float, default=None,
+                   help="Side of the simulated whole slide in µm (default 2000; 6480 is a "
+                        "Visium HD-sized 810 x 810 raster of 8 µm cells).")
+    p.add_argument("--slide-genes", type=int, default=None, help="Genes of that slide (20).")
+    p.add_argument("--slide-samples", type=int, default=None, help="Samples per tile (8).")
+    p.add_argument("--sustain", type=float, default=None,
+                   help="CUDA: seconds of back-to-back steps per pipeline row (default 5).")
+    p.add_argument("--compile", action="store_true",
+                   help="CUDA: also time torch.compile at the largest batch that fits.")
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu or cuda.")
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: DIFFST_THREADS, else usable cores - 1).")
@@ -741,8 +898,12 @@ def main(argv: list[str] | None = None) -> int:
     s = dataclasses.replace(s, seed=args.seed, device=args.device)
     if args.train_steps is not None:
         s.train_steps = args.train_steps
-    if args.slide_tiles is not None:
-        s.slide_tiles = args.slide_tiles
+    for name in ("slide_tiles", "slide_um", "slide_genes", "slide_samples"):
+        if getattr(args, name) is not None:
+            setattr(s, name, getattr(args, name))
+    if args.sustain is not None:
+        s.sustain_s = args.sustain
+    s.compile = args.compile
     sections = [x.strip() for x in args.sections.split(",") if x.strip()]
     unknown = set(sections) - set(SECTIONS)
     if unknown:
@@ -757,12 +918,22 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info(device)
     torch.manual_seed(s.seed)
     results: dict = {}
+    out = args.out or (None if args.quick else str(Path(__file__).parent / "results" / "speed.md"))
+
+    def save() -> None:  # after every section, so a run stopped early keeps what it measured
+        if out:
+            text = render(s, info, results, argv, time.perf_counter() - start)
+            with atomic_path(Path(out)) as tmp:
+                tmp.write_text(text, encoding="utf-8")
+
     data = make_data(s) if {"train", "pipeline", "sample", "precision"} & set(sections) \
         else None
     if "train" in sections:
         results["train"] = bench_training(s, data, mem, log)
+        save()
     if "pipeline" in sections:
         results["pipeline"] = bench_pipeline(s, data, mem, log)
+        save()
     if {"sample", "precision"} & set(sections):
         bf16 = args.train_precision == "bf16"
         if args.train_precision == "auto" and "train" in results:
@@ -776,16 +947,15 @@ def main(argv: list[str] | None = None) -> int:
                                             "mode": "bf16 autocast" if bf16 else "fp32"}
             results["references"] = bench_references(s, data, trainer, mem, log)
             results["sample"] = bench_sampling(s, data, lm, mem, log)
+        save()
         if "precision" in sections:
             results["precision"] = bench_precision(s, data, lm, log)
+            save()
     if "slide" in sections:
         results["slide"] = bench_slide(s, mem, log)
-    text = render(s, info, results, argv, time.perf_counter() - start)
-    print(text)
-    out = args.out or (None if args.quick else str(Path(__file__).parent / "results" / "speed.md"))
+    print(render(s, info, results, argv, time.perf_counter() - start))
+    save()
     if out:
-        with atomic_path(Path(out)) as tmp:
-            tmp.write_text(text, encoding="utf-8")
         log(f"wrote {out}")
     return 0
 

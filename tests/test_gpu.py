@@ -28,15 +28,19 @@ def _trainer(device: str, bf16: bool) -> Trainer:
     return Trainer(samples, samples[0].genes, 5, tiny_config(), tc)
 
 
-def test_training_on_cuda_with_bf16_tracks_the_cpu_run():
-    gpu = _trainer("cuda", bf16=True)
+def test_training_on_cuda_with_bf16_tracks_the_fp32_run():
+    # noise and timesteps are drawn on the GPU there (no host RNG per step), so a CUDA run is
+    # compared with a CUDA run: same seed, same batches, same noise
+    bf16 = _trainer("cuda", bf16=True)
+    assert next(bf16.model.parameters()).is_cuda
+    bf16.fit(progress=False)
+    fp32 = _trainer("cuda", bf16=False)
+    fp32.fit(progress=False)
+    assert np.isfinite(bf16.history).all()
+    np.testing.assert_allclose(bf16.history, fp32.history, rtol=0.1, atol=0.02)
     cpu = _trainer("cpu", bf16=False)
-    assert next(gpu.model.parameters()).is_cuda
-    gpu.fit(progress=False)
-    cpu.fit(progress=False)
-    assert np.isfinite(gpu.history).all()
-    # same seed, same batches: the losses agree up to mixed-precision rounding
-    np.testing.assert_allclose(gpu.history, cpu.history, rtol=0.1, atol=0.02)
+    cpu.fit(progress=False)  # other noise: the same loss level, not the same values
+    assert abs(np.mean(fp32.history) - np.mean(cpu.history)) < 0.5 * np.mean(cpu.history)
 
 
 @pytest.mark.parametrize("autocast", [False, True])
