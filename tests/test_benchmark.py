@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,8 @@ from diffst.benchmark import (
 from diffst.benchmark.data import load_benchmark_data
 from diffst.benchmark.methods import REFERENCE_METHODS, consistent_key
 from diffst.benchmark.report import method_stats
-from diffst.data.lr import padded_mask, pool_sum, simulate_lr
+from diffst.benchmark.run import depth_shifted
+from diffst.data.lr import padded_mask, pool_sum, simulate_lr, thin_counts
 from diffst.data.sample import SampleError
 from diffst.metrics import METRIC_COLUMNS
 from diffst.metrics import evaluate as score_maps
@@ -173,6 +175,61 @@ def test_no_method_sees_the_truth_mask_and_consistency_is_the_same_step():
     pooled = pool_sum(np.pad(fixed, ((0, 0), (0, (-h) % 5), (0, (-w) % 5))), 5)
     np.testing.assert_allclose(pooled[:, lr.mask], lr.expr[:, lr.mask], rtol=1e-4)
     assert not np.allclose(raw, fixed)
+
+
+class _DepthSpy(_Spy):
+    """Records the training samples' totals and the LR totals it is given."""
+
+    train_totals: list[float] = []
+    lr_totals: list[float] = []
+
+    def fit(self, train, genes, factor):
+        super().fit(train, genes, factor)
+        _DepthSpy.train_totals = [float(t.expr.sum()) for t in train]
+
+    def predict(self, lr, hr_mask):
+        _DepthSpy.lr_totals.append(float(lr.expr.sum()))
+        return super().predict(lr, hr_mask)
+
+
+def test_depth_shift_thins_only_the_test_section_and_scores_against_the_expected_counts():
+    train = [make_sample(seed=0)]
+    truth = make_sample(seed=1)
+    fold = Fold("f", train, [truth], list(truth.genes))
+    before = float(train[0].expr.sum())
+    _DepthSpy.lr_totals = []
+    res = run_fold(fold, 5, ["spy"], get_preset("quick", "cells"), 3,
+                   make=lambda *a, **k: _DepthSpy(), thin=0.1)
+    assert _DepthSpy.train_totals == [before]  # training sections untouched
+    (lr_total,) = _DepthSpy.lr_totals
+    full = float(truth.expr.sum())
+    assert abs(lr_total - 0.1 * full) < 4 * math.sqrt(0.1 * 0.9 * full)  # a binomial draw
+    # scored against 0.1 x truth: the same table as scoring that target directly
+    lr, target = depth_shifted(truth, 5, 0.1, 3)
+    assert float(lr.expr.sum()) == lr_total
+    np.testing.assert_allclose(target.expr, truth.expr * 0.1, rtol=1e-6)
+    pred = res.maps[truth.name]["spy+C"]
+    direct = score_maps(target.expr, pred, truth.mask, truth.genes)
+    got = res.per_gene[res.per_gene["method"] == "spy+C"].set_index("gene")
+    np.testing.assert_allclose(got.loc[direct.index, "rmse"], direct["rmse"], rtol=1e-6)
+    # thin = 1 is the section as measured
+    lr1, target1 = depth_shifted(truth, 5, 1.0, 3)
+    np.testing.assert_array_equal(lr1.expr, simulate_lr(truth, 5).expr)
+    assert target1 is truth
+
+
+def test_thin_counts_is_a_binomial_draw_of_integer_counts():
+    sample = make_sample(seed=2)
+    thin = thin_counts(sample, 0.25, seed=0)
+    assert np.all(thin.expr <= sample.expr) and np.array_equal(thin.expr, np.rint(thin.expr))
+    ratio = thin.expr.sum() / sample.expr.sum()
+    assert 0.2 < ratio < 0.3
+    assert thin_counts(sample, 1.0) is sample
+    np.testing.assert_array_equal(thin_counts(sample, 0.25, seed=0).expr, thin.expr)
+    with pytest.raises(SampleError, match="integer counts"):
+        thin_counts(replace(sample, expr=sample.expr + 0.5), 0.5)
+    with pytest.raises(ValueError, match="fraction"):
+        thin_counts(sample, 0.0)
 
 
 def test_gene_selection_ignores_the_test_section():

@@ -396,11 +396,15 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
               help="Override the preset's training steps.")
 @click.option("--seeds", default="0", show_default=True,
               help="Comma-separated training seeds; every fold is run once per seed.")
+@click.option("--thin", default=1.0, show_default=True,
+              type=click.FloatRange(min=0.0, max=1.0, min_open=True),
+              help="Depth-shift test: thin the test sections' counts to this fraction "
+                   "(binomially; training sections untouched), e.g. 0.1.")
 @check_writable(folders=("out_dir",))
 @threads_option
 @_fail_nicely
 def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, methods, ablations,
-              steps, seeds) -> None:
+              steps, seeds, thin) -> None:
     """Train and score Diff-ST and the baselines on held-out data; write tables and figures."""
     from diffst.benchmark import run_benchmark
 
@@ -408,7 +412,7 @@ def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, method
         dataset, _int_list(factors, "--factors") if factors else None, split, preset, out_dir,
         methods=methods.split(",") if methods else None, ablations=ablations,
         seeds=_int_list(seeds, "--seeds"), stage=stage, data_root=data_root,
-        overrides={"steps": steps} if steps else None,
+        overrides={"steps": steps} if steps else None, thin=thin,
     )
     click.echo(summary["table"])
 

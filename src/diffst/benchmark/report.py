@@ -139,7 +139,7 @@ def machine_info() -> dict[str, Any]:
 def build_summary(runs: list, preset: Preset, split: str, stage: str, hr_mask: str,
                   methods: list[str], ablations: bool, seeds: list[int], gene_df: pd.DataFrame,
                   sample_df: pd.DataFrame, dataset_arg: str | list[str] = "",
-                  preset_name: str = "") -> dict:
+                  preset_name: str = "", thin: float = 1.0) -> dict:
     """Settings, protocol, per-factor statistics and timings as a JSON-ready dict."""
     _, data = runs[0]
     units = unit_scores(gene_df, sample_df)
@@ -170,6 +170,7 @@ def build_summary(runs: list, preset: Preset, split: str, stage: str, hr_mask: s
             "stage": stage,
             "scoring": "truth and its tissue mask are used for scoring only",
             "unit": "one test section (or strip) x factor x seed; sections = seed-averaged",
+            "depth": 1.0 if thin == 1.0 else float(thin),
         },
         "preset": _plain(asdict(preset)),
         "train_config": tcs,
@@ -351,7 +352,10 @@ def format_tables(summary: dict) -> str:
     patches = "/".join(str(t["patch"]) for t in summary["train_config"].values())
     scales = "/".join(f"x{f}" for f in summary["train_config"])
     folds = sorted({f["name"] for f in ds["folds"]})
-    lines = [f"# Benchmark: {ds['name']} ({summary['stage']} stage, preset `{p['name']}`)", "",
+    depth = summary["protocol"].get("depth", 1.0)
+    shallow = "" if depth == 1.0 else f", test counts thinned to {depth:.0%}"
+    lines = [f"# Benchmark: {ds['name']} ({summary['stage']} stage, preset `{p['name']}`"
+             f"{shallow})", "",
              f"Data: {ds['description']}. Split `{summary['split']}`: {len(folds)} fold(s) "
              f"({', '.join(folds)}), seeds {', '.join(map(str, summary['seeds']))}; "
              f"{ds['n_genes']} genes chosen on each fold's training part.", "",
@@ -359,7 +363,13 @@ def format_tables(summary: dict) -> str:
              "LR mask; the truth is used for scoring only. Each method is scored raw and after "
              "the same spot-consistency step (`+ C`: each LR cell's measured counts "
              "redistributed in proportion to the method's map). \"Gene mean\" is a constant map "
-             "per gene: the floor of each metric.", "",
+             "per gene: the floor of each metric.", ""]
+    if depth != 1.0:
+        lines += [f"**Depth-shift test**: the test sections were binomially thinned to "
+                  f"{depth:.0%} of their counts before pooling (training sections untouched); "
+                  f"scores are against {depth:g} x the measured truth (the expected thinned "
+                  "counts).", ""]
+    lines += [
              f"Training (Diff-ST, ablations, histology regression): {tc['steps']} steps, batch "
              f"{tc['batch_size']}, lr {tc['lr']:g}, EMA {tc['ema_decay']:g}, patch {patches} HR "
              f"cells at {scales}, image at {tc['work_um_per_px']:g} µm/px; Diff-ST maps are the "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,8 @@ from diffst.benchmark.methods import (
 )
 from diffst.benchmark.presets import Preset
 from diffst.benchmark.report import build_summary, draw_figures, format_tables, write_outputs
-from diffst.data.lr import simulate_lr
+from diffst.data.lr import simulate_lr, thin_counts
+from diffst.data.sample import STSample
 from diffst.metrics import METRIC_COLUMNS, gene_corr_error
 from diffst.metrics import evaluate as score_maps
 
@@ -43,15 +44,33 @@ class FoldResult:
     maps: dict[str, dict[str, np.ndarray]]
 
 
+def depth_shifted(truth: STSample, factor: int, thin: float, seed: int
+                  ) -> tuple[STSample, STSample]:
+    """The test input and scoring target of a section sequenced ``thin`` times as deep.
+
+    The LR input is pooled from binomially thinned HR counts; the target is ``thin`` x the
+    HR truth (the expected thinned counts), so scores measure the recovered pattern rather than
+    the extra sampling noise of a thinned truth. ``thin = 1``: the section as measured.
+    """
+    if thin == 1.0:
+        return simulate_lr(truth, factor), truth
+    lr = simulate_lr(thin_counts(truth, thin, seed), factor)
+    return lr, replace(truth, expr=(truth.expr * thin).astype(np.float32))
+
+
 def run_fold(fold: Fold, factor: int, keys: list[str], preset: Preset, seed: int,
              hr_mask: str = "lr", progress: bool = False,
-             make: Callable[..., Method] = make_method) -> FoldResult:
+             make: Callable[..., Method] = make_method, thin: float = 1.0) -> FoldResult:
     """Fit every method on ``fold.train``; score its raw and consistent maps on ``fold.test``.
 
     Methods see only the pooled LR sample and :func:`prediction_mask` of it; the truth's own
-    mask is used for scoring only.
+    mask is used for scoring only. ``thin < 1`` is the depth-shift test: the test sections
+    (never the training sections) are binomially thinned to that fraction of their counts
+    (:func:`depth_shifted`).
     """
-    lrs = [simulate_lr(t, factor) for t in fold.test]
+    shifted = [depth_shifted(t, factor, thin, seed) for t in fold.test]
+    lrs = [lr for lr, _ in shifted]
+    targets = [target for _, target in shifted]
     gene_rows, sample_rows = [], []
     maps: dict[str, dict[str, np.ndarray]] = {t.name: {} for t in fold.test}
     for key in keys:
@@ -60,7 +79,7 @@ def run_fold(fold: Fold, factor: int, keys: list[str], preset: Preset, seed: int
         t0 = time.perf_counter()
         method.fit(fold.train, fold.genes, factor)
         fit_s = time.perf_counter() - t0
-        for truth, lr in zip(fold.test, lrs, strict=True):
+        for truth, lr in zip(targets, lrs, strict=True):
             h, w = truth.shape
             given = prediction_mask(lr, factor, hr_mask)
             t0 = time.perf_counter()
@@ -101,6 +120,7 @@ def run_benchmark(
     hr_mask: str = "lr",
     data_root: str | Path | None = None,
     overrides: dict | None = None,
+    thin: float = 1.0,
     progress: bool = True,
 ) -> dict:
     """Run the benchmark and write ``table.md``, ``per_gene.csv``, ``summary.json``, figures.
@@ -121,6 +141,8 @@ def run_benchmark(
         hr_mask: how the HR mask given to every method is made (``"lr"``).
         data_root: folder of a real dataset (HER2ST, Xenium crop); required for those.
         overrides: :class:`Preset` fields to change, e.g. ``{"steps": 300}``.
+        thin: depth-shift test: test sections binomially thinned to this fraction of their
+            counts (training sections untouched); scored against ``thin`` x the truth.
         progress: print progress to stderr.
 
     Returns:
@@ -147,7 +169,8 @@ def run_benchmark(
         for factor in data.factors:
             keys = methods_for_factor(methods, ablations, factor, data.factors, chosen)
             for fold in data.folds:
-                res = run_fold(fold, factor, keys, chosen, seed, hr_mask, progress)
+                res = run_fold(fold, factor, keys, chosen, seed, hr_mask, progress,
+                               thin=thin)
                 per_gene.append(res.per_gene)
                 per_sample.append(res.per_sample)
                 if seed == seeds[0]:
@@ -156,7 +179,8 @@ def run_benchmark(
     gene_df = pd.concat(per_gene, ignore_index=True)
     sample_df = pd.concat(per_sample, ignore_index=True)
     summary = build_summary(runs, chosen, split, stage, hr_mask, methods, ablations, seeds,
-                            gene_df, sample_df, dataset_arg=dataset, preset_name=preset)
+                            gene_df, sample_df, dataset_arg=dataset, preset_name=preset,
+                            thin=thin)
     summary["wall_s"] = time.perf_counter() - start
     summary["outputs"] = {"table": "table.md", "per_gene": "per_gene.csv",
                           "summary": "summary.json",

@@ -77,6 +77,28 @@ def simulate_lr(sample: STSample, factor: int) -> STSample:
     )
 
 
+def thin_counts(sample: STSample, fraction: float, seed: int = 0) -> STSample:
+    """Binomial thinning: keep each molecule of ``sample`` with probability ``fraction``.
+
+    Simulates a shallower sequencing run of the same tissue (``(G, H, W)`` integer counts in,
+    integer counts out, each a ``Binomial(count, fraction)`` draw). Pooling commutes with it:
+    thinning HR counts and then pooling them is a thinning of the pooled counts.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"thinning fraction must be in (0, 1], got {fraction}")
+    expr = np.asarray(sample.expr)
+    counts = np.rint(expr)
+    if not np.allclose(expr, counts) or (counts < 0).any():
+        raise SampleError(f"sample '{sample.name}': binomial thinning needs non-negative integer "
+                          "counts; these are not")
+    if fraction == 1.0:
+        return sample
+    rng = np.random.default_rng(seed)
+    thinned = rng.binomial(counts.astype(np.int64), fraction).astype(expr.dtype)
+    meta = dict(sample.meta, thinned_to=float(fraction))
+    return replace(sample, expr=thinned, name=f"{sample.name}_thin{fraction:g}", meta=meta)
+
+
 def hr_mask_from_lr(lr_mask: np.ndarray, factor: int) -> np.ndarray:
     """``(h, w)`` LR tissue mask -> ``(h*s, w*s)`` bool HR mask: every HR cell of an LR tissue
     cell. This is the HR mask a user has (no HR truth), used by default at prediction."""
