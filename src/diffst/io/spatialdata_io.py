@@ -158,7 +158,15 @@ def spatialdata_to_sample(
         kw["pitch_um"] = float(bin_um.group(1))
         link["pitch_um_from_name"] = kw["pitch_um"]
     kw.setdefault("name", link["region"])
-    sample = anndata_to_sample(spots, source=source, **kw)
+    try:
+        sample = anndata_to_sample(spots, source=source, **kw)
+    except SampleError as exc:
+        if "nothing states its pitch" not in str(exc):
+            raise
+        raise SpatialDataError(
+            f"{source}: the spots of {link['region']!r} lie on a square grid and nothing states "
+            f"its pitch; pass pitch_um= (µm between neighbouring spot centres) or um_per_unit= "
+            f"(µm per unit of coordinate system {link['coordinate_system']!r})") from exc
     sample.meta["reader"] = "diffst.io.spatialdata_io.spatialdata_to_sample"
     sample.meta["spatialdata"] = link
     return sample
