@@ -9,6 +9,10 @@ fixture under ../shared/data/fixtures when present. Runtime: about 30 s on 2 cor
 
 from __future__ import annotations
 
+import re
+import shutil
+from pathlib import Path
+
 import anndata as ad
 import numpy as np
 import pandas as pd
@@ -81,7 +85,7 @@ def spot_centres_um(sample) -> np.ndarray:
     return (px + 0.5) * UM_PER_PX + OFFSET_UM
 
 
-def make_sdata(sample, kind: str = "circles", name: str = "spots"):
+def make_sdata(sample, kind: str = "circles", name: str = "spots", image_key: str = "he"):
     """An H&E image, the tissue spots as ``kind`` and a counts table annotating them."""
     import geopandas as gpd
     from shapely.geometry import box
@@ -109,7 +113,7 @@ def make_sdata(sample, kind: str = "circles", name: str = "spots"):
                                          "spot_id": np.arange(n)},
                                         index=[f"spot{i}" for i in range(n)]))
     table = TableModel.parse(table, region=name, region_key="region", instance_key="spot_id")
-    elements = {"images": {"he": image}, "tables": {"table": table}}
+    elements = {"images": {image_key: image}, "tables": {"table": table}}
     elements["points" if kind == "points" else "shapes"] = {name: spots}
     return sd.SpatialData(**elements)
 
@@ -342,3 +346,17 @@ def test_without_the_extra_the_message_names_it(monkeypatch):
     with pytest.raises(ImportError, match=r"diffst\[spatialdata\]"):
         spatialdata_io.require_spatialdata()
     assert not spatialdata_io.is_spatialdata(object())
+
+
+def test_readme_spatialdata_example_runs_as_written(spots, model, tmp_path, monkeypatch):
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### SpatialData (optional extra)", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    make_sdata(spots, "squares", "square_040um", image_key="hires_image").write(
+        tmp_path / "spots.zarr")
+    shutil.copy(model, tmp_path / "model.pt")
+    monkeypatch.chdir(tmp_path)
+    exec(compile(code, "README.md", "exec"), {})
+    back = sd.read_zarr(tmp_path / "spots_sr.zarr")
+    assert {"sr_mean", "sr_std", "sr_q05", "sr_q95"} <= set(back.images)
+    assert set(back.labels) == {"sr_cells"} and {"table", "sr"} == set(back.tables)
