@@ -36,7 +36,7 @@ import diffst as ds  # noqa: E402
 from diffst.api import train_model  # noqa: E402
 from diffst.data.lr import simulate_lr  # noqa: E402
 from diffst.data.simulate import simulate_tissue  # noqa: E402
-from diffst.io import detect_format, read_anndata, read_sample  # noqa: E402
+from diffst.io import detect_format, inspect_path, read_anndata, read_sample  # noqa: E402
 from diffst.io.spatialdata_io import (  # noqa: E402
     SpatialDataError,
     element_names,
@@ -165,6 +165,19 @@ def test_read_accepts_a_spatialdata_object_and_a_zarr_store(spots, tmp_path):
     np.testing.assert_array_equal(by_position(back)[1], by_position(spots)[1])
     with pytest.raises(ValueError, match="bin_um= .* does not apply to spatialdata"):
         read_sample(tmp_path / "spots.zarr", bin_um=8)
+    info = inspect_path(tmp_path / "spots.zarr", um_per_unit=1.0)
+    assert info["format"] == "spatialdata" and info["cell_um"] == pytest.approx(40.0)
+
+
+def test_train_takes_spatialdata_sections(spots, monkeypatch, tmp_path):
+    import diffst.tl
+
+    seen = {}
+    monkeypatch.setattr(diffst.tl, "train_model",
+                        lambda samples, factor, out, **kw: seen.update(samples=samples))
+    ds.tl.train([make_sdata(spots), make_sdata(spots, "points")], 2, tmp_path / "m.pt",
+                spots_only=True, read_kw={"um_per_unit": 1.0})
+    assert [s.shape for s in seen["samples"]] == [(6, 6), (6, 6)]
 
 
 def test_missing_parts_are_named(spots):
