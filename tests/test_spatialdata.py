@@ -318,6 +318,14 @@ def test_super_resolve_adds_elements_that_sit_on_the_h_and_e(spots, truth, model
     np.testing.assert_allclose(table.X, mean[:, obs["row"], obs["col"]].T, rtol=1e-6)
 
 
+def test_a_key_that_would_replace_the_input_is_refused(spots, model):
+    sdata = make_sdata(spots, name="sr_cells")
+    with pytest.raises(ValueError, match="would replace the input"):
+        ds.tl.super_resolve(sdata, model, key_added="sr", n_samples=1, steps=1,
+                            progress=False, read_kw={"um_per_unit": 1.0})
+    assert set(sdata.shapes) == {"sr_cells"} and set(sdata.images) == {"he"}
+
+
 def test_result_writes_to_zarr_and_reads_back_equal(spots, model, tmp_path):
     sdata = make_sdata(spots)
     ds.tl.super_resolve(sdata, model, n_samples=2, steps=2, progress=False,

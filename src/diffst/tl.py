@@ -80,15 +80,21 @@ def _record(result: SRResult, model: str | Path, n_samples: int, steps: int,
 
 def _super_resolve_spatialdata(sdata: SpatialData, model, key_added, n_samples, steps,
                                consistency, seed, device, progress, read_kw) -> SpatialData:
-    from diffst.io.spatialdata_io import add_to_spatialdata, spatialdata_to_sample
+    from diffst.io.spatialdata_io import (
+        add_to_spatialdata,
+        check_result_key,
+        spatialdata_to_sample,
+    )
 
     sample = spatialdata_to_sample(sdata, **(read_kw or {}))
+    link = sample.meta["spatialdata"]
+    inputs = (link["image"], link["table"], link["region"])
+    check_result_key(key_added, inputs)  # before the (long) sampling
     result = predict(sample, model, n_samples=n_samples, steps=steps, consistency=consistency,
                      seed=seed, device=device, resume=False, progress=progress)
     record = _record(result, model, n_samples, steps, seed)
-    link = sample.meta["spatialdata"]
     add_to_spatialdata(sdata, result.as_sample(sample), key=key_added, layers=result.layers(),
-                       image_key=link["image"], scale=link["scale"],
+                       image_key=link["image"], scale=link["scale"], protect=inputs,
                        uns={key_added: dict(record, input_table=link["table"],
                                             input_region=link["region"])})
     return sdata

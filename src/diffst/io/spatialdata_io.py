@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -418,6 +418,8 @@ def _locate(index: pd.Index, ids: np.ndarray) -> np.ndarray:
 
 
 def _take_rows(matrix: Any, rows: np.ndarray) -> Any:
+    if matrix is None:  # anndata_to_sample names the problem (e.g. counts only in a layer)
+        return None
     if sp.issparse(matrix):
         return sp.csr_matrix(matrix)[rows]
     return np.asarray(matrix)[rows]
@@ -432,6 +434,15 @@ def element_names(key: str, layers: Mapping[str, Any] | None = None) -> dict[str
     return names
 
 
+def check_result_key(key: str, protect: Collection[str],
+                     layers: Collection[str] = LAYER_NAMES) -> None:
+    """Raise ValueError when the elements named by ``key`` would replace one in ``protect``."""
+    clash = sorted(set(element_names(key, dict.fromkeys(layers)).values()) & set(protect))
+    if clash:
+        raise ValueError(f"key {key!r} would replace the input element(s) {clash}; choose "
+                         "another key")
+
+
 def add_to_spatialdata(
     sdata: Any,
     hr: STSample,
@@ -441,6 +452,7 @@ def add_to_spatialdata(
     image_key: str | None = None,
     scale: str | None = None,
     uns: Mapping[str, Any] | None = None,
+    protect: Collection[str] = (),
 ) -> dict[str, str]:
     """Add a super-resolved sample to ``sdata`` (layout in the module docstring).
 
@@ -452,6 +464,8 @@ def add_to_spatialdata(
         image_key, scale: the H&E element and level (default as recorded by
             :func:`spatialdata_to_sample` in ``hr.meta["spatialdata"]``).
         uns: entries added to the table's ``uns``.
+        protect: element names the result must not replace (besides the H&E), e.g. the input
+            table and spots.
 
     Returns:
         role -> element name of what was added.
@@ -468,6 +482,7 @@ def add_to_spatialdata(
     _, level = _image_level(img_el, scale or link.get("scale"), image_key, "SpatialData object")
     maps = dict(layers) if layers is not None else {"mean": hr.expr}
     names = element_names(key, maps)
+    check_result_key(key, (image_key, *protect), maps)
     transformations = hr_transformations(hr.affine, _transformations(img_el), level)
     h, w = hr.shape
     outside = ~hr.mask
@@ -553,6 +568,7 @@ def sample_to_spatialdata(
 __all__ = [
     "INSTALL_HINT",
     "anndata_options",
+    "check_result_key",
     "SpatialDataError",
     "add_to_spatialdata",
     "element_names",
