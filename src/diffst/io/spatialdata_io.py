@@ -99,7 +99,7 @@ def read_spatialdata(path: str | Path, **kw: Any) -> STSample:
         raise FileNotFoundError(f"{path}: no such SpatialData .zarr folder")
     try:
         sdata = sd.read_zarr(path)
-    except Exception as exc:  # noqa: BLE001 - zarr/ome-zarr raise many kinds
+    except Exception as exc:  # zarr and ome-zarr raise many kinds of errors
         raise SpatialDataError(f"{path}: cannot read as a SpatialData store ({exc})") from exc
     kw.setdefault("source", str(path))
     return spatialdata_to_sample(sdata, **kw)
