@@ -16,16 +16,22 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
     import anndata as ad
+    from spatialdata import SpatialData
 
 __all__ = ["pl", "pp", "read", "tl"]
 
 
-def read(path: str | Path, **kw: Any) -> ad.AnnData:
+def read(path: str | Path | SpatialData, **kw: Any) -> ad.AnnData:
     """Read any layout :func:`diffst.io.read_sample` knows into AnnData (one observation per
-    raster cell in tissue, the image at the resolution read, scanpy's spatial convention)."""
-    from diffst.io import read_sample, sample_to_anndata
+    raster cell in tissue, the image at the resolution read, scanpy's spatial convention).
 
-    return sample_to_anndata(read_sample(path, **kw), max_image_px=None)
+    ``path`` may also be a SpatialData object or ``.zarr`` store (extra ``diffst[spatialdata]``;
+    options of :func:`diffst.io.spatialdata_io.spatialdata_to_sample`)."""
+    from diffst.io import read_sample, sample_to_anndata
+    from diffst.io.spatialdata_io import is_spatialdata, spatialdata_to_sample
+
+    sample = spatialdata_to_sample(path, **kw) if is_spatialdata(path) else read_sample(path, **kw)
+    return sample_to_anndata(sample, max_image_px=None)
 
 
 def __getattr__(name: str) -> Any:

@@ -3,62 +3,120 @@
 An AnnData here is what :func:`diffst.read` returns or any AnnData in scanpy's Visium
 convention (``obsm["spatial"]`` in image pixels, the image and scale factors in
 ``uns["spatial"]``); :func:`diffst.io.anndata_to_sample` turns it into the raster the model
-works on, and results come back as AnnData with one observation per HR cell.
+works on, and results come back as AnnData with one observation per HR cell. A SpatialData
+object (optional extra ``diffst[spatialdata]``) is read and written by
+:mod:`diffst.io.spatialdata_io`: results are added to it as elements.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 
 from diffst.api import predict, train_model
 from diffst.io.anndata_io import anndata_to_sample, sample_to_anndata
+from diffst.io.spatialdata_io import is_spatialdata
+
+if TYPE_CHECKING:  # pragma: no cover
+    from spatialdata import SpatialData
+
+    from diffst.infer import SRResult
 
 
-def super_resolve(adata: ad.AnnData, model: str | Path, *, key_added: str = "diffst_sr",
-                  n_samples: int = 8, steps: int = 20, consistency: bool | str = True,
-                  seed: int = 0, device: str = "auto", progress: bool = True,
-                  read_kw: dict[str, Any] | None = None) -> ad.AnnData:
+def super_resolve(adata: ad.AnnData | SpatialData, model: str | Path, *,
+                  key_added: str = "diffst_sr", n_samples: int = 8, steps: int = 20,
+                  consistency: bool | str = True, seed: int = 0, device: str = "auto",
+                  progress: bool = True,
+                  read_kw: dict[str, Any] | None = None) -> ad.AnnData | SpatialData:
     """Super-resolve the spots of ``adata`` with a trained model file.
 
     Args:
-        adata: measured spots (counts) with their image, e.g. from :func:`diffst.read`.
+        adata: measured spots (counts) with their image, e.g. from :func:`diffst.read`; or a
+            SpatialData object with the H&E image and a table of spot/bin counts (extra
+            ``diffst[spatialdata]``, :mod:`diffst.io.spatialdata_io`).
         model: a model file written by ``diffst train`` / :func:`train`.
         key_added: ``adata.uns[key_added]`` records what was run (model, factor, settings, the
-            number of HR cells); the result carries the same record.
+            number of HR cells); the result carries the same record. For SpatialData it also
+            names the elements added (:func:`diffst.io.spatialdata_io.element_names`).
         n_samples, steps, consistency, seed, device: as :func:`diffst.api.predict`.
-        read_kw: options for :func:`diffst.io.anndata_to_sample` (``library_id``, ``layer``...).
+        read_kw: options for :func:`diffst.io.anndata_to_sample` (``library_id``, ``layer``...);
+            for SpatialData those of :func:`diffst.io.spatialdata_io.spatialdata_to_sample`
+            (``table_key``, ``image_key``, ``region``, ``coordinate_system``, ``layer``...).
 
     Returns:
         A new AnnData with one observation per HR cell in tissue: ``X`` the mean map (counts per
         HR cell), layers ``mean``, ``std``, ``q05``, ``q95``, ``obsm["spatial"]`` in the image
-        pixels of ``uns["spatial"]``.
+        pixels of ``uns["spatial"]``. For SpatialData input: the same SpatialData object with
+        the result added: images ``{key_added}_mean`` / ``_std`` / ``_q05`` / ``_q95`` (genes
+        as channels), labels ``{key_added}_cells`` and table ``{key_added}``, all placed on the
+        H&E's coordinate systems (``sdata.write(path)`` writes them to ``.zarr``).
     """
     if key_added == "diffst":
         raise ValueError("key_added='diffst' is where diffst keeps its raster layout; "
                          "choose another key")
-    sample = anndata_to_sample(adata, **(read_kw or {}))
+    if is_spatialdata(adata):
+        return _super_resolve_spatialdata(adata, model, key_added, n_samples, steps,
+                                          consistency, seed, device, progress, read_kw)
+    sample = _to_sample(adata, read_kw)
     result = predict(sample, model, n_samples=n_samples, steps=steps, consistency=consistency,
                      seed=seed, device=device, resume=False, progress=progress)
     out = sample_to_anndata(result.as_sample(sample), layers=result.layers(), max_image_px=None)
-    record = {"model": str(model), "factor": int(result.meta["factor"]),
-              "n_samples": n_samples, "steps": steps, "seed": seed,
-              "consistency": str(result.meta["consistency"]), "n_hr_cells": int(out.n_obs),
-              "hr_cell_um": float(result.cell_um)}
+    record = _record(result, model, n_samples, steps, seed)
     adata.uns[key_added] = record
     out.uns[key_added] = dict(record)
     return out
 
 
+def _record(result: SRResult, model: str | Path, n_samples: int, steps: int,
+            seed: int) -> dict[str, Any]:
+    """What a super-resolution run did, for ``uns[key_added]``."""
+    return {"model": str(model), "factor": int(result.meta["factor"]),
+            "n_samples": n_samples, "steps": steps, "seed": seed,
+            "consistency": str(result.meta["consistency"]),
+            "n_hr_cells": int(result.mask.sum()), "hr_cell_um": float(result.cell_um)}
+
+
+def _super_resolve_spatialdata(sdata: SpatialData, model, key_added, n_samples, steps,
+                               consistency, seed, device, progress, read_kw) -> SpatialData:
+    from diffst.io.spatialdata_io import (
+        add_to_spatialdata,
+        check_result_key,
+        spatialdata_to_sample,
+    )
+
+    sample = spatialdata_to_sample(sdata, **(read_kw or {}))
+    link = sample.meta["spatialdata"]
+    inputs = (link["image"], link["table"], link["region"])
+    check_result_key(key_added, inputs)  # before the (long) sampling
+    result = predict(sample, model, n_samples=n_samples, steps=steps, consistency=consistency,
+                     seed=seed, device=device, resume=False, progress=progress)
+    record = _record(result, model, n_samples, steps, seed)
+    add_to_spatialdata(sdata, result.as_sample(sample), key=key_added, layers=result.layers(),
+                       image_key=link["image"], scale=link["scale"], protect=inputs,
+                       uns={key_added: dict(record, input_table=link["table"],
+                                            input_region=link["region"])})
+    return sdata
+
+
+def _to_sample(data: ad.AnnData | SpatialData, read_kw: dict[str, Any] | None):
+    if is_spatialdata(data):
+        from diffst.io.spatialdata_io import spatialdata_to_sample
+
+        return spatialdata_to_sample(data, **(read_kw or {}))
+    return anndata_to_sample(data, **(read_kw or {}))
+
+
 def train(adatas: list[ad.AnnData] | ad.AnnData, factor: int, out: str | Path, *,
           spots_only: bool = False, read_kw: dict[str, Any] | None = None,
           **kw: Any) -> Path:
-    """Train Diff-ST on AnnData sections (HR truth, or measured spots with ``spots_only``) and
-    write the model file ``out``; keyword arguments go to :func:`diffst.api.train_model`."""
-    items = [adatas] if isinstance(adatas, ad.AnnData) else list(adatas)
-    samples = [anndata_to_sample(a, **(read_kw or {})) for a in items]
+    """Train Diff-ST on AnnData (or SpatialData) sections (HR truth, or measured spots with
+    ``spots_only``) and write the model file ``out``; keyword arguments go to
+    :func:`diffst.api.train_model`."""
+    items = [adatas] if isinstance(adatas, ad.AnnData) or is_spatialdata(adatas) \
+        else list(adatas)
+    samples = [_to_sample(a, read_kw) for a in items]
     return train_model(samples, factor, out, spots_only=spots_only, **kw)
 
 

@@ -20,10 +20,10 @@ draws it, and ``uns["diffst"]`` with the raster geometry (``cell_um``, ``raster_
 ``affine`` and ``image_um_per_px``, both for the full-res frame, i.e. the sample image before
 downscaling) so :func:`read_anndata` restores the same :class:`STSample`.
 
-Why only h5ad: it is what scanpy, squidpy and most Python spatial tools read, and it needs only
-``anndata`` (already a dependency). SpatialData/Zarr export would pull in a heavy dependency tree
-(spatialdata, dask, xarray, geopandas, ...); ``spatialdata-io`` can convert an h5ad when a user
-needs it.
+Why h5ad by default: it is what scanpy, squidpy and most Python spatial tools read, and it needs
+only ``anndata`` (already a dependency). SpatialData in and out pulls in a heavy dependency tree
+(spatialdata, dask, xarray, geopandas, ...), so it is the optional extra ``diffst[spatialdata]``
+(:mod:`diffst.io.spatialdata_io`), which converts through this module.
 """
 
 from __future__ import annotations

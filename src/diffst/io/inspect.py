@@ -13,7 +13,8 @@
 * ``istar``: a folder with ``cnts.tsv``, ``locs-raw.tsv`` and ``he-raw.*``;
 * ``xenium``: a folder with ``transcripts.parquet``, or ``cells.parquet`` / ``cell_feature_matrix``;
 * ``legacy_st``: a ``*.counts.tsv[.gz]`` file (with ``*.spots.tsv`` and ``*.HE.jpg`` beside it)
-  or a folder of such sections (HER2ST layout; pick one with ``section=``).
+  or a folder of such sections (HER2ST layout; pick one with ``section=``);
+* ``spatialdata``: a SpatialData ``.zarr`` store (needs the extra ``diffst[spatialdata]``).
 
 :func:`read_sample` dispatches to the reader; :func:`inspect_path` reads cheaply (10 genes) and
 returns a summary dict, optionally drawing the tissue cells on the image
@@ -38,11 +39,14 @@ from diffst.io.imageio import downscale_image
 _BIN_DIR = re.compile(r"^square_\d+um$")
 _LEGACY_SUFFIXES = (".counts.tsv.gz", ".counts.tsv")
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
-_CHEAP_READ = {"spaceranger", "visium_hd", "h5ad"}  # readers that take n_top_genes/make_unique
+# readers that take n_top_genes/make_unique
+_CHEAP_READ = {"spaceranger", "visium_hd", "h5ad", "spatialdata"}
 MAX_UPSCALE = 4.0
 FORMATS = (
-    "npz", "h5ad", "xenium_cells_h5ad", "spaceranger", "visium_hd", "istar", "xenium", "legacy_st"
+    "npz", "h5ad", "xenium_cells_h5ad", "spaceranger", "visium_hd", "istar", "xenium", "legacy_st",
+    "spatialdata",
 )
+_SPATIALDATA_GROUPS = ("images", "labels", "points", "shapes", "tables")
 
 
 # ---------------------------------------------------------------------------- detection
@@ -61,7 +65,8 @@ def detect_format(path: str | Path) -> str:
         f"{path}: unrecognised layout. Expected a Space Ranger 'outs' folder (spatial/ + "
         "filtered_feature_bc_matrix[.h5]), Visium HD binned_outputs/, an iStar folder (cnts.tsv, "
         "locs-raw.tsv, he-raw.jpg), a Xenium bundle (transcripts.parquet or cells.parquet), "
-        "legacy ST files (*.counts.tsv.gz, *.spots.tsv, *.HE.jpg), an .h5ad or a diffst .npz"
+        "legacy ST files (*.counts.tsv.gz, *.spots.tsv, *.HE.jpg), an .h5ad, a diffst .npz "
+        "or a SpatialData .zarr"
     )
 
 
@@ -98,6 +103,9 @@ def _h5ad_kind(path: Path) -> str:
 
 
 def _detect_folder(folder: Path) -> str | None:
+    if any((folder / n).is_file() for n in ("zarr.json", ".zgroup")) and any(
+            (folder / g).is_dir() for g in _SPATIALDATA_GROUPS):
+        return "spatialdata"
     if _BIN_DIR.match(folder.name) or folder.name == "binned_outputs" \
             or (folder / "binned_outputs").is_dir():
         return "visium_hd"
@@ -169,6 +177,15 @@ def read_sample(path: str | Path, **kw: Any) -> STSample:
         from diffst.io.istar import read_istar
 
         return read_istar(path, **_accepted(read_istar, kw, path, fmt))
+    if fmt == "spatialdata":
+        from diffst.io.spatialdata_io import (
+            anndata_options,
+            read_spatialdata,
+            spatialdata_to_sample,
+        )
+
+        kw = _accepted(spatialdata_to_sample, kw, path, fmt, anndata_options())
+        return read_spatialdata(path, **kw)
     if fmt == "xenium":
         from diffst.io.xenium import read_xenium
 
