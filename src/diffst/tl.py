@@ -13,11 +13,13 @@ from typing import Any
 
 import anndata as ad
 
-from diffst.api import predict, train_model
+from diffst.api import model_name, predict, train_model
 from diffst.io.anndata_io import anndata_to_sample, sample_to_anndata
+from diffst.pipeline import DiffSTPipeline
 
 
-def super_resolve(adata: ad.AnnData, model: str | Path, *, key_added: str = "diffst_sr",
+def super_resolve(adata: ad.AnnData, model: str | Path | DiffSTPipeline, *,
+                  key_added: str = "diffst_sr",
                   n_samples: int = 8, steps: int = 20, consistency: bool | str = True,
                   seed: int = 0, device: str = "auto", progress: bool = True,
                   read_kw: dict[str, Any] | None = None) -> ad.AnnData:
@@ -25,7 +27,8 @@ def super_resolve(adata: ad.AnnData, model: str | Path, *, key_added: str = "dif
 
     Args:
         adata: measured spots (counts) with their image, e.g. from :func:`diffst.read`.
-        model: a model file written by ``diffst train`` / :func:`train`.
+        model: a model file written by ``diffst train`` / :func:`train`, or a loaded
+            :class:`~diffst.pipeline.DiffSTPipeline`.
         key_added: ``adata.uns[key_added]`` records what was run (model, factor, settings, the
             number of HR cells); the result carries the same record.
         n_samples, steps, consistency, seed, device: as :func:`diffst.api.predict`.
@@ -43,7 +46,7 @@ def super_resolve(adata: ad.AnnData, model: str | Path, *, key_added: str = "dif
     result = predict(sample, model, n_samples=n_samples, steps=steps, consistency=consistency,
                      seed=seed, device=device, resume=False, progress=progress)
     out = sample_to_anndata(result.as_sample(sample), layers=result.layers(), max_image_px=None)
-    record = {"model": str(model), "factor": int(result.meta["factor"]),
+    record = {"model": model_name(model), "factor": int(result.meta["factor"]),
               "n_samples": n_samples, "steps": steps, "seed": seed,
               "consistency": str(result.meta["consistency"]), "n_hr_cells": int(out.n_obs),
               "hr_cell_um": float(result.cell_um)}
