@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_sample
 
 from diffst.data.image import aligned_image
@@ -16,7 +17,14 @@ from diffst.data.lr import (
     upsample_nearest,
 )
 from diffst.data.normalize import GeneScaler
-from diffst.data.patches import cell_tiles, extract_patch, prepare_training_sample, tile_entropy
+from diffst.data.patches import (
+    PatchBatch,
+    cell_tiles,
+    collate,
+    extract_patch,
+    prepare_training_sample,
+    tile_entropy,
+)
 from diffst.data.sample import SampleError, STSample, load_npz
 
 
@@ -135,6 +143,26 @@ def test_patch_augmentation_is_shared_by_all_modalities():
         np.testing.assert_allclose(turned[key].numpy(), expect, atol=1e-6, err_msg=key)
     # The LR patch is the sum-pooled HR truth (in per-HR-cell scaled units).
     assert base["lr"].shape == (4, 2, 2) and base["hr"].shape == (4, 10, 10)
+
+
+def test_patch_batch_is_typed_and_reads_as_a_mapping():
+    s = make_sample(size=30)
+    scaler = GeneScaler.fit([s.expr], [s.mask])
+    prep = prepare_training_sample(s, 5, scaler, k=4)
+    items = [extract_patch(prep, 10, 5, 10, 2, 4, 6), extract_patch(prep, 0, 5, 10, 2, 4, 6)]
+    batch = collate(items)
+    assert isinstance(batch, PatchBatch) and batch.lr.shape == (2, 4, 2, 2)
+    assert list(batch) == ["lr", "lr_up", "mask", "hr", "tissue_image", "tiles",
+                           "tile_centres", "tile_valid"]
+    assert batch["hr"] is batch.hr and len(batch) == 8
+    no_truth = PatchBatch.from_dict({k: v for k, v in batch.items() if k != "hr"})
+    assert no_truth.hr is None and "hr" not in no_truth and len(no_truth) == 7
+    with pytest.raises(KeyError):
+        no_truth["hr"]  # noqa: B018
+    moved = batch.to("cpu")
+    torch.testing.assert_close(moved.tiles, batch.tiles)
+    both = PatchBatch.cat([batch, batch])
+    assert both.tile_valid.shape == (4, 6) and torch.equal(both.hr[2:], batch.hr)
 
 
 def test_readme_splicing_replaces_only_marked_blocks(tmp_path):

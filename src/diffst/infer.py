@@ -58,6 +58,7 @@ from diffst.data.image import px_per_cell_for
 from diffst.data.lr import hr_frame_affine
 from diffst.data.normalize import GeneScaler
 from diffst.data.patches import (
+    PatchBatch,
     PreparedSample,
     collate,
     extract_patch,
@@ -154,7 +155,7 @@ def tissue_tile_origins(mask: np.ndarray, patch: int, overlap: int,
 
 
 def tile_batch(padded: PreparedSample, chunk: list[tuple[int, int]], patch: int,
-               config: DiffSTConfig) -> dict[str, torch.Tensor]:
+               config: DiffSTConfig) -> PatchBatch:
     """The collated model inputs of the tiles at ``chunk`` (un-augmented), for a model of
     architecture ``config`` (:class:`~diffst.model.config.DiffSTConfig`)."""
     return collate([extract_patch(padded, r, c, patch, config.tissue_px_per_cell,
@@ -221,7 +222,7 @@ def _counts_to_scaled(x: torch.Tensor, scaler: GeneScaler) -> torch.Tensor:
 
 
 @torch.no_grad()
-def sample_tiles(lm: DiffSTPipeline, batch: dict[str, torch.Tensor], n_samples: int,
+def sample_tiles(lm: DiffSTPipeline, batch: PatchBatch, n_samples: int,
                  steps: int, sampler: str, generator: torch.Generator, *,
                  lr_counts: torch.Tensor | None = None,
                  progress: Callable[[int], None] | None = None,
@@ -234,18 +235,16 @@ def sample_tiles(lm: DiffSTPipeline, batch: dict[str, torch.Tensor], n_samples: 
     ``eta`` > 0 makes DDIM stochastic (:func:`diffst.diffusion.samplers.make_sampler`).
     """
     sc = lm.scheduler
-    batch = {k: v.to(lm.device) for k, v in batch.items()}
+    batch = batch.to(lm.device)
     with autocast_context(lm.device, autocast):
-        cond = lm.model.encode(batch["lr"], batch["lr_up"], batch["mask"],
-                               batch["tissue_image"], batch["tiles"], batch["tile_centres"],
-                               batch["tile_valid"])
+        cond = lm.model.encode_batch(batch, batch.tile_valid)
     cond = cond.repeat(n_samples)
     schedule = NoiseSchedule.from_config(sc)
-    lr_up = batch["lr_up"].repeat_interleave(n_samples, 0)
+    lr_up = batch.lr_up.repeat_interleave(n_samples, 0)
     rs, top = sc.residual_scale, lm.scaler.clip_max
     if lr_counts is not None:
         target = lr_counts.to(lm.device, torch.float32).repeat_interleave(n_samples, 0)
-        tissue = batch["mask"].repeat_interleave(n_samples, 0) > 0
+        tissue = batch.mask.repeat_interleave(n_samples, 0) > 0
 
     def project(z0: torch.Tensor) -> torch.Tensor:
         """Keep the HR estimate ``lr_up + rs * z0`` inside the data range (and consistent)."""
@@ -257,7 +256,7 @@ def sample_tiles(lm: DiffSTPipeline, batch: dict[str, torch.Tensor], n_samples: 
         return (hr - lr_up) / rs
 
     solver = make_sampler(sampler, schedule, steps, clip_x0=project, eta=eta)
-    b, g, p, _ = batch["lr_up"].shape
+    b, g, p, _ = batch.lr_up.shape
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return schedule.to_epsilon(lm.model(x, t, cond), x, t, sc.prediction)
@@ -455,7 +454,7 @@ def _sample_batch(job: _Job, chunk: list[tuple[int, int]], start: int,
     # (B, K, G, P, P) scaled -> counts (the scaler wants genes first)
     counts = np.moveaxis(lm.scaler.inverse(np.moveaxis(draws, 2, 0)), 0, 2)
     counts = torch.from_numpy(counts.astype(np.float64))
-    tissue = batch["mask"][:, None] > 0  # (B, 1, 1, P, P)
+    tissue = batch.mask[:, None] > 0  # (B, 1, 1, P, P)
     if job.mode != "off":
         counts = redistribute(counts, lr_counts[:, None], tissue, f)
     else:

@@ -30,7 +30,7 @@ from diffst.config import (  # noqa: F401 - TrainConfig etc.: re-exported
 from diffst.data.device_patches import DevicePatchSampler
 from diffst.data.image import px_per_cell_for
 from diffst.data.normalize import GeneScaler
-from diffst.data.patches import PatchSampler, PreparedSample, prepare_training_sample
+from diffst.data.patches import PatchBatch, PatchSampler, PreparedSample, prepare_training_sample
 from diffst.data.sample import SampleError, STSample
 from diffst.diffusion.schedule import NoiseSchedule
 from diffst.model.config import DiffSTConfig, SchedulerConfig
@@ -97,13 +97,11 @@ class DenoisingStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: dict[str, torch.Tensor], keep: torch.Tensor, z_t: torch.Tensor,
+    def forward(self, batch: PatchBatch, keep: torch.Tensor, z_t: torch.Tensor,
                 t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, G, P, P)`` denoiser output for noisy residuals ``z_t`` at steps ``t`` ``(B,)``,
         and the scalar disentangling loss; ``keep`` ``(B, N)`` marks the visible cell tiles."""
-        cond = self.model.encode(batch["lr"], batch["lr_up"], batch["mask"],
-                                 batch["tissue_image"], batch["tiles"], batch["tile_centres"],
-                                 keep)
+        cond = self.model.encode_batch(batch, keep)
         return self.model(z_t, t, cond), cond.aux_loss
 
 
@@ -167,14 +165,14 @@ class Trainer:
                                   image_products=(mc.tissue_px_per_cell, mc.tile_px))
 
     # ------------------------------------------------------------------ one step
-    def draw_batch(self) -> dict[str, torch.Tensor]:
+    def draw_batch(self) -> PatchBatch:
         """Next random training batch (augmented), on the training device."""
         mc = self.model_config
         batch = self.sampler.draw(self.tc.batch_size, mc.tissue_px_per_cell, mc.tile_px,
                                   mc.n_tiles)
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        return batch.to(self.device, non_blocking=True)
 
-    def loss(self, model: DiffST | nn.Module, batch: dict[str, torch.Tensor],
+    def loss(self, model: DiffST | nn.Module, batch: PatchBatch,
              tile_fraction: float, generator: torch.Generator | None = None) -> torch.Tensor:
         """Masked denoising MSE (on the configured target) plus the disentangling loss.
 
@@ -182,16 +180,16 @@ class Trainer:
         (e.g. ``train_module``); the latter is called exactly once.
         """
         sc = self.scheduler_config
-        b = batch["hr"].shape[0]
-        keep = curriculum_keep(batch["tile_valid"], tile_fraction)
+        b = batch.hr.shape[0]
+        keep = curriculum_keep(batch.tile_valid, tile_fraction)
         step = DenoisingStep(model) if isinstance(model, DiffST) else model
-        z0 = (batch["hr"] - batch["lr_up"]) / sc.residual_scale
+        z0 = (batch.hr - batch.lr_up) / sc.residual_scale
         t = torch.randint(0, sc.num_train_timesteps, (b,), generator=generator).to(z0.device)
         noise = torch.randn(z0.shape, generator=generator).to(z0.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tc.bf16):
             out, aux_loss = step(batch, keep, self.schedule.add_noise(z0, noise, t), t)
         target = self.schedule.training_target(z0, noise, t, sc.prediction)
-        w = batch["mask"]
+        w = batch.mask
         mse = (((out.float() - target) ** 2) * w).sum() / (w.sum() * z0.shape[1]).clamp_min(1)
         return mse + self.tc.disentangle_weight * aux_loss.float()
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffst.data.patches import pad_prepared, prepare_inference_sample
+from diffst.data.patches import PatchBatch, pad_prepared, prepare_inference_sample
 from diffst.data.sample import SampleError, STSample
 from diffst.infer import TileBlender, default_overlap, tile_batch, tissue_tile_origins
 from diffst.model.diffst import Condition, DiffST
@@ -48,17 +48,15 @@ class HistologyRegression(Trainer):
     :meth:`fit` and predict whole samples with :meth:`predict`.
     """
 
-    def loss(self, model: DiffST, batch: dict[str, torch.Tensor], tile_fraction: float,
+    def loss(self, model: DiffST, batch: PatchBatch, tile_fraction: float,
              generator: torch.Generator | None = None) -> torch.Tensor:
         """Masked MSE of the predicted scaled residual plus the disentangling loss."""
-        keep = curriculum_keep(batch["tile_valid"], tile_fraction)
+        keep = curriculum_keep(batch.tile_valid, tile_fraction)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tc.bf16):
-            cond = model.encode(batch["lr"], batch["lr_up"], batch["mask"],
-                                batch["tissue_image"], batch["tiles"], batch["tile_centres"],
-                                keep)
+            cond = model.encode_batch(batch, keep)
             out = regress(model, cond)
-        z0 = (batch["hr"] - batch["lr_up"]) / self.scheduler_config.residual_scale
-        w = batch["mask"]
+        z0 = (batch.hr - batch.lr_up) / self.scheduler_config.residual_scale
+        w = batch.mask
         mse = (((out.float() - z0) ** 2) * w).sum() / (w.sum() * z0.shape[1]).clamp_min(1)
         return mse + self.tc.disentangle_weight * cond.aux_loss.float()
 
@@ -70,14 +68,13 @@ class HistologyRegression(Trainer):
         )
 
     @torch.no_grad()
-    def predict_tiles(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+    def predict_tiles(self, batch: PatchBatch) -> np.ndarray:
         """HR estimates of a batch of patches: ``(B, G, P, P)`` counts per HR cell (EMA model)."""
         model = self.ema.eval()
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        cond = model.encode(batch["lr"], batch["lr_up"], batch["mask"], batch["tissue_image"],
-                            batch["tiles"], batch["tile_centres"], batch["tile_valid"])
+        batch = batch.to(self.device)
+        cond = model.encode_batch(batch, batch.tile_valid)
         rs, top = self.scheduler_config.residual_scale, self.scaler.clip_max
-        hr = (batch["lr_up"] + rs * regress(model, cond).float()).clamp(0, top).cpu().numpy()
+        hr = (batch.lr_up + rs * regress(model, cond).float()).clamp(0, top).cpu().numpy()
         return self.scaler.inverse(hr.swapaxes(0, 1)).swapaxes(0, 1)
 
     def predict(self, lr: STSample, hr_mask: np.ndarray | None = None, batch_size: int = 8,

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffst.data.patches import PatchBatch
 from diffst.model.attention import DynamicCrossAttention
 from diffst.model.config import DiffSTConfig
 from diffst.model.disentangle import Disentangler
@@ -121,6 +122,11 @@ class DiffST(nn.Module):
         st = self.modulation(st, hist)
         features = self.fuse(torch.cat([st, hist], 1))
         return Condition(features, lr_refined, aux, weights)
+
+    def encode_batch(self, batch: PatchBatch, tile_keep: torch.Tensor | None = None) -> Condition:
+        """:meth:`encode` of a :class:`~diffst.data.patches.PatchBatch` (``tile_keep`` as there)."""
+        return self.encode(batch.lr, batch.lr_up, batch.mask, batch.tissue_image, batch.tiles,
+                           batch.tile_centres, tile_keep)
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
         """Predict the noise ``(B, G, P, P)`` in the noisy residual ``z_t`` at steps ``t``."""
