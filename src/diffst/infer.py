@@ -56,7 +56,6 @@ from diffst.consistency import (
 )
 from diffst.data.image import px_per_cell_for
 from diffst.data.lr import hr_frame_affine
-from diffst.data.normalize import GeneScaler
 from diffst.data.patches import (
     PatchBatch,
     PreparedSample,
@@ -205,22 +204,6 @@ def consistency_mode(value: bool | str | None) -> str:
                      f"got {value!r}")
 
 
-def _scaled_to_counts(y: torch.Tensor, scaler: GeneScaler) -> torch.Tensor:
-    """Torch form of :meth:`GeneScaler.inverse` for ``(B, G, P, P)`` scaled values."""
-    lo = torch.as_tensor(scaler.lo, dtype=y.dtype, device=y.device).view(1, -1, 1, 1)
-    hi = torch.as_tensor(scaler.hi, dtype=y.dtype, device=y.device).view(1, -1, 1, 1)
-    z = y * (hi - lo) + lo
-    return (torch.expm1(z) if scaler.log1p else z).clamp_min(0)
-
-
-def _counts_to_scaled(x: torch.Tensor, scaler: GeneScaler) -> torch.Tensor:
-    """Torch form of :meth:`GeneScaler.transform` for ``(B, G, P, P)`` counts."""
-    lo = torch.as_tensor(scaler.lo, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    hi = torch.as_tensor(scaler.hi, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    y = torch.log1p(x.clamp_min(0)) if scaler.log1p else x
-    return ((y - lo) / (hi - lo)).clamp(0, scaler.clip_max)
-
-
 @torch.no_grad()
 def sample_tiles(lm: DiffSTPipeline, batch: PatchBatch, n_samples: int,
                  steps: int, sampler: str, generator: torch.Generator, *,
@@ -250,9 +233,9 @@ def sample_tiles(lm: DiffSTPipeline, batch: PatchBatch, n_samples: int,
         """Keep the HR estimate ``lr_up + rs * z0`` inside the data range (and consistent)."""
         hr = (lr_up + rs * z0).clamp(0, top)
         if lr_counts is not None:
-            counts = redistribute(_scaled_to_counts(hr.float(), lm.scaler), target, tissue,
+            counts = redistribute(lm.scaler.inverse(hr.float(), axis=1), target, tissue,
                                   lm.factor)
-            hr = _counts_to_scaled(counts, lm.scaler).to(z0.dtype)
+            hr = lm.scaler.transform(counts, axis=1).to(z0.dtype)
         return (hr - lr_up) / rs
 
     solver = make_sampler(sampler, schedule, steps, clip_x0=project, eta=eta)
@@ -451,8 +434,7 @@ def _sample_batch(job: _Job, chunk: list[tuple[int, int]], start: int,
     draws = sample_tiles(lm, batch, job.n_samples, job.steps, job.sampler, gen,
                          lr_counts=lr_counts if job.mode == "steps" else None,
                          progress=lambda _i: bar.update(len(chunk)), eta=job.eta).numpy()
-    # (B, K, G, P, P) scaled -> counts (the scaler wants genes first)
-    counts = np.moveaxis(lm.scaler.inverse(np.moveaxis(draws, 2, 0)), 0, 2)
+    counts = lm.scaler.inverse(draws, axis=2)  # (B, K, G, P, P) scaled -> counts
     counts = torch.from_numpy(counts.astype(np.float64))
     tissue = batch.mask[:, None] > 0  # (B, 1, 1, P, P)
     if job.mode != "off":

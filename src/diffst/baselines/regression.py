@@ -75,7 +75,7 @@ class HistologyRegression(Trainer):
         cond = model.encode_batch(batch, batch.tile_valid)
         rs, top = self.scheduler_config.residual_scale, self.scaler.clip_max
         hr = (batch.lr_up + rs * regress(model, cond).float()).clamp(0, top).cpu().numpy()
-        return self.scaler.inverse(hr.swapaxes(0, 1)).swapaxes(0, 1)
+        return self.scaler.inverse(hr, axis=1)
 
     def predict(self, lr: STSample, hr_mask: np.ndarray | None = None, batch_size: int = 8,
                 overlap: int | None = None) -> np.ndarray:
