@@ -61,6 +61,15 @@ def test_python_api_takes_the_dataclass_defaults():
             assert sig[name].default == want, (fn.__name__, name, sig[name].default, want)
 
 
+def test_scanpy_style_tools_take_the_api_defaults():
+    from diffst import tl
+
+    api_sig = inspect.signature(api.predict).parameters
+    for name, param in inspect.signature(tl.super_resolve).parameters.items():
+        if name in api_sig and param.default is not inspect.Parameter.empty:
+            assert param.default == api_sig[name].default, name
+
+
 def test_predict_defaults_agree_between_cli_and_api():
     params = _cli_defaults(cli.predict)
     sig = inspect.signature(api.predict).parameters

@@ -73,6 +73,8 @@ def test_model_config_for_switches_parts_off():
     assert not cfg.use_gene_graph and not cfg.use_dynamic_attention and cfg.use_modulation
     with pytest.raises(ValueError, match="unknown ablation"):
         model_config_for(["everything"])
+    with pytest.raises(ValueError, match=r"\['prediction'\] are no longer model"):
+        model_config_for(prediction="epsilon")
 
 
 def test_curriculum_grows_the_visible_tiles():

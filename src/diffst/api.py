@@ -18,7 +18,7 @@ from diffst.data.sample import SampleError, STSample
 from diffst.infer import SRResult, load_model, super_resolve
 from diffst.metrics import evaluate as score_maps
 from diffst.metrics import summarize
-from diffst.model.config import DiffSTConfig, SchedulerConfig
+from diffst.model.config import SCHEDULER_KEYS, TRAINING_KEYS, DiffSTConfig, SchedulerConfig
 from diffst.pipeline import DiffSTPipeline
 from diffst.train import Trainer
 
@@ -59,6 +59,10 @@ def shared_top_genes(samples: list[STSample], n: int,
 def model_config_for(ablate: list[str] | None = None, **overrides) -> DiffSTConfig:
     """A :class:`DiffSTConfig` with the named parts switched off (see :data:`ABLATIONS`);
     ``overrides`` are architecture fields."""
+    moved = sorted(set(overrides) & set(SCHEDULER_KEYS + TRAINING_KEYS))
+    if moved:
+        raise ValueError(f"{moved} are no longer model (architecture) settings: pass "
+                         "prediction= to train_model, or a SchedulerConfig / TrainConfig")
     for name in ablate or []:
         if name not in ABLATIONS:
             raise ValueError(f"unknown ablation {name!r}: choose from {sorted(ABLATIONS)}")

@@ -31,7 +31,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from diffst.config import TOP_GENES, TrainConfig, default
+from diffst.config import PATCH_PER_FACTOR, TOP_GENES, TrainConfig, default
 from diffst.data.sample import STSample
 from diffst.model.config import PREDICTIONS, DiffSTConfig, SchedulerConfig
 from diffst.pipeline import resolve_device
@@ -230,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=default(TrainConfig, "batch_size"),
                    help="Patches per step and rank.")
     p.add_argument("--lr", type=float, default=default(TrainConfig, "lr"))
-    p.add_argument("--patch", type=int, default=None, help="HR patch side (default 8x factor).")
+    p.add_argument("--patch", type=int, default=None,
+                   help=f"HR patch side (default {PATCH_PER_FACTOR} x factor).")
     p.add_argument("--work-um-per-px", type=float, default=None)
     p.add_argument("--checkpoint", default=None, help="Resumable checkpoint (rank 0 writes).")
     p.add_argument("--spots-only", action="store_true")
