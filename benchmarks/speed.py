@@ -55,10 +55,11 @@ from diffst.data.patches import pad_prepared, prepare_inference_sample
 from diffst.data.sample import STSample
 from diffst.data.simulate import simulate_tissue
 from diffst.demo import split_holdout
-from diffst.infer import LoadedModel, model_from_trainer, super_resolve, tile_origins
+from diffst.infer import super_resolve, tile_origins
 from diffst.io.atomic import atomic_path
 from diffst.metrics import evaluate, summarize
 from diffst.model.config import DiffSTConfig
+from diffst.pipeline import DiffSTPipeline
 from diffst.precision import memory_format
 from diffst.threads import apply_threads
 from diffst.train import TrainConfig, Trainer, resolve_device
@@ -551,7 +552,7 @@ def bench_references(s: Settings, data: Data, trainer: Trainer | None, mem: Peak
     return rows
 
 
-def run_sampler(lm: LoadedModel, s: Settings, data: Data, sampler: str, steps: int,
+def run_sampler(lm: DiffSTPipeline, s: Settings, data: Data, sampler: str, steps: int,
                 autocast: bool = False, channels_last: bool = False) -> tuple[np.ndarray, float]:
     """Super-resolve the held-out strip once (1 sample per tile); returns mean map and time."""
     res, sec = timed(lambda: super_resolve(
@@ -561,7 +562,7 @@ def run_sampler(lm: LoadedModel, s: Settings, data: Data, sampler: str, steps: i
     return res.mean, sec
 
 
-def bench_sampling(s: Settings, data: Data, lm: LoadedModel, mem: PeakMemory,
+def bench_sampling(s: Settings, data: Data, lm: DiffSTPipeline, mem: PeakMemory,
                    log: Callable[[str], None]) -> list[dict]:
     """DDIM and DPM-Solver++ at each step count: time, throughput and accuracy."""
     rows = []
@@ -576,7 +577,7 @@ def bench_sampling(s: Settings, data: Data, lm: LoadedModel, mem: PeakMemory,
     return rows
 
 
-def bench_precision(s: Settings, data: Data, lm: LoadedModel,
+def bench_precision(s: Settings, data: Data, lm: DiffSTPipeline,
                     log: Callable[[str], None]) -> list[dict]:
     """One sampler setting in every mode; output change relative to float32."""
     rows, ref = [], None
@@ -607,7 +608,7 @@ def bench_slide(s: Settings, mem: PeakMemory, log: Callable[[str], None]) -> dic
     patch = 8 * f if not s.quick else 4 * f
     tc = TrainConfig(steps=1, batch_size=1, patch=patch, seed=s.seed, device=s.device)
     trainer = Trainer([tissue], tissue.genes, f, s.model_config(), tc)
-    lm = model_from_trainer(trainer)
+    lm = trainer.pipeline()
     lr, hr_mask = simulate_lr(tissue, f), padded_mask(tissue.mask, f)
     overlap = (patch // 4 // f) * f
     total_tiles = count_tiles(hr_mask, patch, overlap, f)
@@ -940,7 +941,7 @@ def main(argv: list[str] | None = None) -> int:
             t = results["train"]["times"]
             bf16 = bool(np.median(t["bf16 autocast"]) < np.median(t["fp32"]))
         trainer, train_s = train_for_accuracy(s, data, bf16, log)
-        lm = model_from_trainer(trainer)
+        lm = trainer.pipeline()
         if "sample" in sections:
             results["n_cells"] = int(data.test.mask.sum())
             results["accuracy_training"] = {"steps": s.train_steps, "s": train_s,

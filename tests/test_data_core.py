@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from conftest import make_sample
 
 from diffst.data.image import aligned_image
@@ -16,7 +17,14 @@ from diffst.data.lr import (
     upsample_nearest,
 )
 from diffst.data.normalize import GeneScaler
-from diffst.data.patches import cell_tiles, extract_patch, prepare_training_sample, tile_entropy
+from diffst.data.patches import (
+    PatchBatch,
+    cell_tiles,
+    collate,
+    extract_patch,
+    prepare_training_sample,
+    tile_entropy,
+)
 from diffst.data.sample import SampleError, STSample, load_npz
 
 
@@ -135,6 +143,71 @@ def test_patch_augmentation_is_shared_by_all_modalities():
         np.testing.assert_allclose(turned[key].numpy(), expect, atol=1e-6, err_msg=key)
     # The LR patch is the sum-pooled HR truth (in per-HR-cell scaled units).
     assert base["lr"].shape == (4, 2, 2) and base["hr"].shape == (4, 10, 10)
+
+
+def test_patch_batch_is_typed_and_reads_as_a_mapping():
+    s = make_sample(size=30)
+    scaler = GeneScaler.fit([s.expr], [s.mask])
+    prep = prepare_training_sample(s, 5, scaler, k=4)
+    items = [extract_patch(prep, 10, 5, 10, 2, 4, 6), extract_patch(prep, 0, 5, 10, 2, 4, 6)]
+    batch = collate(items)
+    assert isinstance(batch, PatchBatch) and batch.lr.shape == (2, 4, 2, 2)
+    assert list(batch) == ["lr", "lr_up", "mask", "hr", "tissue_image", "tiles",
+                           "tile_centres", "tile_valid"]
+    assert batch["hr"] is batch.hr and len(batch) == 8
+    no_truth = PatchBatch.from_dict({k: v for k, v in batch.items() if k != "hr"})
+    assert no_truth.hr is None and "hr" not in no_truth and len(no_truth) == 7
+    with pytest.raises(KeyError):
+        no_truth["hr"]  # noqa: B018
+    moved = batch.to("cpu")
+    torch.testing.assert_close(moved.tiles, batch.tiles)
+    both = PatchBatch.cat([batch, batch])
+    assert both.tile_valid.shape == (4, 6) and torch.equal(both.hr[2:], batch.hr)
+
+
+def test_one_pooling_for_numpy_and_torch():
+    from diffst.consistency import pool_cells, spread_cells
+
+    x = np.random.default_rng(0).poisson(3.0, (2, 3, 10, 15)).astype(np.float32)
+    reference = x.reshape(2, 3, 2, 5, 3, 5).sum(axis=(3, 5))  # what both copies computed
+    np.testing.assert_array_equal(pool_sum(x, 5), reference)
+    pooled = pool_cells(torch.from_numpy(x), 5)
+    assert isinstance(pooled, torch.Tensor)
+    np.testing.assert_array_equal(pooled.numpy(), reference)
+    spread = spread_cells(torch.from_numpy(reference), 5)
+    assert isinstance(spread, torch.Tensor)
+    np.testing.assert_array_equal(spread.numpy(), upsample_nearest(reference, 5))
+    with pytest.raises(ValueError, match="not a multiple of the scale factor 2"):
+        pool_cells(torch.ones(3, 7), 2)
+
+
+@pytest.mark.parametrize("log1p", [True, False])
+def test_one_gene_scaler_for_numpy_and_torch(log1p):
+    s = make_sample(size=20)
+    scaler = GeneScaler.fit([s.expr], [s.mask], log1p=log1p)
+    counts = np.random.default_rng(1).gamma(1.0, 8.0, (3, s.n_genes, 5, 5)).astype(np.float32)
+    counts[0, 0, 0, 0] = -1.0  # negatives are clipped to 0
+    x = torch.from_numpy(counts)
+    lo = torch.as_tensor(scaler.lo, dtype=x.dtype).view(1, -1, 1, 1)
+    hi = torch.as_tensor(scaler.hi, dtype=x.dtype).view(1, -1, 1, 1)
+    # the torch formulas inference used before the scaler took tensors
+    y_ref = ((torch.log1p(x.clamp_min(0)) if log1p else x) - lo) / (hi - lo)
+    y_ref = y_ref.clamp(0, scaler.clip_max)
+    y = scaler.transform(x, axis=1)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, y_ref, rtol=0, atol=0)
+    z = y * (hi - lo) + lo
+    back_ref = (torch.expm1(z) if log1p else z).clamp_min(0)
+    torch.testing.assert_close(scaler.inverse(y, axis=1), back_ref, rtol=0, atol=0)
+    # NumPy along any axis equals NumPy genes-first, and agrees with torch to float32 precision
+    genes_first = scaler.transform(np.moveaxis(counts, 1, 0))
+    np.testing.assert_array_equal(scaler.transform(counts, axis=1),
+                                  np.moveaxis(genes_first, 0, 1))
+    np.testing.assert_allclose(scaler.transform(counts, axis=1), y.numpy(), atol=1e-6)
+    np.testing.assert_array_equal(scaler.inverse(y.numpy(), axis=1),
+                                  np.moveaxis(scaler.inverse(np.moveaxis(y.numpy(), 1, 0)), 0, 1))
+    with pytest.raises(ValueError, match="genes on axis 0"):
+        scaler.transform(x)
 
 
 def test_readme_splicing_replaces_only_marked_blocks(tmp_path):

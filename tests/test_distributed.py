@@ -17,6 +17,7 @@ import torch.distributed as dist
 from conftest import make_sample, tiny_config
 
 from diffst.distributed import DistributedTrainer, all_parts_used, init_process_group, main
+from diffst.pipeline import MODEL_FORMAT
 from diffst.train import TrainConfig, Trainer, safe_load
 
 TESTS = Path(__file__).resolve().parent
@@ -77,7 +78,7 @@ def test_two_gloo_processes_under_torchrun_stay_in_sync(tmp_path):
     assert logs[0]["sampler_state"] != logs[1]["sampler_state"]
     assert logs[0]["history"] != logs[1]["history"]
     # rank 0 wrote the model (with the common weights) and a checkpoint with both ranks' states
-    model = safe_load(tmp_path / "model.pt", "diffst.model/1")
+    model = safe_load(tmp_path / "model.pt", MODEL_FORMAT)
     assert model["genes"] == ["G0", "G1", "G2", "G3"]
     ck = safe_load(tmp_path / "ck.pt", "diffst.checkpoint/1")
     assert ck["step"] == 4 and ck["world_size"] == 2 and len(ck["rank_rng"]) == 2
@@ -116,7 +117,7 @@ def test_main_trains_from_a_file_in_one_process(one_process_group, tmp_path):
     assert main([str(data), "--factor", "5", "--out", str(tmp_path / "m.pt"), "--steps", "1",
                  "--batch-size", "1", "--patch", "10", "--work-um-per-px", "2",
                  "--device", "cpu"]) == 0
-    assert safe_load(tmp_path / "m.pt", "diffst.model/1")["factor"] == 5
+    assert safe_load(tmp_path / "m.pt", MODEL_FORMAT)["factor"] == 5
 
 
 def test_every_parameter_gets_a_gradient_when_all_parts_are_on():

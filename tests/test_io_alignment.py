@@ -332,7 +332,7 @@ def test_model_file_missing_keys(tmp_path):
     from diffst.train import MODEL_FORMAT
 
     torch.save({"format": MODEL_FORMAT, "genes": ["A"]}, tmp_path / "m.pt")
-    with pytest.raises(SampleError, match=r"m\.pt: the diffst.model/1 file lacks "
+    with pytest.raises(SampleError, match=r"m\.pt: the diffst.model/2 file lacks "
                        r"\['model_config', 'state_dict'"):
         load_model(tmp_path / "m.pt")
 

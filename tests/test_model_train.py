@@ -47,14 +47,12 @@ def test_switching_each_part_off_changes_the_output(part):
     off.load_state_dict(full.state_dict())
     for m in (full, off):
         m.eval()
-    keep = curriculum_keep(batch["tile_valid"], 1.0)
-    args = (batch["lr"], batch["lr_up"], batch["mask"], batch["tissue_image"], batch["tiles"],
-            batch["tile_centres"], keep)
-    z = torch.randn_like(batch["hr"])
+    keep = curriculum_keep(batch.tile_valid, 1.0)
+    z = torch.randn_like(batch.hr)
     t = torch.tensor([10, 500])
     with torch.no_grad():
-        out_full = full(z, t, full.encode(*args))
-        out_off = off(z, t, off.encode(*args))
+        out_full = full(z, t, full.encode_batch(batch, keep))
+        out_off = off(z, t, off.encode_batch(batch, keep))
     assert not getattr(off_cfg, ABLATIONS[part])
     assert (out_full - out_off).abs().max() > 1e-4
 
@@ -64,10 +62,7 @@ def test_dynamic_attention_weights_depend_on_input():
     trainer.model.eval()
     b1, b2 = trainer.draw_batch(), trainer.draw_batch()
     with torch.no_grad():
-        c1 = trainer.model.encode(b1["lr"], b1["lr_up"], b1["mask"], b1["tissue_image"],
-                                  b1["tiles"], b1["tile_centres"])
-        c2 = trainer.model.encode(b2["lr"], b2["lr_up"], b2["mask"], b2["tissue_image"],
-                                  b2["tiles"], b2["tile_centres"])
+        c1, c2 = trainer.model.encode_batch(b1), trainer.model.encode_batch(b2)
     torch.testing.assert_close(c1.scale_weights.sum(1), torch.ones(2))
     assert (c1.scale_weights - c2.scale_weights).abs().max() > 0
     assert c1.aux_loss.item() > 0
@@ -78,6 +73,8 @@ def test_model_config_for_switches_parts_off():
     assert not cfg.use_gene_graph and not cfg.use_dynamic_attention and cfg.use_modulation
     with pytest.raises(ValueError, match="unknown ablation"):
         model_config_for(["everything"])
+    with pytest.raises(ValueError, match=r"\['prediction'\] are no longer model"):
+        model_config_for(prediction="epsilon")
 
 
 def test_curriculum_grows_the_visible_tiles():

@@ -32,7 +32,8 @@ def test_readme_quickstart_runs_as_written(tmp_path):
 
 def test_import_is_light_and_attributes_resolve():
     code = ("import sys, diffst; assert 'torch' not in sys.modules; "
-            "import diffst as ds; ds.pp; assert callable(ds.read)")
+            "import diffst as ds; ds.pp; assert callable(ds.read); "
+            "from diffst.pipeline import DiffSTPipeline as P; assert ds.DiffSTPipeline is P")
     subprocess.run([sys.executable, "-c", code], check=True)
     with pytest.raises(AttributeError, match="no attribute"):
         ds.nothing  # noqa: B018

@@ -6,6 +6,9 @@ Scanpy-style entry points, imported on first use so ``import diffst`` stays ligh
     adata = ds.read("spaceranger/outs")               # AnnData of the measured spots
     sr = ds.tl.super_resolve(adata, "model.pt")       # AnnData of the HR cells
     ds.pl.maps(sr, layers=["mean", "std"], path="maps.png")
+
+``ds.DiffSTPipeline.load("model.pt")`` gives the trained model itself
+(:class:`diffst.pipeline.DiffSTPipeline`), which ``ds.tl.super_resolve`` also takes.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import anndata as ad
     from spatialdata import SpatialData
 
-__all__ = ["pl", "pp", "read", "tl"]
+__all__ = ["DiffSTPipeline", "pl", "pp", "read", "tl"]
 
 
 def read(path: str | Path | SpatialData, **kw: Any) -> ad.AnnData:
@@ -37,4 +40,6 @@ def read(path: str | Path | SpatialData, **kw: Any) -> ad.AnnData:
 def __getattr__(name: str) -> Any:
     if name in ("pl", "pp", "tl"):
         return import_module(f"diffst.{name}")
+    if name == "DiffSTPipeline":
+        return import_module("diffst.pipeline").DiffSTPipeline
     raise AttributeError(f"module 'diffst' has no attribute {name!r}")

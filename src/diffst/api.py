@@ -5,19 +5,22 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from diffst.calibration import Calibration, calibrate_prediction, describe
+from diffst.config import PATCH_PER_FACTOR, TOP_GENES, TrainConfig, default
 from diffst.data.lr import simulate_lr
 from diffst.data.sample import SampleError, STSample
 from diffst.infer import SRResult, load_model, super_resolve
 from diffst.metrics import evaluate as score_maps
 from diffst.metrics import summarize
-from diffst.model.config import DiffSTConfig
-from diffst.train import TrainConfig, Trainer
+from diffst.model.config import SCHEDULER_KEYS, TRAINING_KEYS, DiffSTConfig, SchedulerConfig
+from diffst.pipeline import DiffSTPipeline
+from diffst.train import Trainer
 
 ABLATIONS = {
     "disentangle": "use_disentangle",
@@ -54,13 +57,16 @@ def shared_top_genes(samples: list[STSample], n: int,
 
 
 def model_config_for(ablate: list[str] | None = None, **overrides) -> DiffSTConfig:
-    """A :class:`DiffSTConfig` with the named parts switched off (see :data:`ABLATIONS`)."""
-    cfg = DiffSTConfig(**overrides)
+    """A :class:`DiffSTConfig` with the named parts switched off (see :data:`ABLATIONS`);
+    ``overrides`` are architecture fields."""
+    moved = sorted(set(overrides) & set(SCHEDULER_KEYS + TRAINING_KEYS))
+    if moved:
+        raise ValueError(f"{moved} are no longer model (architecture) settings: pass "
+                         "prediction= to train_model, or a SchedulerConfig / TrainConfig")
     for name in ablate or []:
         if name not in ABLATIONS:
             raise ValueError(f"unknown ablation {name!r}: choose from {sorted(ABLATIONS)}")
-        setattr(cfg, ABLATIONS[name], False)
-    return cfg
+    return DiffSTConfig(**{**overrides, **{ABLATIONS[name]: False for name in ablate or []}})
 
 
 SPOT_UM = 50.0
@@ -181,19 +187,21 @@ def train_model(
     out: str | Path,
     *,
     genes: list[str] | None = None,
-    top_genes: int = 25,
-    steps: int = 2000,
-    batch_size: int = 8,
-    lr: float = 1e-4,
+    top_genes: int = TOP_GENES,
+    steps: int = default(TrainConfig, "steps"),
+    batch_size: int = default(TrainConfig, "batch_size"),
+    lr: float = default(TrainConfig, "lr"),
     patch: int | None = None,
     work_um_per_px: float | None = None,
     checkpoint: str | Path | None = None,
     spots_only: bool = False,
     ablate: list[str] | None = None,
-    seed: int = 0,
+    seed: int = default(TrainConfig, "seed"),
     model_config: DiffSTConfig | None = None,
-    bf16: bool = False,
-    device: str = "auto",
+    bf16: bool = default(TrainConfig, "bf16"),
+    device: str = default(TrainConfig, "device"),
+    prediction: str | None = None,
+    scheduler_config: SchedulerConfig | None = None,
     progress: bool = True,
     trainer_cls: type[Trainer] = Trainer,
     trainer_kwargs: dict | None = None,
@@ -210,6 +218,13 @@ def train_model(
             same one scale down (self-similarity); it is an assumption, not a guarantee.
         factor: integer scale factor s.
         genes: genes to model (default: ``top_genes`` most expressed shared genes).
+        patch: training patch side in HR cells (default ``PATCH_PER_FACTOR * factor``).
+        work_um_per_px: image resolution of the model (default
+            :func:`default_work_um_per_px` of the first sample).
+        model_config: the architecture (default :class:`DiffSTConfig` with ``ablate``
+            parts switched off).
+        prediction, scheduler_config: the denoiser's prediction target (default
+            :class:`SchedulerConfig`'s), or the whole scheduler config.
         checkpoint: resumable checkpoint path; when it exists training resumes from it.
         bf16: bfloat16 autocast (faster on GPUs and CPUs with bf16 instructions).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
@@ -224,12 +239,15 @@ def train_model(
     """
     gene_list = list(genes) if genes else shared_top_genes(samples, top_genes)
     cfg = model_config or model_config_for(ablate)
+    sc = scheduler_config or SchedulerConfig()
+    if prediction is not None:
+        sc = replace(sc, prediction=prediction)
     tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, bf16=bf16,
                      device=device,
-                     patch=patch or 8 * factor,
+                     patch=patch or PATCH_PER_FACTOR * factor,
                      work_um_per_px=work_um_per_px or default_work_um_per_px(samples[0]))
     trainer = trainer_cls(samples, gene_list, factor, cfg, tc, spots_only=spots_only,
-                          **(trainer_kwargs or {}))
+                          scheduler_config=sc, **(trainer_kwargs or {}))
     say = log or (lambda _msg: None)
     say(describe_plan(trainer, samples))
     if checkpoint is not None and Path(checkpoint).exists():
@@ -257,7 +275,7 @@ def default_resume_dir(out: str | Path) -> Path:
 
 def predict(
     sample: STSample,
-    model: str | Path,
+    model: str | Path | DiffSTPipeline,
     out: str | Path | None = None,
     *,
     pool: bool = False,
@@ -285,7 +303,8 @@ def predict(
         sample: the measured sample (counts per LR cell) with its H&E. With ``pool`` it is HR
             truth and is sum-pooled by the model's factor first; the output covers the HR
             cells of the pooled LR tissue cells (the truth's own mask is used only to score).
-        model: a model file from :func:`train_model` (genes and cell size are checked).
+        model: a model file from :func:`train_model`, or a loaded
+            :class:`~diffst.pipeline.DiffSTPipeline` (genes and cell size are checked).
         out: ``.h5ad`` (X = mean; layers mean/std/q05/q95) or ``.npz`` (mean map), written
             atomically.
         n_samples: diffusion samples per tile (uncertainty maps need at least 2).
@@ -313,7 +332,7 @@ def predict(
 
     if out is not None and Path(out).suffix not in (".h5ad", ".npz"):
         raise ValueError(f"{out}: result files must end in .h5ad or .npz")
-    lm = load_model(model, device=device)
+    lm = model.to(device) if isinstance(model, DiffSTPipeline) else load_model(model, device)
     unknown = [g for g in report_genes or [] if g not in lm.genes]
     if unknown:  # checked before the (long) sampling
         raise ValueError(f"report genes {unknown[:10]} are not genes of the model {model} "
@@ -347,7 +366,7 @@ def predict(
     if report_dir is not None:
         from diffst.report import write_report
 
-        settings = {"model": str(model), "model training": training_summary(model),
+        settings = {"model": model_name(model), "model training": training_summary(model),
                     "device": str(lm.device), "pool": pool,
                     "output": str(out) if out is not None else "-"}
         write_report(result, sample, report_dir, settings=settings, timings=timings,
@@ -357,11 +376,11 @@ def predict(
     return result
 
 
-def training_summary(model: str | Path) -> str:
-    """How the model file ``model`` was trained, in one line (for reports)."""
-    from diffst.train import MODEL_FORMAT, safe_load
+def training_summary(model: str | Path | DiffSTPipeline) -> str:
+    """How the model (a model file or a pipeline) was trained, in one line (for reports)."""
+    from diffst.pipeline import read_model_file
 
-    state = safe_load(model, MODEL_FORMAT)
+    state = model.metadata() if isinstance(model, DiffSTPipeline) else read_model_file(model)
     f, cell = int(state["factor"]), float(state["cell_um"])
     if state["spots_only"]:
         how = (f"spots-only on {cell:g} µm spots (pooled {f}x{f} for training pairs), applied "
@@ -385,7 +404,12 @@ def _predict_plan(lm, sample: STSample, model: str | Path, n_samples: int, steps
     return (f"plan: {len(lm.genes)} genes, {sample.cell_um:g} µm cells -> "
             f"{sample.cell_um / lm.factor:g} µm (factor {lm.factor}), {n_samples} samples x "
             f"{steps} {sampler} steps per tile, on {where}\n"
-            f"      model {model}: trained {training_summary(model)}")
+            f"      model {model_name(model)}: trained {training_summary(model)}")
+
+
+def model_name(model: str | Path | DiffSTPipeline) -> str:
+    """The model's file name, or ``"(a pipeline in memory)"``."""
+    return "(a pipeline in memory)" if isinstance(model, DiffSTPipeline) else str(model)
 
 
 def write_result(result: SRResult, lr: STSample, out: str | Path) -> Path:
@@ -435,6 +459,7 @@ __all__ = [
     "default_work_um_per_px",
     "evaluate",
     "model_config_for",
+    "model_name",
     "predict",
     "shared_top_genes",
     "spot_data_message",

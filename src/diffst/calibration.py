@@ -58,8 +58,9 @@ import numpy as np
 
 from diffst.data.lr import padded_mask, simulate_lr
 from diffst.data.sample import SampleError, STSample
-from diffst.infer import LoadedModel, SRResult, check_model_fits, super_resolve
+from diffst.infer import SRResult, check_model_fits, super_resolve
 from diffst.io.atomic import atomic_path
+from diffst.pipeline import DiffSTPipeline
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 """Nominal central-interval levels a calibration holds multipliers for."""
@@ -288,7 +289,7 @@ def _sr_settings(kw: dict) -> dict:
     return {k: (str(v) if k == "consistency" else v) for k, v in kw.items() if k in keep}
 
 
-def split_conformal(lm: LoadedModel, truth: STSample, *, n_bins: int = 1,
+def split_conformal(lm: DiffSTPipeline, truth: STSample, *, n_bins: int = 1,
                     min_per_bin: int = 200, levels: tuple[float, ...] = LEVELS,
                     **sr_kwargs) -> Calibration:
     """Calibrate on ``truth`` (HR truth the model did not train on): pool it by the model's
@@ -308,12 +309,12 @@ def split_conformal(lm: LoadedModel, truth: STSample, *, n_bins: int = 1,
                            min_per_bin=min_per_bin, source=source)
 
 
-def self_scale_shift(lm: LoadedModel, lr: STSample) -> bool:
+def self_scale_shift(lm: DiffSTPipeline, lr: STSample) -> bool:
     """Whether self-calibration on ``lr`` runs the model off its training scale."""
     return not (lm.spots_only and np.isclose(lr.cell_um, lm.cell_um, rtol=0.05))
 
 
-def self_calibrate(lm: LoadedModel, lr: STSample, *, allow_scale_shift: bool = False,
+def self_calibrate(lm: DiffSTPipeline, lr: STSample, *, allow_scale_shift: bool = False,
                    n_bins: int = 1, min_per_bin: int = 200,
                    levels: tuple[float, ...] = LEVELS, **sr_kwargs) -> Calibration:
     """Calibrate on the input slide: pool its spots by the factor, super-resolve back to spots,
@@ -394,7 +395,7 @@ def describe(record: dict) -> str:
             f"per-gene multipliers c_g from {how}")
 
 
-def calibrate_prediction(lm: LoadedModel, lr: STSample, result: SRResult,
+def calibrate_prediction(lm: DiffSTPipeline, lr: STSample, result: SRResult,
                          option: str | Path | Calibration | None = "auto",
                          calibrate_on: STSample | None = None,
                          sr_kwargs: dict | None = None) -> SRResult:

@@ -9,7 +9,9 @@ from pathlib import Path
 import click
 
 from diffst.cli_options import check_ranges, check_writable, reader_kwargs, reader_options
+from diffst.config import PATCH_PER_FACTOR, TOP_GENES, SchedulerConfig, TrainConfig, default
 from diffst.data.sample import SampleError
+from diffst.model.config import PREDICTIONS
 
 
 def _fail_nicely(fn):
@@ -180,18 +182,21 @@ that resumes.
 @click.option("--genes", default=None,
               help="Comma-separated genes to model (default: the --top-genes most expressed "
                    "genes shared by all DATA).")
-@click.option("--top-genes", default=25, show_default=True, type=int,
+@click.option("--top-genes", default=TOP_GENES, show_default=True, type=int,
               help="How many of the most expressed genes to model when --genes is not given.")
-@click.option("--steps", default=2000, show_default=True, type=int,
+@click.option("--steps", default=default(TrainConfig, "steps"), show_default=True, type=int,
               help="Training steps (optimiser updates). The time per step is printed after "
                    "the first steps.")
-@click.option("--batch-size", default=8, show_default=True, type=int,
-              help="Patches per training step.")
-@click.option("--lr", "learning_rate", default=1e-3, show_default=True,
-              help="AdamW learning rate (the paper uses 1e-4 for long GPU runs).")
+@click.option("--batch-size", default=default(TrainConfig, "batch_size"), show_default=True,
+              type=int, help="Patches per training step.")
+@click.option("--lr", "learning_rate", default=default(TrainConfig, "lr"), show_default=True,
+              type=float,
+              help="AdamW learning rate (1e-4 as in the Diff-ST release; short CPU runs such as "
+                   "the benchmark presets and the demo train faster with 1e-3).")
 @click.option("--patch", default=None, type=int,
-              help="Training patch side in HR cells, a multiple of --factor (default 8 x "
-                   "factor; with spots-only training the HR cells are the spots).")
+              help=f"Training patch side in HR cells, a multiple of --factor (default "
+                   f"{PATCH_PER_FACTOR} x factor; with spots-only training the HR cells are the "
+                   "spots).")
 @click.option("--work-um-per-px", default=None, type=float,
               help="Image resolution the model works at, in µm per pixel (default: 8 px per HR "
                    "cell, but never coarser than 2 µm/px nor finer than the image; 200 µm spots "
@@ -209,12 +214,13 @@ that resumes.
 @click.option("--ablate", multiple=True,
               type=click.Choice(["disentangle", "modulation", "attention", "graph"]),
               help="Switch a Diff-ST part off (repeatable).")
-@click.option("--prediction", default="sample", show_default=True,
-              type=click.Choice(["sample", "epsilon", "v"]),
+@click.option("--prediction", default=default(SchedulerConfig, "prediction"), show_default=True,
+              type=click.Choice(list(PREDICTIONS)),
               help="What the denoiser predicts (the paper uses epsilon; see README).")
 @click.option("--bf16", is_flag=True, help="bfloat16 autocast (GPUs, CPUs with bf16 support).")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda[:N].")
-@click.option("--seed", default=0, show_default=True,
+@click.option("--device", default=default(TrainConfig, "device"), show_default=True,
+              help="auto, cpu or cuda[:N].")
+@click.option("--seed", default=default(TrainConfig, "seed"), show_default=True,
               help="Seed of the model initialisation and the patch sampling.")
 @reader_options
 @check_ranges(positive=("learning_rate", "work_um_per_px"), factor=2, top_genes=1, steps=1,
@@ -231,7 +237,7 @@ def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate,
         raise click.UsageError("--spots-only and --hr-truth contradict each other; pass one")
     if patch is not None and (patch < factor or patch % factor):
         raise click.BadParameter(f"{patch} is not a multiple of --factor {factor} "
-                                 f"(e.g. {8 * factor})", param_hint="--patch")
+                                 f"(e.g. {PATCH_PER_FACTOR * factor})", param_hint="--patch")
     samples = [_read(p) for p in data]
     if not spots_only and not hr_truth:
         note = spot_data_message(samples, factor)
@@ -244,7 +250,7 @@ def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate,
             samples, factor, out, genes=gene_list, top_genes=top_genes, steps=steps,
             batch_size=batch_size, lr=learning_rate, patch=patch, work_um_per_px=work_um_per_px,
             checkpoint=checkpoint, spots_only=spots_only, seed=seed,
-            model_config=model_config_for(list(ablate), prediction=prediction), bf16=bf16,
+            model_config=model_config_for(list(ablate)), prediction=prediction, bf16=bf16,
             device=device, log=_log, save_on_interrupt=True,
         )
     except TrainingInterrupted as exc:

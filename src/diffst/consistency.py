@@ -18,19 +18,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from diffst.data.lr import pool_sum, upsample_nearest
+
 
 def pool_cells(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """Sum-pool the last two axes by ``factor``: ``(..., H, W)`` -> ``(..., H/s, W/s)``."""
-    h, w = x.shape[-2:]
-    if h % factor or w % factor:
-        raise ValueError(f"raster {h}x{w} is not a multiple of the scale factor {factor}")
-    shape = x.shape[:-2] + (h // factor, factor, w // factor, factor)
-    return x.reshape(shape).sum(dim=(-3, -1))
+    """Sum-pool the last two axes by ``factor``: ``(..., H, W)`` -> ``(..., H/s, W/s)``
+    (:func:`diffst.data.lr.pool_sum`)."""
+    return pool_sum(x, factor)
 
 
 def spread_cells(x: torch.Tensor, factor: int) -> torch.Tensor:
-    """Repeat each LR value over its HR cells: ``(..., h, w)`` -> ``(..., h*s, w*s)``."""
-    return x.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
+    """Repeat each LR value over its HR cells: ``(..., h, w)`` -> ``(..., h*s, w*s)``
+    (:func:`diffst.data.lr.upsample_nearest`)."""
+    return upsample_nearest(x, factor)
 
 
 def consistency_maps(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,

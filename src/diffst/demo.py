@@ -24,7 +24,7 @@ from diffst.data.image import aligned_image
 from diffst.data.lr import simulate_lr, upsample_nearest
 from diffst.data.sample import STSample
 from diffst.data.simulate import simulate_tissue
-from diffst.infer import SRResult, model_from_trainer, super_resolve
+from diffst.infer import SRResult, super_resolve
 from diffst.metrics import evaluate, summarize
 from diffst.model.config import DiffSTConfig
 from diffst.plot import gene_panel
@@ -91,7 +91,7 @@ def run_demo(out_dir: str | Path = "diffst_out", settings: DemoSettings | None =
 
     lr = simulate_lr(test_part, cfg.factor)
     t0 = time.perf_counter()
-    result = super_resolve(model_from_trainer(trainer), lr, steps=cfg.sample_steps,
+    result = super_resolve(trainer.pipeline(), lr, steps=cfg.sample_steps,
                            n_samples=cfg.n_samples, seed=cfg.seed, consistency="off",
                            progress=progress)
     timings["predict_s"] = time.perf_counter() - t0

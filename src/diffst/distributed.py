@@ -31,9 +31,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from diffst.config import PATCH_PER_FACTOR, TOP_GENES, TrainConfig, default
 from diffst.data.sample import STSample
-from diffst.model.config import DiffSTConfig
-from diffst.train import DenoisingStep, TrainConfig, Trainer, resolve_device
+from diffst.model.config import PREDICTIONS, DiffSTConfig, SchedulerConfig
+from diffst.pipeline import resolve_device
+from diffst.train import DenoisingStep, Trainer
 
 
 @dataclass(frozen=True)
@@ -94,7 +96,8 @@ class DistributedTrainer(Trainer):
 
     def __init__(self, samples: list[STSample], genes: list[str], factor: int,
                  model_config: DiffSTConfig | None = None,
-                 train_config: TrainConfig | None = None, spots_only: bool = False, *,
+                 train_config: TrainConfig | None = None, spots_only: bool = False,
+                 scheduler_config: SchedulerConfig | None = None, *,
                  local_rank: int = 0) -> None:
         if not dist.is_initialized():
             raise RuntimeError("DistributedTrainer needs a process group: call "
@@ -102,7 +105,7 @@ class DistributedTrainer(Trainer):
         tc = replace(train_config or TrainConfig())
         if resolve_device(tc.device).type == "cuda":
             tc.device = f"cuda:{local_rank}"
-        super().__init__(samples, genes, factor, model_config, tc, spots_only)
+        super().__init__(samples, genes, factor, model_config, tc, spots_only, scheduler_config)
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
         self._reseed(self.tc.seed + self.rank)
         kwargs: dict = {"find_unused_parameters": not all_parts_used(self.model_config)}
@@ -170,19 +173,20 @@ def train_ddp(
     out: str | Path,
     *,
     genes: list[str] | None = None,
-    top_genes: int = 25,
-    steps: int = 2000,
-    batch_size: int = 8,
-    lr: float = 1e-4,
+    top_genes: int = TOP_GENES,
+    steps: int = default(TrainConfig, "steps"),
+    batch_size: int = default(TrainConfig, "batch_size"),
+    lr: float = default(TrainConfig, "lr"),
     patch: int | None = None,
     work_um_per_px: float | None = None,
     checkpoint: str | Path | None = None,
     spots_only: bool = False,
     ablate: list[str] | None = None,
-    seed: int = 0,
+    seed: int = default(TrainConfig, "seed"),
     model_config: DiffSTConfig | None = None,
-    bf16: bool = False,
-    device: str = "auto",
+    bf16: bool = default(TrainConfig, "bf16"),
+    device: str = default(TrainConfig, "device"),
+    prediction: str | None = None,
     backend: str | None = None,
     progress: bool = True,
 ) -> Path:
@@ -202,7 +206,8 @@ def train_ddp(
             samples, factor, out, genes=genes, top_genes=top_genes, steps=steps,
             batch_size=batch_size, lr=lr, patch=patch, work_um_per_px=work_um_per_px,
             checkpoint=checkpoint, spots_only=spots_only, ablate=ablate, seed=seed,
-            model_config=model_config, bf16=bf16, device=device, progress=progress,
+            model_config=model_config, bf16=bf16, device=device, prediction=prediction,
+            progress=progress,
             trainer_cls=DistributedTrainer, trainer_kwargs={"local_rank": info.local_rank},
         )
     finally:
@@ -220,19 +225,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--factor", type=int, required=True, help="Integer scale factor.")
     p.add_argument("--out", required=True, help="Model file to write (.pt).")
     p.add_argument("--genes", default=None, help="Comma-separated genes (default: top expressed).")
-    p.add_argument("--top-genes", type=int, default=25)
-    p.add_argument("--steps", type=int, default=2000)
-    p.add_argument("--batch-size", type=int, default=8, help="Patches per step and rank.")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--patch", type=int, default=None, help="HR patch side (default 8x factor).")
+    p.add_argument("--top-genes", type=int, default=TOP_GENES)
+    p.add_argument("--steps", type=int, default=default(TrainConfig, "steps"))
+    p.add_argument("--batch-size", type=int, default=default(TrainConfig, "batch_size"),
+                   help="Patches per step and rank.")
+    p.add_argument("--lr", type=float, default=default(TrainConfig, "lr"))
+    p.add_argument("--patch", type=int, default=None,
+                   help=f"HR patch side (default {PATCH_PER_FACTOR} x factor).")
     p.add_argument("--work-um-per-px", type=float, default=None)
     p.add_argument("--checkpoint", default=None, help="Resumable checkpoint (rank 0 writes).")
     p.add_argument("--spots-only", action="store_true")
     p.add_argument("--ablate", action="append", default=[],
                    choices=["disentangle", "modulation", "attention", "graph"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prediction", default=default(SchedulerConfig, "prediction"),
+                   choices=list(PREDICTIONS), help="What the denoiser predicts.")
+    p.add_argument("--seed", type=int, default=default(TrainConfig, "seed"))
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast.")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cuda or cpu.")
+    p.add_argument("--device", default=default(TrainConfig, "device"),
+                   help="auto (CUDA when present), cuda or cpu.")
     p.add_argument("--backend", default=None, choices=["nccl", "gloo"])
     return p
 
@@ -248,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         top_genes=args.top_genes, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         patch=args.patch, work_um_per_px=args.work_um_per_px, checkpoint=args.checkpoint,
         spots_only=args.spots_only, ablate=args.ablate, seed=args.seed, bf16=args.bf16,
-        device=args.device, backend=args.backend,
+        device=args.device, prediction=args.prediction, backend=args.backend,
     )
     if launch_info().rank == 0:
         print(f"wrote {path}")

@@ -56,8 +56,8 @@ from diffst.consistency import (
 )
 from diffst.data.image import px_per_cell_for
 from diffst.data.lr import hr_frame_affine
-from diffst.data.normalize import GeneScaler
 from diffst.data.patches import (
+    PatchBatch,
     PreparedSample,
     collate,
     extract_patch,
@@ -68,77 +68,26 @@ from diffst.data.sample import SampleError, STSample
 from diffst.diffusion.samplers import make_sampler
 from diffst.diffusion.schedule import NoiseSchedule
 from diffst.model.config import DiffSTConfig
-from diffst.model.diffst import DiffST
+from diffst.pipeline import DiffSTPipeline
 from diffst.precision import autocast as autocast_context
 from diffst.precision import memory_format
-from diffst.tilestore import (
-    STAT_KEYS,
-    SamplingInterrupted,
-    TileStore,
-    fingerprint,
-    resume_message,
-)
-from diffst.train import MODEL_FORMAT, Trainer, resolve_device, safe_load
+from diffst.tilestore import STAT_KEYS, SamplingInterrupted, TileStore, fingerprint, resume_message
 
 CONSISTENCY_MODES = ("off", "draws", "steps")
 """Spot-consistency modes of :func:`super_resolve` (module docstring)."""
 
-MODEL_KEYS = ("model_config", "state_dict", "scaler", "genes", "factor", "k", "cell_um", "patch",
-              "work_um_per_px", "spots_only")  # what load_model reads from a model file
+LoadedModel = DiffSTPipeline
+"""The name of :class:`diffst.pipeline.DiffSTPipeline` before diffst 0.2."""
 
 
-@dataclass
-class LoadedModel:
-    """A trained denoiser with everything inference needs."""
-
-    model: DiffST
-    scaler: GeneScaler
-    genes: list[str]
-    factor: int
-    k: int
-    cell_um: float
-    patch: int
-    device: torch.device
-    work_um_per_px: float = 1.0
-    spots_only: bool = False
-
-    @property
-    def config(self) -> DiffSTConfig:
-        """The denoiser's configuration."""
-        return self.model.config
-
-    def fingerprint(self) -> str:
-        """Digest of the weights, genes, scaler and geometry (identifies the model in resumes)."""
-        parts: list = [t.detach().cpu().contiguous().numpy() for t in
-                       self.model.state_dict().values()]
-        parts += [",".join(self.genes), self.scaler.lo, self.scaler.hi,
-                  f"{self.scaler.log1p}{self.scaler.clip_max}{self.factor}{self.cell_um}"]
-        return fingerprint(*parts)
+def load_model(path: str | Path, device: str = "auto") -> DiffSTPipeline:
+    """Load a model file (any readable format version; :meth:`DiffSTPipeline.load`)."""
+    return DiffSTPipeline.load(path, device)
 
 
-def load_model(path: str | Path, device: str = "auto") -> LoadedModel:
-    """Load a model file written by :meth:`diffst.train.Trainer.export_model` (weights only)."""
-    state = safe_load(path, MODEL_FORMAT, required=MODEL_KEYS)
-    dev = resolve_device(device)
-    try:
-        config = DiffSTConfig.from_dict(state["model_config"])
-        model = DiffST(config, np.eye(config.n_genes, dtype=np.float32))
-        model.load_state_dict(state["state_dict"])
-        scaler = GeneScaler.from_state_dict(state["scaler"])
-        return LoadedModel(model.to(dev).eval(), scaler, list(state["genes"]),
-                           int(state["factor"]), int(state["k"]), float(state["cell_um"]),
-                           int(state["patch"]), dev, float(state["work_um_per_px"]),
-                           bool(state["spots_only"]))
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise SampleError(f"{path}: the model file is damaged or inconsistent ({exc!r}); train "
-                          "or export it again") from exc
-
-
-def model_from_trainer(trainer: Trainer) -> LoadedModel:
-    """The EMA model of a training run, ready for inference."""
-    return LoadedModel(trainer.ema.eval(), trainer.scaler, trainer.genes, trainer.factor,
-                       trainer.k, trainer.cell_um, trainer.tc.patch, trainer.device,
-                       trainer.tc.work_um_per_px, trainer.spots_only)
+def model_from_trainer(trainer) -> DiffSTPipeline:
+    """The EMA model of a training run, ready for inference (``trainer.pipeline()``)."""
+    return trainer.pipeline()
 
 
 @dataclass
@@ -188,6 +137,61 @@ def blend_window(patch: int, overlap: int) -> np.ndarray:
     return np.outer(ramp, ramp)
 
 
+def default_overlap(patch: int, factor: int) -> int:
+    """Default tile overlap: a quarter of the tile, rounded down to the factor."""
+    return (patch // 4 // factor) * factor
+
+
+def tissue_tile_origins(mask: np.ndarray, patch: int, overlap: int,
+                        factor: int) -> list[tuple[int, int]]:
+    """Origins (HR cells, multiples of ``factor``) of the tiles covering the ``(H, W)`` raster
+    of ``mask`` with ``overlap`` cells shared by neighbours, keeping those that touch tissue;
+    row-major."""
+    (h, w), stride = mask.shape, patch - overlap
+    every = [(r, c) for r in tile_origins(h, patch, stride, factor)
+             for c in tile_origins(w, patch, stride, factor)]
+    return [(r, c) for r, c in every if mask[r : r + patch, c : c + patch].any()]
+
+
+def tile_batch(padded: PreparedSample, chunk: list[tuple[int, int]], patch: int,
+               config: DiffSTConfig) -> PatchBatch:
+    """The collated model inputs of the tiles at ``chunk`` (un-augmented), for a model of
+    architecture ``config`` (:class:`~diffst.model.config.DiffSTConfig`)."""
+    return collate([extract_patch(padded, r, c, patch, config.tissue_px_per_cell,
+                                  config.tile_px, config.n_tiles) for r, c in chunk])
+
+
+class TileBlender:
+    """Window-weighted accumulation of overlapping ``(G, P, P)`` tiles into ``(G, H, W)`` maps.
+
+    Each named map sums ``tile * blend_window(patch, overlap)`` (in ``dtype``) and one weight
+    raster (float64) sums the window; :meth:`pop` returns a map divided by the weight, cropped
+    and zeroed off the mask.
+    """
+
+    def __init__(self, keys: tuple[str, ...], n_genes: int, shape: tuple[int, int], patch: int,
+                 overlap: int, dtype: type = np.float32) -> None:
+        self.patch = patch
+        self.window = blend_window(patch, overlap)
+        self._window = self.window.astype(dtype)
+        self.acc = {key: np.zeros((n_genes, *shape), dtype) for key in keys}
+        self.weight = np.zeros(shape, np.float64)
+
+    def add(self, r: int, c: int, tiles: dict[str, np.ndarray]) -> None:
+        """Add one tile per map (``{key: (G, P, P)}``) at origin ``(r, c)``."""
+        p = self.patch
+        for key, tile in tiles.items():
+            self.acc[key][:, r : r + p, c : c + p] += tile * self._window
+        self.weight[r : r + p, c : c + p] += self.window
+
+    def pop(self, key: str, mask: np.ndarray) -> np.ndarray:
+        """The blended map ``key`` on the ``mask.shape`` raster (float64; 0 off the mask); its
+        accumulator is released."""
+        h, w = mask.shape
+        norm = np.maximum(self.weight[:h, :w], 1e-12)
+        return np.where(mask, self.acc.pop(key)[:, :h, :w] / norm, 0.0)
+
+
 def consistency_mode(value: bool | str | None) -> str:
     """Normalise a consistency option: True -> ``"draws"``, False/None -> ``"off"``."""
     if value is True:
@@ -200,24 +204,8 @@ def consistency_mode(value: bool | str | None) -> str:
                      f"got {value!r}")
 
 
-def _scaled_to_counts(y: torch.Tensor, scaler: GeneScaler) -> torch.Tensor:
-    """Torch form of :meth:`GeneScaler.inverse` for ``(B, G, P, P)`` scaled values."""
-    lo = torch.as_tensor(scaler.lo, dtype=y.dtype, device=y.device).view(1, -1, 1, 1)
-    hi = torch.as_tensor(scaler.hi, dtype=y.dtype, device=y.device).view(1, -1, 1, 1)
-    z = y * (hi - lo) + lo
-    return (torch.expm1(z) if scaler.log1p else z).clamp_min(0)
-
-
-def _counts_to_scaled(x: torch.Tensor, scaler: GeneScaler) -> torch.Tensor:
-    """Torch form of :meth:`GeneScaler.transform` for ``(B, G, P, P)`` counts."""
-    lo = torch.as_tensor(scaler.lo, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    hi = torch.as_tensor(scaler.hi, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    y = torch.log1p(x.clamp_min(0)) if scaler.log1p else x
-    return ((y - lo) / (hi - lo)).clamp(0, scaler.clip_max)
-
-
 @torch.no_grad()
-def sample_tiles(lm: LoadedModel, batch: dict[str, torch.Tensor], n_samples: int,
+def sample_tiles(lm: DiffSTPipeline, batch: PatchBatch, n_samples: int,
                  steps: int, sampler: str, generator: torch.Generator, *,
                  lr_counts: torch.Tensor | None = None,
                  progress: Callable[[int], None] | None = None,
@@ -229,34 +217,32 @@ def sample_tiles(lm: LoadedModel, batch: dict[str, torch.Tensor], n_samples: int
     ``autocast`` runs the network in bfloat16 (float16 on older GPUs); the sampler stays float32.
     ``eta`` > 0 makes DDIM stochastic (:func:`diffst.diffusion.samplers.make_sampler`).
     """
-    cfg = lm.config
-    batch = {k: v.to(lm.device) for k, v in batch.items()}
+    sc = lm.scheduler
+    batch = batch.to(lm.device)
     with autocast_context(lm.device, autocast):
-        cond = lm.model.encode(batch["lr"], batch["lr_up"], batch["mask"],
-                               batch["tissue_image"], batch["tiles"], batch["tile_centres"],
-                               batch["tile_valid"])
+        cond = lm.model.encode_batch(batch, batch.tile_valid)
     cond = cond.repeat(n_samples)
-    schedule = NoiseSchedule(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end)
-    lr_up = batch["lr_up"].repeat_interleave(n_samples, 0)
-    rs, top = cfg.residual_scale, lm.scaler.clip_max
+    schedule = NoiseSchedule.from_config(sc)
+    lr_up = batch.lr_up.repeat_interleave(n_samples, 0)
+    rs, top = sc.residual_scale, lm.scaler.clip_max
     if lr_counts is not None:
         target = lr_counts.to(lm.device, torch.float32).repeat_interleave(n_samples, 0)
-        tissue = batch["mask"].repeat_interleave(n_samples, 0) > 0
+        tissue = batch.mask.repeat_interleave(n_samples, 0) > 0
 
     def project(z0: torch.Tensor) -> torch.Tensor:
         """Keep the HR estimate ``lr_up + rs * z0`` inside the data range (and consistent)."""
         hr = (lr_up + rs * z0).clamp(0, top)
         if lr_counts is not None:
-            counts = redistribute(_scaled_to_counts(hr.float(), lm.scaler), target, tissue,
+            counts = redistribute(lm.scaler.inverse(hr.float(), axis=1), target, tissue,
                                   lm.factor)
-            hr = _counts_to_scaled(counts, lm.scaler).to(z0.dtype)
+            hr = lm.scaler.transform(counts, axis=1).to(z0.dtype)
         return (hr - lr_up) / rs
 
     solver = make_sampler(sampler, schedule, steps, clip_x0=project, eta=eta)
-    b, g, p, _ = batch["lr_up"].shape
+    b, g, p, _ = batch.lr_up.shape
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return schedule.to_epsilon(lm.model(x, t, cond), x, t, cfg.prediction)
+        return schedule.to_epsilon(lm.model(x, t, cond), x, t, sc.prediction)
 
     with autocast_context(lm.device, autocast):
         z = solver.sample(eps_fn, (b * n_samples, g, p, p), generator=generator,
@@ -265,7 +251,7 @@ def sample_tiles(lm: LoadedModel, batch: dict[str, torch.Tensor], n_samples: int
     return hr.view(b, n_samples, g, p, p).float().cpu()
 
 
-def check_model_fits(lm: LoadedModel, lr: STSample) -> STSample:
+def check_model_fits(lm: DiffSTPipeline, lr: STSample) -> STSample:
     """Check ``lr`` can be super-resolved by ``lm`` (genes, cell size); return its model genes.
 
     A model trained on another sample applies when the sample has every model gene (extra genes
@@ -297,7 +283,7 @@ def check_model_fits(lm: LoadedModel, lr: STSample) -> STSample:
 
 
 def super_resolve(
-    lm: LoadedModel,
+    lm: DiffSTPipeline,
     lr: STSample,
     *,
     steps: int = 20,
@@ -349,7 +335,7 @@ def super_resolve(
     lr = check_model_fits(lm, lr)
     f = lm.factor
     patch = patch or lm.patch
-    overlap = (patch // 4 // f) * f if overlap is None else overlap
+    overlap = default_overlap(patch, f) if overlap is None else overlap
     if patch % f or overlap % f or not 0 <= overlap < patch:
         raise ValueError(f"patch ({patch}) and overlap ({overlap}) must be multiples of the "
                          f"factor {f} with 0 <= overlap < patch")
@@ -363,13 +349,13 @@ def super_resolve(
         store = TileStore(resume_dir, {**_store_settings(job, lr, prep),
                                        "autocast": bool(autocast)})
     with memory_format(lm.model, channels_last), autocast_context(lm.device, autocast):
-        acc, weight = _accumulate(job, store, progress)
-    return _finish(job, prep, lr, acc, weight)
+        blender = _accumulate(job, store, progress)
+    return _finish(job, prep, lr, blender)
 
 
 @dataclass
 class _Job:
-    lm: LoadedModel
+    lm: DiffSTPipeline
     padded: PreparedSample
     counts: np.ndarray  # (G, ph/s, pw/s) measured LR counts on the padded raster
     patch: int
@@ -384,10 +370,8 @@ class _Job:
 
     def origins(self) -> list[tuple[int, int]]:
         """Tile origins (HR cells) of tiles that touch tissue, row-major."""
-        ph, pw = self.padded.shape
-        p, s, f = self.patch, self.patch - self.overlap, self.padded.factor
-        every = [(r, c) for r in tile_origins(ph, p, s, f) for c in tile_origins(pw, p, s, f)]
-        return [(r, c) for r, c in every if self.padded.mask[r : r + p, c : c + p].any()]
+        return tissue_tile_origins(self.padded.mask, self.patch, self.overlap,
+                                   self.padded.factor)
 
 
 def _padded_counts(counts: np.ndarray, padded: PreparedSample) -> np.ndarray:
@@ -407,16 +391,11 @@ def _store_settings(job: _Job, lr: STSample, prep: PreparedSample) -> dict:
     }
 
 
-def _accumulate(job: _Job, store: TileStore | None,
-                progress: bool) -> tuple[dict[str, np.ndarray], np.ndarray]:
+def _accumulate(job: _Job, store: TileStore | None, progress: bool) -> TileBlender:
     """Sample (or load) every batch of tiles and add its window-weighted statistics."""
     origins = job.origins()
-    g = len(job.lm.genes)
-    ph, pw = job.padded.shape
-    acc = {key: np.zeros((g, ph, pw), np.float32) for key in STAT_KEYS}
-    weight = np.zeros((ph, pw), np.float64)
-    window = blend_window(job.patch, job.overlap)
-    window32 = window.astype(np.float32)
+    blender = TileBlender(STAT_KEYS, len(job.lm.genes), job.padded.shape, job.patch,
+                          job.overlap, np.float32)
     starts = range(0, len(origins), job.batch_size)
     stored = {s for s in starts if store is not None and store.has(s)}
     resumed = sum(len(origins[s : s + job.batch_size]) for s in stored)
@@ -438,31 +417,26 @@ def _accumulate(job: _Job, store: TileStore | None,
             if store is not None:
                 store.save(start, stats)
             done += 1
-        p = job.patch
         for i, (r, c) in enumerate(chunk):
-            for key in STAT_KEYS:
-                acc[key][:, r : r + p, c : c + p] += stats[key][i] * window32
-            weight[r : r + p, c : c + p] += window
+            blender.add(r, c, {key: stats[key][i] for key in STAT_KEYS})
     bar.close()
-    return acc, weight
+    return blender
 
 
 def _sample_batch(job: _Job, chunk: list[tuple[int, int]], start: int,
                   bar: tqdm) -> dict[str, np.ndarray]:
     """Per-tile statistics ``{key: (B, G, P, P)}`` float32 of one batch of tiles."""
     lm, cfg, p, f = job.lm, job.lm.config, job.patch, job.padded.factor
-    batch = collate([extract_patch(job.padded, r, c, p, cfg.tissue_px_per_cell, cfg.tile_px,
-                                   cfg.n_tiles) for r, c in chunk])
+    batch = tile_batch(job.padded, chunk, p, cfg)
     lr_counts = torch.from_numpy(np.stack(
         [job.counts[:, r // f : (r + p) // f, c // f : (c + p) // f] for r, c in chunk]))
     gen = torch.Generator().manual_seed(job.seed + start)
     draws = sample_tiles(lm, batch, job.n_samples, job.steps, job.sampler, gen,
                          lr_counts=lr_counts if job.mode == "steps" else None,
                          progress=lambda _i: bar.update(len(chunk)), eta=job.eta).numpy()
-    # (B, K, G, P, P) scaled -> counts (the scaler wants genes first)
-    counts = np.moveaxis(lm.scaler.inverse(np.moveaxis(draws, 2, 0)), 0, 2)
+    counts = lm.scaler.inverse(draws, axis=2)  # (B, K, G, P, P) scaled -> counts
     counts = torch.from_numpy(counts.astype(np.float64))
-    tissue = batch["mask"][:, None] > 0  # (B, 1, 1, P, P)
+    tissue = batch.mask[:, None] > 0  # (B, 1, 1, P, P)
     if job.mode != "off":
         counts = redistribute(counts, lr_counts[:, None], tissue, f)
     else:
@@ -471,22 +445,19 @@ def _sample_batch(job: _Job, chunk: list[tuple[int, int]], start: int,
     return {key: val.astype(np.float32) for key, val in stats.items()}
 
 
-def _finish(job: _Job, prep: PreparedSample, lr: STSample, acc: dict[str, np.ndarray],
-            weight: np.ndarray) -> SRResult:
+def _finish(job: _Job, prep: PreparedSample, lr: STSample, blender: TileBlender) -> SRResult:
     """Normalise the blend, crop to the raster, apply the exact consistency fix to the mean.
 
     Maps are finished one at a time (float64 only transiently) to keep the peak memory low.
     """
-    h, w = prep.shape
     inside = prep.mask
     f = prep.factor
-    norm = np.maximum(weight[:h, :w], 1e-12)
     target = torch.from_numpy(np.asarray(lr.expr, np.float64))
     mask_t = torch.from_numpy(inside)
     maps_: dict[str, np.ndarray] = {}
     scale = fill = None
     for key in STAT_KEYS:  # "mean" first: its consistency map is applied to the others
-        blended = np.where(inside, acc.pop(key)[:, :h, :w] / norm, 0.0)
+        blended = blender.pop(key, inside)
         if job.mode != "off":
             x = torch.from_numpy(blended)
             if scale is None:

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 
-from diffst.api import predict, train_model
+from diffst.api import model_name, predict, train_model
 from diffst.io.anndata_io import anndata_to_sample, sample_to_anndata
 from diffst.io.spatialdata_io import is_spatialdata
+from diffst.pipeline import DiffSTPipeline
 
 if TYPE_CHECKING:  # pragma: no cover
     from spatialdata import SpatialData
@@ -25,7 +26,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from diffst.infer import SRResult
 
 
-def super_resolve(adata: ad.AnnData | SpatialData, model: str | Path, *,
+def super_resolve(adata: ad.AnnData | SpatialData, model: str | Path | DiffSTPipeline, *,
                   key_added: str = "diffst_sr", n_samples: int = 8, steps: int = 20,
                   consistency: bool | str = True, seed: int = 0, device: str = "auto",
                   progress: bool = True,
@@ -36,7 +37,8 @@ def super_resolve(adata: ad.AnnData | SpatialData, model: str | Path, *,
         adata: measured spots (counts) with their image, e.g. from :func:`diffst.read`; or a
             SpatialData object with the H&E image and a table of spot/bin counts (extra
             ``diffst[spatialdata]``, :mod:`diffst.io.spatialdata_io`).
-        model: a model file written by ``diffst train`` / :func:`train`.
+        model: a model file written by ``diffst train`` / :func:`train`, or a loaded
+            :class:`~diffst.pipeline.DiffSTPipeline`.
         key_added: ``adata.uns[key_added]`` records what was run (model, factor, settings, the
             number of HR cells); the result carries the same record. For SpatialData it also
             names the elements added (:func:`diffst.io.spatialdata_io.element_names`).
@@ -69,10 +71,10 @@ def super_resolve(adata: ad.AnnData | SpatialData, model: str | Path, *,
     return out
 
 
-def _record(result: SRResult, model: str | Path, n_samples: int, steps: int,
+def _record(result: SRResult, model: str | Path | DiffSTPipeline, n_samples: int, steps: int,
             seed: int) -> dict[str, Any]:
     """What a super-resolution run did, for ``uns[key_added]``."""
-    return {"model": str(model), "factor": int(result.meta["factor"]),
+    return {"model": model_name(model), "factor": int(result.meta["factor"]),
             "n_samples": n_samples, "steps": steps, "seed": seed,
             "consistency": str(result.meta["consistency"]),
             "n_hr_cells": int(result.mask.sum()), "hr_cell_um": float(result.cell_um)}

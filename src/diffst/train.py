@@ -2,8 +2,9 @@
 
 Checkpoints hold everything needed to resume exactly (model, EMA, optimiser, step, the patch
 sampler's and torch's random states) and are written atomically; they load with
-``torch.load(weights_only=True)``. :func:`export_model` writes the EMA weights plus what
-inference needs (genes, scaler, factor, image resolution) as a smaller model file.
+``torch.load(weights_only=True)``. :meth:`Trainer.pipeline` gives the EMA model with what
+inference needs (genes, scaler, factor, image resolution) as a
+:class:`~diffst.pipeline.DiffSTPipeline`; :meth:`Trainer.export_model` saves it as a model file.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,83 +20,31 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from diffst.config import (  # noqa: F401 - TrainConfig etc.: re-exported
+    DATA_PIPELINES,
+    LR_SCALINGS,
+    PATCH_PER_FACTOR,
+    REFERENCE_BATCH,
+    TrainConfig,
+)
 from diffst.data.device_patches import DevicePatchSampler
 from diffst.data.image import px_per_cell_for
 from diffst.data.normalize import GeneScaler
-from diffst.data.patches import PatchSampler, PreparedSample, prepare_training_sample
+from diffst.data.patches import PatchBatch, PatchSampler, PreparedSample, prepare_training_sample
 from diffst.data.sample import SampleError, STSample
 from diffst.diffusion.schedule import NoiseSchedule
-from diffst.io.atomic import atomic_path
-from diffst.model.config import DiffSTConfig
+from diffst.model.config import DiffSTConfig, SchedulerConfig
 from diffst.model.diffst import DiffST
 from diffst.model.gene_graph import build_gene_graph, coexpression_intensity
+from diffst.pipeline import (  # noqa: F401 - MODEL_FORMAT, safe_load: re-exported
+    MODEL_FORMAT,
+    DiffSTPipeline,
+    atomic_torch_save,
+    resolve_device,
+    safe_load,
+)
 
 CHECKPOINT_FORMAT = "diffst.checkpoint/1"
-MODEL_FORMAT = "diffst.model/1"
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings. ``lr`` 1e-4 and AdamW follow the Diff-ST release.
-
-    ``curriculum`` lists ``(fraction of training, fraction of cell tiles visible)`` stages:
-    the model first sees only the most informative (highest-entropy) tiles and then all.
-    ``patch`` is the HR patch side in raster cells (a multiple of the factor).
-    ``work_um_per_px`` is the image resolution the model works at.
-
-    ``data_pipeline`` chooses how batches are cut: ``"device"`` (default,
-    :class:`diffst.data.device_patches.DevicePatchSampler`: sections stored once as tensors on
-    the training device, batches cut with batched tensor ops) or ``"numpy"`` (the per-item
-    :class:`diffst.data.patches.PatchSampler`, kept for comparison). Both give batches with
-    the same keys, shapes and meaning; their random streams differ.
-
-    ``lr_scaling`` is the learning-rate rule for batch sizes other than 8 (the batch ``lr``
-    was tuned at): ``"none"`` uses ``lr`` as given, ``"sqrt"`` uses
-    ``lr * sqrt(batch_size / 8)`` (square-root scaling, the usual rule for Adam-type
-    optimisers: it keeps the noise of the updates about constant, Malladi et al. 2022; the
-    recommended choice for larger GPU batches, not yet validated by a long run of this
-    model) and ``"linear"`` ``lr * batch_size / 8``. See :func:`batch_scaled_lr`.
-
-    ``compile`` wraps the training forward pass (:class:`DenoisingStep`) in ``torch.compile``
-    on CUDA; it is ignored on the CPU and by trainers that override :meth:`Trainer.loss`, and
-    off by default: on an H200 it raised sustained training throughput at batch 128 from
-    19.7 to 27.1 steps/s but its first step took 66 s (``benchmarks/results/speed_cuda.md``),
-    which pays off only for runs of several thousand steps.
-    """
-
-    steps: int = 2000
-    batch_size: int = 8
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    ema_decay: float = 0.999
-    grad_clip: float = 1.0
-    patch: int = 40
-    min_tissue: float = 0.3
-    work_um_per_px: float = 1.0
-    seed: int = 0
-    curriculum: list[tuple[float, float]] = field(
-        default_factory=lambda: [(0.0, 0.25), (1 / 3, 0.5), (2 / 3, 1.0)]
-    )
-    checkpoint_every: int = 500
-    bf16: bool = False
-    device: str = "auto"
-    data_pipeline: str = "device"
-    lr_scaling: str = "none"
-    compile: bool = False
-
-    def tile_fraction(self, step: int) -> float:
-        """Fraction of cell tiles visible at ``step`` (curriculum, easy to hard)."""
-        progress = step / max(self.steps, 1)
-        frac = self.curriculum[0][1]
-        for start, f in self.curriculum:
-            if progress >= start:
-                frac = f
-        return frac
-
-
-LR_SCALINGS = ("none", "sqrt", "linear")
-DATA_PIPELINES = ("device", "numpy")
-REFERENCE_BATCH = 8
 
 
 def batch_scaled_lr(lr: float, batch_size: int, rule: str = "sqrt",
@@ -109,13 +58,6 @@ def batch_scaled_lr(lr: float, batch_size: int, rule: str = "sqrt",
         raise ValueError(f"lr_scaling must be one of {LR_SCALINGS}, got {rule!r}")
     ratio = batch_size / reference_batch
     return lr * {"none": 1.0, "sqrt": math.sqrt(ratio), "linear": ratio}[rule]
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` picks CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def check_training_samples(samples: list[STSample], genes: list[str], factor: int,
@@ -155,13 +97,11 @@ class DenoisingStep(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, batch: dict[str, torch.Tensor], keep: torch.Tensor, z_t: torch.Tensor,
+    def forward(self, batch: PatchBatch, keep: torch.Tensor, z_t: torch.Tensor,
                 t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, G, P, P)`` denoiser output for noisy residuals ``z_t`` at steps ``t`` ``(B,)``,
         and the scalar disentangling loss; ``keep`` ``(B, N)`` marks the visible cell tiles."""
-        cond = self.model.encode(batch["lr"], batch["lr_up"], batch["mask"],
-                                 batch["tissue_image"], batch["tiles"], batch["tile_centres"],
-                                 keep)
+        cond = self.model.encode_batch(batch, keep)
         return self.model(z_t, t, cond), cond.aux_loss
 
 
@@ -176,8 +116,12 @@ class Trainer:
 
     def __init__(self, samples: list[STSample], genes: list[str], factor: int,
                  model_config: DiffSTConfig | None = None,
-                 train_config: TrainConfig | None = None, spots_only: bool = False) -> None:
-        self.tc = train_config or TrainConfig()
+                 train_config: TrainConfig | None = None, spots_only: bool = False,
+                 scheduler_config: SchedulerConfig | None = None) -> None:
+        tc = train_config or TrainConfig()
+        if tc.patch is None:
+            tc = replace(tc, patch=PATCH_PER_FACTOR * int(factor))
+        self.tc = tc
         self.spots_only = spots_only
         self.genes = list(genes)
         self.factor = int(factor)
@@ -189,10 +133,10 @@ class Trainer:
         adjacency = build_gene_graph(
             coexpression_intensity([p.hr for p in prepared], [p.mask for p in prepared])
         )
-        mc = copy.deepcopy(model_config) if model_config else DiffSTConfig()
-        mc.n_genes, mc.factor = len(self.genes), self.factor
-        mc.residual_scale = residual_scale(prepared)
+        mc = replace(model_config or DiffSTConfig(), n_genes=len(self.genes), factor=self.factor)
         self.model_config = mc
+        self.scheduler_config = replace(scheduler_config or SchedulerConfig(),
+                                        residual_scale=residual_scale(prepared))
         self.device = resolve_device(self.tc.device)
         torch.manual_seed(self.tc.seed)
         self.model = DiffST(mc, adjacency).to(self.device)
@@ -201,7 +145,7 @@ class Trainer:
         lr = batch_scaled_lr(self.tc.lr, self.tc.batch_size, self.tc.lr_scaling)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr,
                                      weight_decay=self.tc.weight_decay)
-        self.schedule = NoiseSchedule(mc.num_train_timesteps, mc.beta_start, mc.beta_end)
+        self.schedule = NoiseSchedule.from_config(self.scheduler_config)
         self.sampler = self._make_sampler(prepared)
         if self.tc.compile and self.device.type == "cuda" and type(self).loss is Trainer.loss:
             self.train_module = torch.compile(DenoisingStep(self.model))
@@ -221,37 +165,37 @@ class Trainer:
                                   image_products=(mc.tissue_px_per_cell, mc.tile_px))
 
     # ------------------------------------------------------------------ one step
-    def draw_batch(self) -> dict[str, torch.Tensor]:
+    def draw_batch(self) -> PatchBatch:
         """Next random training batch (augmented), on the training device."""
         mc = self.model_config
         batch = self.sampler.draw(self.tc.batch_size, mc.tissue_px_per_cell, mc.tile_px,
                                   mc.n_tiles)
-        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        return batch.to(self.device, non_blocking=True)
 
-    def loss(self, model: DiffST | nn.Module, batch: dict[str, torch.Tensor],
+    def loss(self, model: DiffST | nn.Module, batch: PatchBatch,
              tile_fraction: float, generator: torch.Generator | None = None) -> torch.Tensor:
         """Masked denoising MSE (on the configured target) plus the disentangling loss.
 
         ``model`` is a :class:`DiffST` or a module with :class:`DenoisingStep`'s ``forward``
         (e.g. ``train_module``); the latter is called exactly once.
         """
-        mc = self.model_config
-        b = batch["hr"].shape[0]
-        keep = curriculum_keep(batch["tile_valid"], tile_fraction)
+        sc = self.scheduler_config
+        b = batch.hr.shape[0]
+        keep = curriculum_keep(batch.tile_valid, tile_fraction)
         step = DenoisingStep(model) if isinstance(model, DiffST) else model
-        z0 = (batch["hr"] - batch["lr_up"]) / mc.residual_scale
+        z0 = (batch.hr - batch.lr_up) / sc.residual_scale
         if generator is None and z0.is_cuda:  # no host RNG and copy per step on a GPU
-            t = torch.randint(0, mc.num_train_timesteps, (b,), device=z0.device)
+            t = torch.randint(0, sc.num_train_timesteps, (b,), device=z0.device)
             noise = torch.randn_like(z0)
         else:  # CPU: the host RNG, so a fixed seed gives the same losses as before
-            t = torch.randint(0, mc.num_train_timesteps, (b,), generator=generator).to(z0.device)
+            t = torch.randint(0, sc.num_train_timesteps, (b,), generator=generator).to(z0.device)
             noise = torch.randn(z0.shape, generator=generator).to(z0.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tc.bf16):
             out, aux_loss = step(batch, keep, self.schedule.add_noise(z0, noise, t), t)
-        target = self.schedule.training_target(z0, noise, t, mc.prediction)
-        w = batch["mask"]
+        target = self.schedule.training_target(z0, noise, t, sc.prediction)
+        w = batch.mask
         mse = (((out.float() - target) ** 2) * w).sum() / (w.sum() * z0.shape[1]).clamp_min(1)
-        return mse + mc.disentangle_weight * aux_loss.float()
+        return mse + self.tc.disentangle_weight * aux_loss.float()
 
     def train_step(self) -> float:
         """One optimiser step on a fresh batch; returns the loss."""
@@ -306,26 +250,20 @@ class Trainer:
         return self.history
 
     # ------------------------------------------------------------------ persistence
-    def _meta(self) -> dict:
-        return {
-            "model_config": self.model_config.to_dict(),
-            "scaler": self.scaler.state_dict(),
-            "genes": self.genes,
-            "factor": self.factor,
-            "k": self.k,
-            "cell_um": self.cell_um,
-            "work_um_per_px": self.tc.work_um_per_px,
-            "patch": self.tc.patch,
-            "spots_only": self.spots_only,
-            "trained_steps": self.step,
-            "batch_size": self.tc.batch_size,
-        }
+    def pipeline(self) -> DiffSTPipeline:
+        """The EMA model with everything inference needs (shares the EMA module, in eval mode)."""
+        return DiffSTPipeline(
+            model=self.ema.eval(), scheduler=self.scheduler_config, scaler=self.scaler,
+            genes=self.genes, factor=self.factor, k=self.k, cell_um=self.cell_um,
+            patch=self.tc.patch, device=self.device, work_um_per_px=self.tc.work_um_per_px,
+            spots_only=self.spots_only,
+            record={"trained_steps": self.step, "batch_size": self.tc.batch_size})
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write a resumable checkpoint atomically."""
         state = {
             "format": CHECKPOINT_FORMAT,
-            **self._meta(),
+            **self.pipeline().metadata(),
             "train_config": _plain(asdict(self.tc)),
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
@@ -336,7 +274,7 @@ class Trainer:
             "torch_rng": torch.get_rng_state(),
             **self.checkpoint_extras(),
         }
-        return _atomic_torch_save(state, path)
+        return atomic_torch_save(state, path)
 
     def checkpoint_extras(self) -> dict:
         """Further checkpoint entries (plain types and tensors); none here, subclasses add."""
@@ -360,10 +298,8 @@ class Trainer:
         return state
 
     def export_model(self, path: str | Path) -> Path:
-        """Write the EMA weights and inference metadata as a model file (atomic)."""
-        return _atomic_torch_save(
-            {"format": MODEL_FORMAT, **self._meta(), "state_dict": self.ema.state_dict()}, path
-        )
+        """Write :meth:`pipeline` as a model file (atomic)."""
+        return self.pipeline().save(path)
 
 
 def curriculum_keep(valid: torch.Tensor, fraction: float) -> torch.Tensor:
@@ -373,36 +309,6 @@ def curriculum_keep(valid: torch.Tensor, fraction: float) -> torch.Tensor:
     keep = torch.zeros_like(valid)
     keep[:, :visible] = True
     return keep & valid
-
-
-def safe_load(path: str | Path, expected_format: str, required: tuple[str, ...] = ()) -> dict:
-    """``torch.load(weights_only=True)`` with clear errors for missing, foreign or damaged files.
-
-    ``required`` lists keys the file must hold; a missing one raises :class:`SampleError`.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - re-raised with the file name
-        raise SampleError(f"{path}: not a readable diffst file ({exc})") from exc
-    if not isinstance(state, dict) or state.get("format") != expected_format:
-        found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise SampleError(f"{path}: expected a {expected_format} file, found {found!r}")
-    missing = [k for k in required if k not in state]
-    if missing:
-        raise SampleError(f"{path}: the {expected_format} file lacks {missing}; it is damaged "
-                          "or was written by an incompatible diffst version: train or export "
-                          "it again")
-    return state
-
-
-def _atomic_torch_save(obj: dict, path: str | Path) -> Path:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-    return path
 
 
 def _plain(d: dict) -> dict:

@@ -11,9 +11,10 @@ augmentations, curriculum, AdamW, gradient clipping and EMA, and the same step b
 loss is the masked MSE of the residual (per-gene scaled units) plus Diff-ST's weighted
 disentangling loss.
 
-Prediction covers the HR raster with overlapping tiles, with the tiling helpers of
-:mod:`diffst.infer` (``tile_origins``, ``blend_window``) and one deterministic forward pass per
-tile instead of a sampler; outside the tissue mask the output is 0.
+Prediction covers the HR raster with the tiler of :mod:`diffst.infer` (``tissue_tile_origins``,
+``tile_batch``, ``TileBlender``: the same tiles and blending as Diff-ST's whole-slide inference)
+and one deterministic forward pass per tile instead of a sampler; outside the tissue mask the
+output is 0.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffst.data.patches import collate, extract_patch, pad_prepared, prepare_inference_sample
+from diffst.data.patches import PatchBatch, pad_prepared, prepare_inference_sample
 from diffst.data.sample import SampleError, STSample
-from diffst.infer import blend_window, tile_origins
+from diffst.infer import TileBlender, default_overlap, tile_batch, tissue_tile_origins
 from diffst.model.diffst import Condition, DiffST
 from diffst.train import Trainer, curriculum_keep
 
@@ -47,20 +48,17 @@ class HistologyRegression(Trainer):
     :meth:`fit` and predict whole samples with :meth:`predict`.
     """
 
-    def loss(self, model: DiffST, batch: dict[str, torch.Tensor], tile_fraction: float,
+    def loss(self, model: DiffST, batch: PatchBatch, tile_fraction: float,
              generator: torch.Generator | None = None) -> torch.Tensor:
         """Masked MSE of the predicted scaled residual plus the disentangling loss."""
-        mc = self.model_config
-        keep = curriculum_keep(batch["tile_valid"], tile_fraction)
+        keep = curriculum_keep(batch.tile_valid, tile_fraction)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tc.bf16):
-            cond = model.encode(batch["lr"], batch["lr_up"], batch["mask"],
-                                batch["tissue_image"], batch["tiles"], batch["tile_centres"],
-                                keep)
+            cond = model.encode_batch(batch, keep)
             out = regress(model, cond)
-        z0 = (batch["hr"] - batch["lr_up"]) / mc.residual_scale
-        w = batch["mask"]
+        z0 = (batch.hr - batch.lr_up) / self.scheduler_config.residual_scale
+        w = batch.mask
         mse = (((out.float() - z0) ** 2) * w).sum() / (w.sum() * z0.shape[1]).clamp_min(1)
-        return mse + mc.disentangle_weight * cond.aux_loss.float()
+        return mse + self.tc.disentangle_weight * cond.aux_loss.float()
 
     def export_model(self, path: str | Path) -> Path:
         """Not supported: a regression model is not a diffusion model file."""
@@ -70,15 +68,14 @@ class HistologyRegression(Trainer):
         )
 
     @torch.no_grad()
-    def predict_tiles(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+    def predict_tiles(self, batch: PatchBatch) -> np.ndarray:
         """HR estimates of a batch of patches: ``(B, G, P, P)`` counts per HR cell (EMA model)."""
         model = self.ema.eval()
-        batch = {k: v.to(self.device) for k, v in batch.items()}
-        cond = model.encode(batch["lr"], batch["lr_up"], batch["mask"], batch["tissue_image"],
-                            batch["tiles"], batch["tile_centres"], batch["tile_valid"])
-        rs, top = self.model_config.residual_scale, self.scaler.clip_max
-        hr = (batch["lr_up"] + rs * regress(model, cond).float()).clamp(0, top).cpu().numpy()
-        return self.scaler.inverse(hr.swapaxes(0, 1)).swapaxes(0, 1)
+        batch = batch.to(self.device)
+        cond = model.encode_batch(batch, batch.tile_valid)
+        rs, top = self.scheduler_config.residual_scale, self.scaler.clip_max
+        hr = (batch.lr_up + rs * regress(model, cond).float()).clamp(0, top).cpu().numpy()
+        return self.scaler.inverse(hr, axis=1)
 
     def predict(self, lr: STSample, hr_mask: np.ndarray | None = None, batch_size: int = 8,
                 overlap: int | None = None) -> np.ndarray:
@@ -103,24 +100,15 @@ class HistologyRegression(Trainer):
                 f"expects {self.cell_um * f:g} µm (HR {self.cell_um:g} µm x factor {f})"
             )
         lr = lr.select_genes(self.genes)
-        overlap = (patch // 4 // f) * f if overlap is None else overlap
+        overlap = default_overlap(patch, f) if overlap is None else overlap
         prep = prepare_inference_sample(lr, f, self.scaler, self.k, hr_mask=hr_mask)
         padded = pad_prepared(prep, patch)
-        ph, pw = padded.shape
-        origins = [(r, c) for r in tile_origins(ph, patch, patch - overlap, f)
-                   for c in tile_origins(pw, patch, patch - overlap, f)
-                   if padded.mask[r : r + patch, c : c + patch].any()]
-        window = blend_window(patch, overlap)
-        total = np.zeros((len(self.genes), ph, pw), np.float64)
-        weight = np.zeros((ph, pw), np.float64)
-        mc = self.model_config
+        origins = tissue_tile_origins(padded.mask, patch, overlap, f)
+        blender = TileBlender(("mean",), len(self.genes), padded.shape, patch, overlap,
+                              np.float64)
         for start in range(0, len(origins), batch_size):
             chunk = origins[start : start + batch_size]
-            batch = collate([extract_patch(padded, r, c, patch, mc.tissue_px_per_cell,
-                                           mc.tile_px, mc.n_tiles) for r, c in chunk])
+            batch = tile_batch(padded, chunk, patch, self.model_config)
             for (r, c), tile in zip(chunk, self.predict_tiles(batch), strict=True):
-                total[:, r : r + patch, c : c + patch] += tile * window
-                weight[r : r + patch, c : c + patch] += window
-        h, w = prep.shape
-        blended = total[:, :h, :w] / np.maximum(weight[:h, :w], 1e-12)
-        return np.where(prep.mask, blended, 0.0).astype(np.float32)
+                blender.add(r, c, {"mean": tile})
+        return blender.pop("mean", prep.mask).astype(np.float32)

@@ -19,7 +19,7 @@ from diffst.benchmark.presets import Preset, train_config
 from diffst.consistency import redistribute_np
 from diffst.data.lr import hr_mask_from_lr
 from diffst.data.sample import STSample
-from diffst.infer import model_from_trainer, super_resolve
+from diffst.infer import super_resolve
 from diffst.train import Trainer
 
 METHOD_LABELS: dict[str, str] = {
@@ -152,7 +152,7 @@ class DiffSTMethod:
 
     def predict(self, lr: STSample, hr_mask: np.ndarray) -> np.ndarray:
         """Mean of ``n_samples`` DDIM samples per tile, counts per HR cell."""
-        result = super_resolve(model_from_trainer(self.trainer), lr,
+        result = super_resolve(self.trainer.pipeline(), lr,
                                steps=self.preset.sample_steps, n_samples=self.preset.n_samples,
                                hr_mask=hr_mask, seed=self.seed, consistency="off",
                                progress=self.progress)

@@ -35,6 +35,7 @@ from diffst.data.image import aligned_image
 from diffst.data.lr import simulate_lr, upsample_nearest
 from diffst.io.atomic import atomic_path
 from diffst.metrics import HIGHER_IS_BETTER, METRIC_COLUMNS
+from diffst.model.config import SchedulerConfig
 from diffst.plot import gene_panel
 
 REFERENCE = consistent_key("diffst")
@@ -175,6 +176,7 @@ def build_summary(runs: list, preset: Preset, split: str, stage: str, hr_mask: s
         "preset": _plain(asdict(preset)),
         "train_config": tcs,
         "model_config": model_config_for(None, **preset.model).to_dict(),
+        "scheduler_config": SchedulerConfig().to_dict(),
         "methods": {k: method_label(k) for k in gene_df["method"].unique()},
         "ablations": {"enabled": bool(ablations and "diffst" in methods)},
         "results": results,

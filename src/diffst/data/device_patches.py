@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffst.data.patches import PreparedSample, pad_prepared, valid_origins
+from diffst.data.patches import PatchBatch, PreparedSample, pad_prepared, valid_origins
 from diffst.data.sample import SampleError
 
 #: grey-level histogram bins of the tile entropy (as :func:`diffst.data.patches.tile_entropy`)
@@ -312,7 +312,7 @@ class SectionPool:
 
     def cut(self, local: np.ndarray, rows0: np.ndarray, cols0: np.ndarray,
             transform: np.ndarray, tissue_px: int, tile_px: int, n_tiles: int
-            ) -> dict[str, torch.Tensor]:
+            ) -> PatchBatch:
         """A batch cut on this pool's device (a few gathers for the whole batch).
 
         Args:
@@ -322,7 +322,7 @@ class SectionPool:
             tissue_px, tile_px, n_tiles: as :func:`diffst.data.patches.extract_patch`.
 
         Returns:
-            The batch dict (keys of :func:`finish_batch`).
+            The batch (as :func:`finish_batch`).
         """
         g, s, k, patch = self.n_genes, self.factor, self.k, self.patch
         lay = self.layout[local]  # (B, n_rasters, 2)
@@ -338,7 +338,7 @@ class SectionPool:
             out["hr"] = maps[:, g : 2 * g].contiguous()
         if self.products == (tissue_px, tile_px):
             out.update(self._image_products(r0, c0, t, offs, widths, n_tiles))
-            return out
+            return PatchBatch.from_dict(out)
         idx = crop_index(r0 * k, c0 * k, t, patch * k, widths[2], offs[2])
         out["crop"] = self.image[idx].permute(0, 3, 1, 2).contiguous()
         return finish_batch(out, patch, tissue_px, tile_px, n_tiles)
@@ -371,10 +371,10 @@ class SectionPool:
 
 # ---------------------------------------------------------------------------- batches
 def finish_batch(raw: dict[str, torch.Tensor], patch: int, tissue_px_per_cell: int,
-                 tile_px: int, n_tiles: int) -> dict[str, torch.Tensor]:
-    """The batch dict from raw crops: adds the tissue-level image and the cell tiles.
+                 tile_px: int, n_tiles: int) -> PatchBatch:
+    """The batch from raw crops: adds the tissue-level image and the cell tiles.
 
-    Keys, shapes and dtypes are those of :func:`diffst.data.patches.extract_patch` with a
+    Fields, shapes and dtypes are those of :func:`diffst.data.patches.extract_patch` with a
     leading batch axis: ``lr``, ``lr_up``, ``mask``, ``hr`` (when known), ``tissue_image``
     ``(B, 3, P*t, P*t)``, ``tiles``, ``tile_centres`` and ``tile_valid``.
     """
@@ -384,7 +384,7 @@ def finish_batch(raw: dict[str, torch.Tensor], patch: int, tissue_px_per_cell: i
                                                 patch * tissue_px_per_cell)
     out["tiles"], out["tile_centres"], out["tile_valid"] = batch_cell_tiles(
         crop, tile_px, n_tiles)
-    return out
+    return PatchBatch.from_dict(out)
 
 
 class DevicePatchSampler:
@@ -477,13 +477,13 @@ class DevicePatchSampler:
         return sec, self.origins[pick, 0], self.origins[pick, 1], transform
 
     def draw(self, batch_size: int, tissue_px_per_cell: int, tile_px: int, n_tiles: int,
-             augment: bool = True) -> dict[str, torch.Tensor]:
+             augment: bool = True) -> PatchBatch:
         """Draw a batch of random patches on the device (random turns/flips when ``augment``)."""
         sec, rows0, cols0, transform = self.draw_indices(batch_size, augment)
         return self.cut(sec, rows0, cols0, transform, tissue_px_per_cell, tile_px, n_tiles)
 
     def cut(self, sec: np.ndarray, rows0: np.ndarray, cols0: np.ndarray, transform: np.ndarray,
-            tissue_px_per_cell: int, tile_px: int, n_tiles: int) -> dict[str, torch.Tensor]:
+            tissue_px_per_cell: int, tile_px: int, n_tiles: int) -> PatchBatch:
         """Cut given patches: ``(B,)`` section ids, LR-aligned HR origins and transform ids."""
         pool_of = self.where[sec, 0]
         parts, order = [], []
@@ -491,10 +491,10 @@ class DevicePatchSampler:
             at = np.flatnonzero(pool_of == p)
             part = self.pools[p].cut(self.where[sec[at], 1], rows0[at], cols0[at],
                                      transform[at], tissue_px_per_cell, tile_px, n_tiles)
-            parts.append({k: v.to(self.device) for k, v in part.items()})
+            parts.append(part.to(self.device))
             order.append(at)
         if len(parts) == 1:
             return parts[0]
         back = torch.from_numpy(np.argsort(np.concatenate(order), kind="stable"))
         back = back.to(self.device)
-        return {k: torch.cat([p[k] for p in parts])[back] for k in parts[0]}
+        return PatchBatch.cat(parts).map(lambda v: v[back])

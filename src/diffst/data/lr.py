@@ -3,27 +3,33 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TypeVar
 
 import numpy as np
 
 from diffst.data.sample import SampleError, STSample
 
+ArrayLike = TypeVar("ArrayLike")
+"""A NumPy array or a torch tensor (the functions that take either return the same type)."""
 
-def pool_sum(expr: np.ndarray, factor: int) -> np.ndarray:
-    """Sum-pool the last two axes by an integer ``factor``.
+
+def pool_sum(expr: ArrayLike, factor: int) -> ArrayLike:
+    """Sum-pool the last two axes by an integer ``factor`` (NumPy array or torch tensor).
+
+    This is the one pooling implementation (:func:`diffst.consistency.pool_cells` uses it).
 
     Args:
         expr: ``(..., H, W)`` counts; H and W must be multiples of ``factor``.
         factor: integer scale s >= 1.
 
     Returns:
-        ``(..., H // s, W // s)`` counts; totals are preserved exactly.
+        ``(..., H // s, W // s)`` counts of the input's type; totals are preserved exactly.
     """
     factor = _check_factor(factor)
     h, w = expr.shape[-2:]
     if h % factor or w % factor:
         raise SampleError(f"raster {h}x{w} is not a multiple of the scale factor {factor}")
-    shp = expr.shape[:-2] + (h // factor, factor, w // factor, factor)
+    shp = tuple(expr.shape[:-2]) + (h // factor, factor, w // factor, factor)
     return expr.reshape(shp).sum(axis=(-3, -1))
 
 
@@ -105,9 +111,12 @@ def hr_mask_from_lr(lr_mask: np.ndarray, factor: int) -> np.ndarray:
     return upsample_nearest(np.asarray(lr_mask, bool), factor).astype(bool)
 
 
-def upsample_nearest(expr: np.ndarray, factor: int) -> np.ndarray:
-    """``(..., h, w)`` -> ``(..., h*s, w*s)`` repeating each LR value (no rescaling)."""
+def upsample_nearest(expr: ArrayLike, factor: int) -> ArrayLike:
+    """``(..., h, w)`` -> ``(..., h*s, w*s)`` repeating each LR value (no rescaling); NumPy
+    array or torch tensor (:func:`diffst.consistency.spread_cells` uses it)."""
     factor = _check_factor(factor)
+    if hasattr(expr, "repeat_interleave"):  # a torch tensor
+        return expr.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
     return np.repeat(np.repeat(expr, factor, axis=-2), factor, axis=-1)
 
 

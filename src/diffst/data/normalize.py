@@ -6,13 +6,54 @@ the tissue mask of the training samples. Values are transformed as
 ``y = clip((f(x) - lo) / (hi - lo), 0, clip_max)`` with ``f = log1p`` or identity. LR maps are
 first divided by ``s**2`` (counts per LR cell -> mean counts per HR cell), so HR targets and LR
 conditions share one scale. :meth:`GeneScaler.inverse` undoes the transform (up to clipping).
+
+:meth:`GeneScaler.transform` and :meth:`GeneScaler.inverse` are the one implementation for
+NumPy arrays and torch tensors (inference rescales tensors on the model's device). With NumPy
+the bounds are float64 and results float32; tensors keep their dtype and device.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+
+def _is_tensor(x: Any) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+class _NumpyOps:
+    """The array primitives of :class:`GeneScaler` on NumPy arrays (float64 maths)."""
+
+    @staticmethod
+    def columns(v: np.ndarray, like: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+        return v.reshape(shape)
+
+    as_float = staticmethod(lambda x: np.asarray(x, dtype=np.float64))
+    nonneg = staticmethod(lambda x: np.maximum(x, 0))
+    log1p = staticmethod(np.log1p)
+    expm1 = staticmethod(np.expm1)
+    clip = staticmethod(np.clip)
+    result = staticmethod(lambda x: x.astype(np.float32))
+
+
+class _TorchOps:
+    """The same primitives on torch tensors (in the tensor's dtype, on its device)."""
+
+    @staticmethod
+    def columns(v: np.ndarray, like: Any, shape: tuple[int, ...]) -> Any:
+        import torch
+
+        return torch.as_tensor(v, dtype=like.dtype, device=like.device).view(shape)
+
+    as_float = staticmethod(lambda x: x)
+    nonneg = staticmethod(lambda x: x.clamp_min(0))
+    log1p = staticmethod(lambda x: x.log1p())
+    expm1 = staticmethod(lambda x: x.expm1())
+    clip = staticmethod(lambda x, lo, hi: x.clamp(lo, hi))
+    result = staticmethod(lambda x: x)
 
 
 @dataclass
@@ -62,25 +103,35 @@ class GeneScaler:
         hi = np.maximum(hi, floor)
         return cls(lo=np.zeros_like(hi), hi=hi.astype(np.float64), log1p=log1p, clip_max=clip_max)
 
-    def _cols(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if np.ndim(x) < 1 or np.shape(x)[0] != len(self.hi):
+    def _cols(self, x: Any, axis: int) -> tuple[Any, Any, type]:
+        """``lo``, ``hi`` shaped to broadcast along ``axis`` of ``x``, and the primitives."""
+        ops = _TorchOps if _is_tensor(x) else _NumpyOps
+        ndim = len(x.shape) if ops is _TorchOps else np.ndim(x)
+        shape = tuple(np.shape(x)) if ops is _NumpyOps else tuple(x.shape)
+        if ndim < 1 or not -ndim <= axis < ndim or shape[axis] != len(self.hi):
             raise ValueError(f"gene scaler fitted on {len(self.hi)} genes got values of shape "
-                             f"{np.shape(x)} (genes first)")
-        shape = (-1,) + (1,) * (x.ndim - 1)
-        return self.lo.reshape(shape), self.hi.reshape(shape)
+                             f"{shape} (genes on axis {axis})")
+        cols = [1] * ndim
+        cols[axis] = -1
+        return (ops.columns(self.lo, x, tuple(cols)), ops.columns(self.hi, x, tuple(cols)), ops)
 
-    def transform(self, x: np.ndarray) -> np.ndarray:
-        """Counts per HR cell ``(G, ...)`` -> scaled values in ``[0, clip_max]``."""
-        lo, hi = self._cols(x)
-        y = np.log1p(np.maximum(x, 0)) if self.log1p else np.asarray(x, dtype=np.float64)
-        return np.clip((y - lo) / (hi - lo), 0.0, self.clip_max).astype(np.float32)
+    def transform(self, x: Any, axis: int = 0) -> Any:
+        """Counts per HR cell (genes on ``axis``) -> scaled values in ``[0, clip_max]``.
 
-    def inverse(self, y: np.ndarray) -> np.ndarray:
-        """Scaled values ``(G, ...)`` -> counts per HR cell (negatives clipped to 0)."""
-        lo, hi = self._cols(y)
-        z = np.asarray(y, dtype=np.float64) * (hi - lo) + lo
-        x = np.expm1(z) if self.log1p else z
-        return np.maximum(x, 0).astype(np.float32)
+        NumPy input: float64 bounds, float32 result; a tensor keeps its dtype and device.
+        """
+        lo, hi, ops = self._cols(x, axis)
+        y = ops.log1p(ops.nonneg(x)) if self.log1p else ops.as_float(x)
+        return ops.result(ops.clip((y - lo) / (hi - lo), 0.0, self.clip_max))
+
+    def inverse(self, y: Any, axis: int = 0) -> Any:
+        """Scaled values (genes on ``axis``) -> counts per HR cell (negatives clipped to 0).
+
+        NumPy input: computed in float64, float32 result; a tensor keeps its dtype and device.
+        """
+        lo, hi, ops = self._cols(y, axis)
+        z = ops.as_float(y) * (hi - lo) + lo
+        return ops.result(ops.nonneg(ops.expm1(z) if self.log1p else z))
 
     def transform_lr(self, lr: np.ndarray, factor: int) -> np.ndarray:
         """LR counts per LR cell ``(G, h, w)`` -> scaled per-HR-cell values ``(G, h, w)``."""

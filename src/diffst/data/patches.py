@@ -4,11 +4,13 @@ A :class:`PreparedSample` holds one section in model units (per-gene scaled valu
 resampled so each HR cell spans ``k`` x ``k`` pixels). :func:`extract_patch` cuts a
 ``P`` x ``P``-cell patch at an LR-aligned origin, applies the same rotation/flip to every
 modality, and derives the tissue-level image and the entropy-ranked cell-level tiles.
+Patches and batches of patches are :class:`PatchBatch` objects.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -23,6 +25,75 @@ from diffst.data.lr import (
 )
 from diffst.data.normalize import GeneScaler
 from diffst.data.sample import SampleError, STSample
+
+
+@dataclass(frozen=True, eq=False)
+class PatchBatch(Mapping):
+    """The model inputs of a batch of patches (or of one patch, without the batch axis).
+
+    Shapes with a batch of ``B`` patches of ``P`` x ``P`` HR cells, ``G`` genes, ``p = P / s``,
+    ``t`` tissue-image pixels per cell, ``N`` cell tiles of ``T`` x ``T`` pixels:
+
+    Attributes:
+        lr: ``(B, G, p, p)`` scaled LR map.
+        lr_up: ``(B, G, P, P)`` bicubic upsampling of the scaled LR map.
+        mask: ``(B, 1, P, P)`` float tissue mask.
+        tissue_image: ``(B, 3, P*t, P*t)`` RGB in ``[0, 1]``.
+        tiles: ``(B, N, 3, T, T)`` cell-level tiles in ``[0, 1]``, highest entropy first.
+        tile_centres: ``(B, N, 2)`` tile centres in ``[0, 1]`` patch coordinates.
+        tile_valid: ``(B, N)`` bool, tiles that exist (the rest are padding).
+        hr: ``(B, G, P, P)`` scaled HR truth, None when unknown (inference).
+
+    It is also a read-only mapping from these names to the tensors (``hr`` only when known),
+    in the order above with ``hr`` after ``mask``, as the dict batches of diffst 0.1 were.
+    """
+
+    lr: torch.Tensor
+    lr_up: torch.Tensor
+    mask: torch.Tensor
+    tissue_image: torch.Tensor
+    tiles: torch.Tensor
+    tile_centres: torch.Tensor
+    tile_valid: torch.Tensor
+    hr: torch.Tensor | None = None
+
+    _ORDER = ("lr", "lr_up", "mask", "hr", "tissue_image", "tiles", "tile_centres", "tile_valid")
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self._ORDER or (key == "hr" and self.hr is None):
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return (key for key in self._ORDER if key != "hr" or self.hr is not None)
+
+    def __len__(self) -> int:
+        return len(self._ORDER) - (self.hr is None)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, torch.Tensor]) -> PatchBatch:
+        """From a mapping with the attribute names as keys (``hr`` optional)."""
+        return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
+
+    def map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> PatchBatch:
+        """A batch with ``fn`` applied to every tensor."""
+        return PatchBatch.from_dict({key: fn(value) for key, value in self.items()})
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> PatchBatch:
+        """The batch on ``device``."""
+        return self.map(lambda v: v.to(device, non_blocking=non_blocking))
+
+    @staticmethod
+    def stack(items: list[PatchBatch]) -> PatchBatch:
+        """Stack single patches into a batch (a new leading axis)."""
+        return PatchBatch.from_dict({key: torch.stack([it[key] for it in items])
+                                     for key in items[0]})
+
+    @staticmethod
+    def cat(parts: list[PatchBatch]) -> PatchBatch:
+        """Concatenate batches along the batch axis."""
+        return PatchBatch.from_dict({key: torch.cat([p[key] for p in parts])
+                                     for key in parts[0]})
 
 
 @dataclass
@@ -184,12 +255,13 @@ def extract_patch(
     n_tiles: int,
     rot: int = 0,
     flip: bool = False,
-) -> dict[str, torch.Tensor]:
+) -> PatchBatch:
     """Cut one ``patch`` x ``patch``-cell patch at an LR-aligned origin ``(row0, col0)``.
 
-    Returns tensors: ``lr`` (G,p,p), ``lr_up`` (G,P,P), ``mask`` (1,P,P), ``tissue_image``
-    (3,P*t,P*t), ``tiles`` (N,3,T,T), ``tile_centres`` (N,2), ``tile_valid`` (N,), and ``hr``
-    (G,P,P) when the truth is known. ``rot`` quarter turns and ``flip`` apply to all alike.
+    Returns a :class:`PatchBatch` without the batch axis: ``lr`` (G,p,p), ``lr_up`` (G,P,P),
+    ``mask`` (1,P,P), ``tissue_image`` (3,P*t,P*t), ``tiles`` (N,3,T,T), ``tile_centres``
+    (N,2), ``tile_valid`` (N,), and ``hr`` (G,P,P) when the truth is known. ``rot`` quarter
+    turns and ``flip`` apply to all alike.
     """
     s, k = prep.factor, prep.k
     if row0 % s or col0 % s or patch % s:
@@ -215,12 +287,12 @@ def extract_patch(
     tensors["tiles"] = torch.from_numpy(tiles)
     tensors["tile_centres"] = torch.from_numpy(centres)
     tensors["tile_valid"] = torch.from_numpy(valid)
-    return tensors
+    return PatchBatch.from_dict(tensors)
 
 
-def collate(items: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Stack a list of patch dicts into a batch."""
-    return {key: torch.stack([it[key] for it in items]) for key in items[0]}
+def collate(items: list[PatchBatch]) -> PatchBatch:
+    """Stack single patches into a batch."""
+    return PatchBatch.stack(items)
 
 
 def valid_origins(prep: PreparedSample, patch: int, min_tissue: float) -> np.ndarray:
@@ -261,7 +333,7 @@ class PatchSampler:
         return valid_origins(prep, self.patch, min_tissue)
 
     def draw(self, batch_size: int, tissue_px_per_cell: int, tile_px: int, n_tiles: int,
-             augment: bool = True) -> dict[str, torch.Tensor]:
+             augment: bool = True) -> PatchBatch:
         """Draw a batch of random patches (random quarter turns and flips when ``augment``)."""
         items = []
         for _ in range(batch_size):

@@ -1,8 +1,9 @@
 """Reverse-process samplers over a :class:`NoiseSchedule`.
 
 Each sampler walks a descending list of training timesteps and calls a user function
-``eps_fn(x_t, t) -> eps`` (the denoiser with its conditioning already bound). They hold no
-model: the same denoiser works with any of them.
+``eps_fn(x_t, t) -> eps`` (the denoiser with its conditioning already bound, its output
+converted to the noise it implies by :meth:`NoiseSchedule.to_epsilon` whatever its prediction
+target). They hold no model: the same denoiser works with any of them.
 
 * :class:`DDPMSampler`: ancestral sampling on respaced steps (Nichol & Dhariwal 2021 respacing).
 * :class:`DDIMSampler`: deterministic (``eta=0``) or stochastic DDIM (Song et al. 2021).

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from diffst.model.config import SchedulerConfig
 
 
 class NoiseSchedule:
@@ -35,6 +40,12 @@ class NoiseSchedule:
         self.kind = kind
         self.betas = betas
         self.alphas_cumprod = torch.cumprod(1.0 - betas, dim=0)
+
+    @classmethod
+    def from_config(cls, config: SchedulerConfig) -> NoiseSchedule:
+        """The schedule a :class:`~diffst.model.config.SchedulerConfig` describes."""
+        return cls(config.num_train_timesteps, config.beta_start, config.beta_end,
+                   config.schedule)
 
     def abar(self, t: torch.Tensor | int) -> torch.Tensor:
         """``abar_t`` for integer steps ``t`` (tensor of any shape); ``t = -1`` gives 1."""

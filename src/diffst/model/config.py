@@ -1,33 +1,46 @@
-"""Configuration of the Diff-ST denoiser (plain data, stored in checkpoints)."""
+"""Configuration of the Diff-ST denoiser (plain data, stored in model files and checkpoints).
+
+:class:`DiffSTConfig` is the network's architecture; :class:`SchedulerConfig` the diffusion
+process it is trained for (noise schedule, prediction target, scale of the diffusion variable).
+Optimisation settings and loss weights are :class:`diffst.config.TrainConfig`. Model files
+written before this split kept all of them in one dict: :func:`split_legacy_config` separates
+them. Both dataclasses are frozen and validated at construction; values the trainer derives
+from the data are set with ``dataclasses.replace``. This module does not import torch.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
 PREDICTIONS = ("epsilon", "v", "sample")
+"""What a denoiser may output (:attr:`SchedulerConfig.prediction`)."""
+SCHEDULE_KINDS = ("linear", "scaled_linear")
+"""Beta schedules of :class:`diffst.diffusion.schedule.NoiseSchedule`."""
+
+SCHEDULER_KEYS = ("prediction", "num_train_timesteps", "beta_start", "beta_end",
+                  "residual_scale")
+"""Keys of a pre-split model config that belong to the scheduler config."""
+
+TRAINING_KEYS = ("disentangle_weight",)
+"""Keys of a pre-split model config that belong to the training config."""
+
+_POSITIVE = ("n_genes", "factor", "channels", "time_dim", "cond_channels", "tissue_px_per_cell",
+             "tile_px", "n_tiles", "attn_dim", "attn_heads", "graph_dim", "graph_layers")
 
 
-@dataclass
+@dataclass(frozen=True)
 class DiffSTConfig:
-    """Hyper-parameters of :class:`diffst.model.diffst.DiffST`.
+    """Architecture of :class:`diffst.model.diffst.DiffST`; validated at construction.
 
     Shapes: an HR patch is ``patch`` x ``patch`` raster cells with ``n_genes`` channels; the
     tissue-level image has ``tissue_px_per_cell`` pixels per cell edge; cell-level tiles are
-    ``tile_px`` pixels square at the working image resolution.
+    ``tile_px`` pixels square at the working image resolution. ``n_genes`` and ``factor`` are
+    set by the trainer from the data (``dataclasses.replace``: the config is frozen).
 
     The four Diff-ST parts can be switched off for ablations:
     ``use_disentangle`` (multi-modal disentangling), ``use_modulation`` (cross-modal adaptive
     modulation), ``use_dynamic_attention`` (dynamic cross-attention over histology scales) and
     ``use_gene_graph`` (CIGC-Graph).
-
-    ``prediction`` is what the U-Net outputs: ``"sample"`` (the clean residual, default),
-    ``"epsilon"`` (the noise, as in DDPM and the Diff-ST paper) or ``"v"`` (velocity,
-    ``sqrt(abar) eps - sqrt(1 - abar) x0``). All three train with the same MSE and use the same
-    samplers. ``sample`` is the default because ST truth at sub-spot resolution is dominated by
-    count noise that no model can predict; an epsilon-predicting network then learns slowly and
-    its samples reproduce that noise, while a clean-sample network learns the conditional mean
-    first (measured on the demo tissue, 500 CPU training steps: PCC 0.54 with ``sample``, 0.29
-    with ``v``; ``epsilon`` reached 0.13 after 1000 steps; bicubic 0.36).
     """
 
     n_genes: int = 20
@@ -47,15 +60,22 @@ class DiffSTConfig:
     use_modulation: bool = True
     use_dynamic_attention: bool = True
     use_gene_graph: bool = True
-    prediction: str = "sample"
-    num_train_timesteps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
-    residual_scale: float = 0.5
-    disentangle_weight: float = 0.1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "channel_mults", tuple(self.channel_mults))
+        for name in _POSITIVE:
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise ValueError(f"model config: {name} must be a positive integer, got {value!r}")
+        if not self.channel_mults or any(int(m) != m or m < 1 for m in self.channel_mults):
+            raise ValueError("model config: channel_mults must be positive integers, got "
+                             f"{self.channel_mults!r}")
+        if self.attn_dim % self.attn_heads:
+            raise ValueError(f"model config: attn_dim {self.attn_dim} must be a multiple of "
+                             f"attn_heads {self.attn_heads}")
 
     def to_dict(self) -> dict:
-        """Plain-Python form for checkpoints (tuples become lists)."""
+        """Plain-Python form for model files (tuples become lists)."""
         d = asdict(self)
         d["channel_mults"] = list(self.channel_mults)
         return d
@@ -67,9 +87,69 @@ class DiffSTConfig:
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown model config keys: {sorted(unknown)}")
-        d = dict(d)
-        if d.get("prediction", "sample") not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {d['prediction']!r}")
-        if "channel_mults" in d:
-            d["channel_mults"] = tuple(d["channel_mults"])
         return cls(**d)
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    """The diffusion process a denoiser is trained for; validated at construction.
+
+    ``schedule``, ``num_train_timesteps``, ``beta_start`` and ``beta_end`` define the
+    :class:`~diffst.diffusion.schedule.NoiseSchedule` (``NoiseSchedule.from_config``). The
+    diffusion variable is the scaled HR residual ``z0 = (hr - lr_up) / residual_scale``
+    (per-gene scaled units); the trainer sets ``residual_scale`` from the data.
+
+    ``prediction`` is what the U-Net outputs: ``"sample"`` (the clean residual, default),
+    ``"epsilon"`` (the noise, as in DDPM and the Diff-ST paper) or ``"v"`` (velocity,
+    ``sqrt(abar) eps - sqrt(1 - abar) x0``). All three train with the same MSE and use the same
+    samplers. ``sample`` is the default because ST truth at sub-spot resolution is dominated by
+    count noise that no model can predict; an epsilon-predicting network then learns slowly and
+    its samples reproduce that noise, while a clean-sample network learns the conditional mean
+    first (measured on the demo tissue, 500 CPU training steps: PCC 0.54 with ``sample``, 0.29
+    with ``v``; ``epsilon`` reached 0.13 after 1000 steps; bicubic 0.36).
+    """
+
+    prediction: str = "sample"
+    schedule: str = "linear"
+    num_train_timesteps: int = 1000
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    residual_scale: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {self.prediction!r}")
+        if self.schedule not in SCHEDULE_KINDS:
+            raise ValueError(f"schedule must be one of {SCHEDULE_KINDS}, got {self.schedule!r}")
+        steps = self.num_train_timesteps
+        if isinstance(steps, bool) or int(steps) != steps or steps < 2:
+            raise ValueError(f"num_train_timesteps must be an integer >= 2, got {steps!r}")
+        if not 0 < self.beta_start <= self.beta_end < 1:
+            raise ValueError(f"need 0 < beta_start <= beta_end < 1, got {self.beta_start}, "
+                             f"{self.beta_end}")
+        if not self.residual_scale > 0:
+            raise ValueError(f"residual_scale must be positive, got {self.residual_scale!r}")
+
+    def to_dict(self) -> dict:
+        """Plain-Python form for model files."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SchedulerConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error, missing ones take defaults."""
+        unknown = set(d) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown scheduler config keys: {sorted(unknown)}")
+        return cls(**d)
+
+
+def split_legacy_config(d: dict) -> tuple[dict, dict, dict]:
+    """A model config dict of any version -> ``(architecture, scheduler, training)`` dicts.
+
+    Model files of format version 1 hold the scheduler keys (:data:`SCHEDULER_KEYS`) and the
+    disentangling loss weight in the model config; newer ones hold the architecture only.
+    """
+    arch = {k: v for k, v in d.items() if k not in SCHEDULER_KEYS + TRAINING_KEYS}
+    sched = {k: d[k] for k in SCHEDULER_KEYS if k in d}
+    train = {k: d[k] for k in TRAINING_KEYS if k in d}
+    return arch, sched, train

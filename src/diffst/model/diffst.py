@@ -9,12 +9,15 @@ Data flow for one HR patch of ``P x P`` raster cells and ``G`` genes::
     Disentangler(H, S) --> H', S' (+ disentangling loss)
     CrossModalModulation(S', H') --> S''
     cond = conv([S'', H'])                                                (B,Cc,P,P)
-    ConditionalUNet([x_t, refined LR], t, cond) --> predicted noise      (B,G,P,P)
+    ConditionalUNet([x_t, refined LR], t, cond) --> prediction           (B,G,P,P)
 
 The diffusion variable is the HR residual over the bicubic LR map,
 ``z0 = (hr - lr_up) / residual_scale`` (all in per-gene scaled units), so the model only has to
-add the detail that interpolation misses. :meth:`DiffST.encode` runs once per patch; the
-U-Net runs once per sampling step.
+add the detail that interpolation misses. The prediction is the target the model was trained
+for (:attr:`diffst.model.config.SchedulerConfig.prediction`): the clean residual ``z0``
+(``sample``, the default), the noise (``epsilon``) or the velocity (``v``);
+:meth:`diffst.diffusion.schedule.NoiseSchedule.to_epsilon` converts it for the samplers.
+:meth:`DiffST.encode` runs once per patch; the U-Net runs once per sampling step.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diffst.data.patches import PatchBatch
 from diffst.model.attention import DynamicCrossAttention
 from diffst.model.config import DiffSTConfig
 from diffst.model.disentangle import Disentangler
@@ -122,6 +126,12 @@ class DiffST(nn.Module):
         features = self.fuse(torch.cat([st, hist], 1))
         return Condition(features, lr_refined, aux, weights)
 
+    def encode_batch(self, batch: PatchBatch, tile_keep: torch.Tensor | None = None) -> Condition:
+        """:meth:`encode` of a :class:`~diffst.data.patches.PatchBatch` (``tile_keep`` as there)."""
+        return self.encode(batch.lr, batch.lr_up, batch.mask, batch.tissue_image, batch.tiles,
+                           batch.tile_centres, tile_keep)
+
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
-        """Predict the noise ``(B, G, P, P)`` in the noisy residual ``z_t`` at steps ``t``."""
+        """The prediction ``(B, G, P, P)`` for the noisy residual ``z_t`` at steps ``t``: the
+        clean residual, the noise or the velocity, as the scheduler config's ``prediction``."""
         return self.unet(torch.cat([z_t, cond.lr_refined], 1), t, cond.features)

@@ -1,4 +1,9 @@
-"""A small conditional U-Net that predicts the noise of the HR residual map."""
+"""A small conditional U-Net, the denoiser of the noisy HR residual map.
+
+What it outputs is the configured prediction target
+(:attr:`diffst.model.config.SchedulerConfig.prediction`): the clean residual (``sample``, the
+default), the noise (``epsilon``) or the velocity (``v``).
+"""
 
 from __future__ import annotations
 

@@ -1,0 +1,100 @@
+"""Training settings and the defaults the command line, the API and the DDP launcher share.
+
+:class:`TrainConfig` holds the optimisation settings; the architecture and the diffusion process
+are :class:`diffst.model.config.DiffSTConfig` and :class:`diffst.model.config.SchedulerConfig`.
+Every default is defined once, in these dataclasses (plus :data:`TOP_GENES` and
+:data:`PATCH_PER_FACTOR`); ``diffst train``, :func:`diffst.api.train_model` and
+``python -m diffst.distributed`` take theirs from here (``tests/test_defaults.py`` checks it).
+This module does not import torch, so the command line starts fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from diffst.model.config import DiffSTConfig, SchedulerConfig
+
+TOP_GENES = 25
+"""Genes modelled by default: the most expressed ones shared by the training samples."""
+PATCH_PER_FACTOR = 8
+"""Default training patch side, in multiples of the factor (40 HR cells at factor 5)."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings. ``lr`` 1e-4 and AdamW follow the Diff-ST release.
+
+    ``curriculum`` lists ``(fraction of training, fraction of cell tiles visible)`` stages:
+    the model first sees only the most informative (highest-entropy) tiles and then all.
+    ``patch`` is the HR patch side in raster cells (a multiple of the factor; None, the
+    default: :data:`PATCH_PER_FACTOR` x the factor, set by the trainer).
+    ``work_um_per_px`` is the image resolution the model works at.
+
+    ``data_pipeline`` chooses how batches are cut: ``"device"`` (default,
+    :class:`diffst.data.device_patches.DevicePatchSampler`: sections stored once as tensors on
+    the training device, batches cut with batched tensor ops) or ``"numpy"`` (the per-item
+    :class:`diffst.data.patches.PatchSampler`, kept for comparison). Both give batches with
+    the same keys, shapes and meaning; their random streams differ.
+
+    ``lr_scaling`` is the learning-rate rule for batch sizes other than 8 (the batch ``lr``
+    was tuned at): ``"none"`` uses ``lr`` as given, ``"sqrt"`` uses
+    ``lr * sqrt(batch_size / 8)`` (square-root scaling, the usual rule for Adam-type
+    optimisers: it keeps the noise of the updates about constant, Malladi et al. 2022; the
+    recommended choice for larger GPU batches, not yet validated by a long run of this
+    model) and ``"linear"`` ``lr * batch_size / 8``. See :func:`diffst.train.batch_scaled_lr`.
+
+    ``disentangle_weight`` weighs the disentangling loss against the denoising MSE.
+
+    ``compile`` wraps the training forward pass (:class:`diffst.train.DenoisingStep`) in
+    ``torch.compile`` on CUDA; it is ignored on the CPU and by trainers that override
+    :meth:`diffst.train.Trainer.loss`, and off by default: on an H200 it raised sustained
+    training throughput at batch 128 from 19.7 to 27.1 steps/s, but its first step took 66 s
+    (``benchmarks/results/speed_cuda.md``), which pays off only for runs of thousands of steps.
+    """
+
+    steps: int = 2000
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0
+    patch: int | None = None
+    min_tissue: float = 0.3
+    work_um_per_px: float = 1.0
+    seed: int = 0
+    curriculum: list[tuple[float, float]] = field(
+        default_factory=lambda: [(0.0, 0.25), (1 / 3, 0.5), (2 / 3, 1.0)]
+    )
+    checkpoint_every: int = 500
+    bf16: bool = False
+    device: str = "auto"
+    data_pipeline: str = "device"
+    lr_scaling: str = "none"
+    compile: bool = False
+    disentangle_weight: float = 0.1
+
+    def tile_fraction(self, step: int) -> float:
+        """Fraction of cell tiles visible at ``step`` (curriculum, easy to hard)."""
+        progress = step / max(self.steps, 1)
+        frac = self.curriculum[0][1]
+        for start, f in self.curriculum:
+            if progress >= start:
+                frac = f
+        return frac
+
+
+LR_SCALINGS = ("none", "sqrt", "linear")
+DATA_PIPELINES = ("device", "numpy")
+REFERENCE_BATCH = 8
+
+
+def default(cls: type, name: str):
+    """The default of the dataclass field ``cls.name`` (for option declarations)."""
+    for f in fields(cls):
+        if f.name == name:
+            return f.default
+    raise AttributeError(f"{cls.__name__} has no field {name!r}")
+
+
+__all__ = ["DATA_PIPELINES", "LR_SCALINGS", "PATCH_PER_FACTOR", "REFERENCE_BATCH", "TOP_GENES",
+           "DiffSTConfig", "SchedulerConfig", "TrainConfig", "default"]
