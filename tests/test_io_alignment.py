@@ -23,10 +23,13 @@ from PIL import Image
 from diffst.data.sample import SampleError
 from diffst.io import read_sample
 from diffst.io.alignment import (
+    CANDIDATES,
     AlignmentError,
+    AlignmentReport,
     PositionFix,
     align_to_image,
     blank_reason,
+    clear_fix,
     measure_alignment,
 )
 from diffst.io.atomic import atomic_path, remove_stale_parts
@@ -36,6 +39,8 @@ from diffst.io.spaceranger import read_mtx
 FIX = SHARED_DATA / "fixtures"
 SR3 = FIX / "visium_spaceranger3"
 SQUIDPY = FIX / "visium_squidpy"
+SCANPY_V1 = FIX / "visium_scanpy_v1"
+XENIUM_CROP = SHARED_DATA / "xenium_breast_crop"
 HER2ST = SHARED_DATA / "her2st"
 
 
@@ -143,6 +148,80 @@ def test_her2st_swapped_pixel_columns(tmp_path):
         read_sample(tmp_path, section="C2", genes=["ERBB2"])
     fixed = read_sample(tmp_path, section="C2", genes=["ERBB2"], fix=PositionFix(swap_xy=True))
     assert fixed.meta["alignment"]["on_tissue"] > 0.95
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("fixture", [SQUIDPY, SCANPY_V1], ids=["squidpy", "scanpy_v1"])
+@pytest.mark.parametrize("edit, name, fix", [
+    ("swap", "x/y swapped", PositionFix(swap_xy=True)),
+    (np.fliplr, "image mirrored left-right", PositionFix(flip="x")),
+    (np.flipud, "image mirrored top-bottom", PositionFix(flip="y")),
+    (np.rot90, "image rotated 90 degrees", PositionFix(rotate=90)),
+    (lambda a: np.rot90(a, 2), "image rotated 180 degrees", PositionFix(rotate=180)),
+], ids=["swap", "flip-lr", "flip-ud", "rot90", "rot180"])
+def test_tiny_crop_that_is_mostly_tissue_wrong_orientation_refused(tmp_path, fixture, edit, name,
+                                                                   fix):
+    """86-96 % of the 100 spots stay on tissue when wrong: the relative rule refuses them."""
+    folder = copy_of(fixture, tmp_path / "visium")
+    assert read_sample(folder).meta["alignment"]["on_tissue"] == 1.0  # as shipped: accepted
+    if edit == "swap":
+        path = folder / "spatial" / "tissue_positions_list.csv"  # no header
+        pos = pd.read_csv(path, header=None)
+        pos[[4, 5]] = pos[[5, 4]].to_numpy()
+        pos.to_csv(path, header=False, index=False)
+    else:
+        edit_lowres(folder, edit)
+    with pytest.raises(AlignmentError, match=(
+            rf"(?s)9\d\.0% of 100 tissue cells .*as given, 100\.0% if corrected for '{name}' "
+            rf"\(\d+ cells off tissue as given, 0 if corrected\).*pass {fix.options()} ")):
+        read_sample(folder)
+    assert read_sample(folder, fix=fix).meta["alignment"]["on_tissue"] == 1.0
+    assert read_sample(folder, alignment_check=False).meta["alignment"]["on_tissue"] < 1.0
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("section", ["C3", "C4", "C5", "C6"])
+def test_real_her2st_sections_pass_the_check(section):
+    sample = read_sample(need(HER2ST), section=section, genes=["ERBB2"])
+    assert sample.meta["alignment"]["on_tissue"] == 1.0
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_real_xenium_crop_passes_although_shrinking_scores_higher():
+    """The nuclear crop is tissue everywhere: positions shrunk 10x into a corner score 98.5 %."""
+    from diffst.io.xenium import read_xenium
+
+    crop = need(XENIUM_CROP)
+    sample = read_xenium(crop, bin_um=8.0, morphology_image=crop / "morphology_dapi.tif",
+                         morphology_origin_um=(1062.0, 212.0), image_um_per_px=0.2125,
+                         work_um_per_px=1.0)
+    found = sample.meta["alignment"]
+    assert 0.85 < found["on_tissue"] < 0.9 and found["outside_image"] < 0.1
+    assert found["candidates"]["positions (scale factor) 10x too large"] > 0.95
+
+
+def test_clear_fix_rules():
+    scale_down = "positions (scale factor) 10x too large"
+
+    def report(given, n=100, outside=0.0, **cands):
+        names = {"swap": "x/y swapped", "flip": "image mirrored left-right",
+                 "down": scale_down}
+        full = {k: 0.0 for k in CANDIDATES}
+        full.update({names[k]: v for k, v in cands.items()})
+        return AlignmentReport(given, 0.4, n, candidates=full, outside=outside)
+
+    # relative: 4 of 100 cells off as given, none if swapped
+    assert clear_fix(report(0.96, swap=1.0)) == ("x/y swapped", 1.0, "relative")
+    assert clear_fix(report(1.0, swap=0.96)) is None  # the correct data
+    assert clear_fix(report(0.98, swap=1.0)) is None  # 2 cells: too few
+    assert clear_fix(report(0.96, swap=0.995, n=1000)) is None  # 5 of 40 off: not a quarter
+    assert clear_fix(report(0.886, swap=0.887)) is None  # a tie (uniform crop)
+    # absolute: a gain of 10 points reaching 90 %
+    assert clear_fix(report(0.84, flip=1.0)) == ("image mirrored left-right", 1.0, "absolute")
+    # shrinking by 10 is named only for positions beyond the image
+    assert clear_fix(report(0.886, down=0.985)) is None
+    assert clear_fix(report(0.60, down=0.985)) is None
+    assert clear_fix(report(0.0, outside=1.0, down=0.99)) == (scale_down, 0.99, "absolute")
 
 
 def test_blank_hires_is_skipped_for_lowres_with_a_warning(tmp_path):
