@@ -297,7 +297,11 @@ def test_huge_png_refused_before_decoding(tmp_path, monkeypatch):
     monkeypatch.delenv("DIFFST_MAX_IMAGE_GB", raising=False)
     big = png_header(tmp_path / "big.png", 30000, 30000)
     with pytest.raises(ValueError, match=r"big\.png: reading this 30000x30000 px image needs "
-                       r"about 10\.8 GB.*8 GB limit.*--max-image-gb"):
+                       r"about 10\.8 GB.*8 GB limit; read it at a coarser working resolution.*"
+                       r"vips tiffsave in\.png out\.tif --tile --pyramid.*--max-image-gb"):
+        read_image(big, scale=1.0)
+    # reduced tenfold it would be decoded by strips (small memory): the fake data is named
+    with pytest.raises(ValueError, match=r"big\.png: image data is truncated or corrupt"):
         read_image(big, scale=0.1)
     monkeypatch.setenv("DIFFST_MAX_IMAGE_GB", "0.5")
     small = png_header(tmp_path / "small.png", 8000, 8000)
@@ -306,6 +310,62 @@ def test_huge_png_refused_before_decoding(tmp_path, monkeypatch):
     bomb = png_header(tmp_path / "bomb.png", 100000, 100000)
     with pytest.raises(ValueError, match=r"bomb\.png: the image is too large to open safely"):
         read_image(bomb)
+
+
+def write_big_png(path: Path, width: int, height: int) -> Path:
+    """A mostly uniform RGB PNG (a cheap file), written row by row without the whole image.
+
+    Background (240, 230, 245); the left quarter of the columns (60, 20, 90); rows in the
+    middle third (200, 100, 150) across the full width.
+    """
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data))
+
+    quarter = width // 4
+    plain = b"\0" + bytes([60, 20, 90]) * quarter + bytes([240, 230, 245]) * (width - quarter)
+    band = b"\0" + bytes([200, 100, 150]) * width
+    comp = zlib.compressobj(1)
+    with open(path, "wb") as fh:
+        fh.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height,
+                                                                    8, 2, 0, 0, 0)))
+        for y in range(height):
+            data = comp.compress(band if height // 3 <= y < 2 * height // 3 else plain)
+            if data:
+                fh.write(chunk(b"IDAT", data))
+        fh.write(chunk(b"IDAT", comp.flush()) + chunk(b"IEND", b""))
+    return path
+
+
+def test_large_png_is_read_reduced_in_bounded_memory(tmp_path):
+    """12000 x 9600 px: a full decode needs 346 MB for the pixels alone (1.4 GB estimated)."""
+    import json
+    import subprocess
+    import sys
+
+    big = write_big_png(tmp_path / "big.png", 12000, 9600)
+    with pytest.raises(ValueError, match=r"big\.png: reading this 12000x9600 px image needs "
+                       r"about 1\.4 GB.*0\.5 GB limit"):
+        read_image(big, max_gb=0.5)
+    script = (
+        "import json, resource, sys\n"
+        "import numpy as np\n"
+        "from diffst.io.imageio import read_image\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "img = read_image(sys.argv[1], scale=1 / 16, max_gb=0.5)\n"
+        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "np.save(sys.argv[2], img)\n"
+        "print(json.dumps({'extra_mb': (peak - base) / 1024}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(big), str(tmp_path / "img.npy")],
+                         capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    extra_mb = json.loads(out.stdout.strip().splitlines()[-1])["extra_mb"]
+    assert extra_mb < 200, extra_mb  # one strip (~64 MB) and the block sums
+    img = np.load(tmp_path / "img.npy")
+    assert img.shape == (600, 750, 3)
+    assert img[100, 50].tolist() == [60, 20, 90] and img[100, 500].tolist() == [240, 230, 245]
+    assert img[300, 50].tolist() == [200, 100, 150] == img[300, 700].tolist()
 
 
 def test_huge_sparse_tiff_refused_and_jpeg_read_reduced(tmp_path):
