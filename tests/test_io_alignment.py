@@ -189,6 +189,8 @@ def test_real_her2st_sections_pass_the_check(section):
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_real_xenium_crop_passes_although_shrinking_scores_higher():
     """The nuclear crop is tissue everywhere: positions shrunk 10x into a corner score 98.5 %."""
+    from dataclasses import replace
+
     from diffst.io.xenium import read_xenium
 
     crop = need(XENIUM_CROP)
@@ -198,6 +200,13 @@ def test_real_xenium_crop_passes_although_shrinking_scores_higher():
     found = sample.meta["alignment"]
     assert 0.85 < found["on_tissue"] < 0.9 and found["outside_image"] < 0.1
     assert found["candidates"]["positions (scale factor) 10x too large"] > 0.95
+    assert found["counts_stain_rho"] > 0.6  # transcripts follow the nuclei
+    # mirrored, the image is still tissue everywhere: the counts name the mistake
+    for edit, option in [(np.fliplr, "--flip x"), (lambda a: np.rot90(a, 2), "--rotate 180")]:
+        wrong = replace(sample, image=np.ascontiguousarray(edit(sample.image)))
+        with pytest.raises(AlignmentError, match=rf"(?s)Spearman \+0\.[0-2]\d as given, "
+                           rf"\+0\.[6-9]\d if corrected.*pass {option} "):
+            align_to_image(wrong)
 
 
 def test_clear_fix_rules():
@@ -222,6 +231,15 @@ def test_clear_fix_rules():
     assert clear_fix(report(0.886, down=0.985)) is None
     assert clear_fix(report(0.60, down=0.985)) is None
     assert clear_fix(report(0.0, outside=1.0, down=0.99)) == (scale_down, 0.99, "absolute")
+    # counts: the mask cannot tell (a tie), the counts follow the stain only if flipped
+    tied = report(0.886, n=3000, swap=0.887, flip=0.887)
+    tied.rho, tied.rho_candidates = 0.05, {"x/y swapped": 0.2, "image mirrored left-right": 0.7}
+    assert clear_fix(tied) == ("image mirrored left-right", 0.887, "counts")
+    tied.rho = 0.45  # a gain below 0.3: accepted
+    assert clear_fix(tied) is None
+    clear = report(1.0, n=3000, swap=0.8)  # the mask tells: the counts are not asked
+    clear.rho, clear.rho_candidates = 0.05, {"x/y swapped": 0.9}
+    assert clear_fix(clear) is None
 
 
 def test_blank_hires_is_skipped_for_lowres_with_a_warning(tmp_path):
