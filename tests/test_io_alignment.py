@@ -240,6 +240,11 @@ def test_clear_fix_rules():
     clear = report(1.0, n=3000, swap=0.8)  # the mask tells: the counts are not asked
     clear.rho, clear.rho_candidates = 0.05, {"x/y swapped": 0.9}
     assert clear_fix(clear) is None
+    everywhere = report(1.0, n=3000, swap=1.0)  # tissue fills the image: only counts tell
+    everywhere.tissue_fraction = 0.99
+    assert clear_fix(everywhere) is None
+    everywhere.rho, everywhere.rho_candidates = 0.1, {"x/y swapped": 0.8}
+    assert clear_fix(everywhere) == ("x/y swapped", 1.0, "counts")
 
 
 def test_blank_hires_is_skipped_for_lowres_with_a_warning(tmp_path):

@@ -35,7 +35,8 @@ Decision (:func:`clear_fix`), with ``given`` the on-tissue fraction as given and
   orientation; on HER2ST, with 180 spots and symmetric tissue, a wrong orientation can
   correlate better than the right one by 0.11, hence the large gain asked). Below
   :data:`MIN_ON_TISSUE` the same correlation names the correction when no candidate reaches
-  :data:`GOOD_ON_TISSUE` but the one it picks gains :data:`MIN_GAIN` on tissue.
+  :data:`GOOD_ON_TISSUE` but the one it picks gains :data:`MIN_GAIN` on tissue. When the mask
+  covers the whole image (:data:`UNINFORMATIVE_TISSUE`) this is the only rule applied.
 
 Thresholds come from ``benchmarks/malformed_inputs.py``
 (``benchmarks/results/malformed_inputs.md``).
@@ -208,6 +209,8 @@ def clear_fix(report: AlignmentReport) -> tuple[str, float, str] | None:
     ``"relative"`` or ``"counts"`` (module docstring).
     """
     given, n = report.on_tissue, report.n_points
+    if not report.informative:  # tissue everywhere: only the counts can tell
+        return _counts_fix(report, mask_fits=True)
     names = tuple(k for k in report.candidates
                   if k in RIGID or (given < MIN_ON_TISSUE and _scale_plausible(k, report)))
     best = report.best(names)
@@ -220,15 +223,21 @@ def clear_fix(report: AlignmentReport) -> tuple[str, float, str] | None:
     if given >= MIN_ON_TISSUE and gain >= REL_MIN_GAIN and gain * n >= REL_MIN_CELLS - 1e-9 \
             and (1.0 - frac) <= REL_MAX_RATIO * (1.0 - given):
         return name, frac, "relative"
-    if report.rho is not None and report.rho_candidates:
-        name = max(report.rho_candidates, key=lambda k: report.rho_candidates[k])
-        rho, frac = report.rho_candidates[name], report.candidates[name]
-        if given >= MIN_ON_TISSUE:  # refused only when the mask cannot tell
-            fits = report.best(RIGID)[1] >= given - RHO_TIE
-        else:  # refused anyway: name the correction when the mask agrees with it
-            fits = frac - given >= MIN_GAIN
-        if fits and rho >= RHO_MIN and rho - report.rho >= RHO_MIN_GAIN:
-            return name, frac, "counts"
+    # when the mask cannot tell orientations apart, or (refused anyway) agrees with the counts
+    tie = report.best(RIGID)[1] >= given - RHO_TIE
+    return _counts_fix(report, tie if given >= MIN_ON_TISSUE else None)
+
+
+def _counts_fix(report: AlignmentReport, mask_fits: bool | None) -> tuple[str, float, str] | None:
+    """The counts rule (module docstring); ``mask_fits`` None: the correction must gain
+    :data:`MIN_GAIN` on tissue."""
+    if report.rho is None or not report.rho_candidates:
+        return None
+    name = max(report.rho_candidates, key=lambda k: report.rho_candidates[k])
+    rho, frac = report.rho_candidates[name], report.candidates[name]
+    fits = frac - report.on_tissue >= MIN_GAIN if mask_fits is None else mask_fits
+    if fits and rho >= RHO_MIN and rho - report.rho >= RHO_MIN_GAIN:
+        return name, frac, "counts"
     return None
 
 
@@ -401,7 +410,7 @@ def align_to_image(
             raise AlignmentError(msg + ", or --no-alignment-check (alignment_check=False) to "
                                  "use it anyway")
         warnings.warn(msg, stacklevel=3)
-    elif check and report.informative:
+    elif check and (report.informative or report.rho is not None):
         _judge(report, where, positions, fallback)
     if fallback is not None and (fix is None or fix.is_identity):
         raise fallback
@@ -419,7 +428,7 @@ def _judge(report: AlignmentReport, where: str, positions: str,
            fallback: Exception | None) -> None:
     given = report.on_tissue
     found = clear_fix(report)
-    if given >= MIN_ON_TISSUE and found is None:
+    if (given >= MIN_ON_TISSUE or not report.informative) and found is None:
         return
     head = (f"{where}: {given:.1%} of {report.n_points} tissue cells lie on stained tissue as "
             f"given")
