@@ -258,10 +258,13 @@ def _read_pil(path: Path, target_hw: tuple[int, int]) -> np.ndarray:
         if im.format == "PNG" and k >= 2 and _png_strippable(path):
             im.close()
             sums = _BlockSums(hw, k, 3)
+            rows = _png_strip_rows(hw[1], k)
             try:
-                for y, strip in _png_strips(path, _png_strip_rows(hw[1], k)):
-                    # strips start at multiples of k: Pillow's box reduction gives block means
-                    sums.add_means(y // k, np.asarray(strip.reduce(k)))
+                for y, strip in _png_strips(path, rows):
+                    if rows % k == 0:  # strips start at multiples of k: Pillow's box reduction
+                        sums.add_means(y // k, np.asarray(strip.reduce(k)))
+                    else:  # blocks taller than a strip: summed across strips
+                        sums.add(y, 0, np.asarray(strip))
             except (OSError, zlib.error, EOFError, struct.error) as exc:
                 raise ValueError(
                     f"{path}: image data is truncated or corrupt ({exc})") from exc
@@ -436,8 +439,10 @@ def _png_strippable(path: Path) -> bool:
 
 
 def _png_strip_rows(width: int, k: int) -> int:
-    """Rows per strip: a multiple of ``k``, about :data:`PNG_STRIP_BYTES` in flight."""
-    return k * max(1, PNG_STRIP_BYTES // (PNG_STRIP_COPIES * max(width, 1) * k))
+    """Rows per strip, about :data:`PNG_STRIP_BYTES` in flight: a multiple of ``k`` when ``k``
+    rows fit (reduced by Pillow), else fewer (blocks summed across strips)."""
+    fit = PNG_STRIP_BYTES // (PNG_STRIP_COPIES * max(width, 1))
+    return k * (fit // k) if fit >= k else max(1, fit)
 
 
 def _png_chunk(kind: bytes, data: bytes) -> bytes:
