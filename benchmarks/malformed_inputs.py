@@ -227,7 +227,10 @@ def measure_variant(sample, off: np.ndarray | None, expected: str | None) -> dic
     )
 
     nuclear = str(sample.meta.get("image_kind", "")).startswith("fluorescence")
-    xy, totals = _cell_points(sample, with_totals=True)
+    xy = _cell_points(sample)
+    rows, cols = np.nonzero(sample.mask)  # all cells: fewer than _cell_points' sampling limit
+    totals = sample.expr.sum(axis=0, dtype=np.float64)[rows, cols]
+    assert len(totals) == len(xy), "more cells than the check samples"
     report = measure_alignment(sample.image, xy, (2.0 if nuclear else 0.25) * sample.px_per_cell,
                                totals=totals, cell_px=sample.px_per_cell)
     best, best_frac = report.best(RIGID)

@@ -471,7 +471,8 @@ def _diagnosis(mistake: str, positions: str) -> str:
 def _cell_points(sample: STSample, with_totals: bool = False):
     """``(N, 2)`` image ``(x, y)`` of the tissue cells' centres (at most :data:`MAX_POINTS`).
 
-    With ``with_totals`` also their total counts over the sample's genes, ``(N,)``.
+    With ``with_totals`` also their total counts over the sample's genes, ``(N,)`` (None below
+    :data:`RHO_MIN_CELLS` cells, where they are not used).
     """
     rows, cols = np.nonzero(sample.mask)
     if len(rows) > MAX_POINTS:
@@ -481,6 +482,8 @@ def _cell_points(sample: STSample, with_totals: bool = False):
     xy = (sample.affine @ pts)[:2].T
     if not with_totals:
         return xy
+    if len(rows) < RHO_MIN_CELLS:
+        return xy, None
     return xy, np.asarray(sample.expr.sum(axis=0, dtype=np.float64))[rows, cols]
 
 
