@@ -23,10 +23,13 @@ from PIL import Image
 from diffst.data.sample import SampleError
 from diffst.io import read_sample
 from diffst.io.alignment import (
+    CANDIDATES,
     AlignmentError,
+    AlignmentReport,
     PositionFix,
     align_to_image,
     blank_reason,
+    clear_fix,
     measure_alignment,
 )
 from diffst.io.atomic import atomic_path, remove_stale_parts
@@ -36,6 +39,8 @@ from diffst.io.spaceranger import read_mtx
 FIX = SHARED_DATA / "fixtures"
 SR3 = FIX / "visium_spaceranger3"
 SQUIDPY = FIX / "visium_squidpy"
+SCANPY_V1 = FIX / "visium_scanpy_v1"
+XENIUM_CROP = SHARED_DATA / "xenium_breast_crop"
 HER2ST = SHARED_DATA / "her2st"
 
 
@@ -145,6 +150,103 @@ def test_her2st_swapped_pixel_columns(tmp_path):
     assert fixed.meta["alignment"]["on_tissue"] > 0.95
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("fixture", [SQUIDPY, SCANPY_V1], ids=["squidpy", "scanpy_v1"])
+@pytest.mark.parametrize("edit, name, fix", [
+    ("swap", "x/y swapped", PositionFix(swap_xy=True)),
+    (np.fliplr, "image mirrored left-right", PositionFix(flip="x")),
+    (np.flipud, "image mirrored top-bottom", PositionFix(flip="y")),
+    (np.rot90, "image rotated 90 degrees", PositionFix(rotate=90)),
+    (lambda a: np.rot90(a, 2), "image rotated 180 degrees", PositionFix(rotate=180)),
+], ids=["swap", "flip-lr", "flip-ud", "rot90", "rot180"])
+def test_tiny_crop_that_is_mostly_tissue_wrong_orientation_refused(tmp_path, fixture, edit, name,
+                                                                   fix):
+    """86-96 % of the 100 spots stay on tissue when wrong: the relative rule refuses them."""
+    folder = copy_of(fixture, tmp_path / "visium")
+    assert read_sample(folder).meta["alignment"]["on_tissue"] == 1.0  # as shipped: accepted
+    if edit == "swap":
+        path = folder / "spatial" / "tissue_positions_list.csv"  # no header
+        pos = pd.read_csv(path, header=None)
+        pos[[4, 5]] = pos[[5, 4]].to_numpy()
+        pos.to_csv(path, header=False, index=False)
+    else:
+        edit_lowres(folder, edit)
+    with pytest.raises(AlignmentError, match=(
+            rf"(?s)9\d\.0% of 100 tissue cells .*as given, 100\.0% if corrected for '{name}' "
+            rf"\(\d+ cells off tissue as given, 0 if corrected\).*pass {fix.options()} ")):
+        read_sample(folder)
+    assert read_sample(folder, fix=fix).meta["alignment"]["on_tissue"] == 1.0
+    assert read_sample(folder, alignment_check=False).meta["alignment"]["on_tissue"] < 1.0
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("section", ["C3", "C4", "C5", "C6"])
+def test_real_her2st_sections_pass_the_check(section):
+    sample = read_sample(need(HER2ST), section=section, genes=["ERBB2"])
+    assert sample.meta["alignment"]["on_tissue"] == 1.0
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_real_xenium_crop_passes_although_shrinking_scores_higher():
+    """The nuclear crop is tissue everywhere: positions shrunk 10x into a corner score 98.5 %."""
+    from dataclasses import replace
+
+    from diffst.io.xenium import read_xenium
+
+    crop = need(XENIUM_CROP)
+    sample = read_xenium(crop, bin_um=8.0, morphology_image=crop / "morphology_dapi.tif",
+                         morphology_origin_um=(1062.0, 212.0), image_um_per_px=0.2125,
+                         work_um_per_px=1.0)
+    found = sample.meta["alignment"]
+    assert 0.85 < found["on_tissue"] < 0.9 and found["outside_image"] < 0.1
+    assert found["candidates"]["positions (scale factor) 10x too large"] > 0.95
+    assert found["counts_stain_rho"] > 0.6  # transcripts follow the nuclei
+    # mirrored, the image is still tissue everywhere: the counts name the mistake
+    for edit, option in [(np.fliplr, "--flip x"), (lambda a: np.rot90(a, 2), "--rotate 180")]:
+        wrong = replace(sample, image=np.ascontiguousarray(edit(sample.image)))
+        with pytest.raises(AlignmentError, match=rf"(?s)Spearman \+0\.[0-2]\d as given, "
+                           rf"\+0\.[6-9]\d if corrected.*pass {option} "):
+            align_to_image(wrong)
+
+
+def test_clear_fix_rules():
+    scale_down = "positions (scale factor) 10x too large"
+
+    def report(given, n=100, outside=0.0, **cands):
+        names = {"swap": "x/y swapped", "flip": "image mirrored left-right",
+                 "down": scale_down}
+        full = {k: 0.0 for k in CANDIDATES}
+        full.update({names[k]: v for k, v in cands.items()})
+        return AlignmentReport(given, 0.4, n, candidates=full, outside=outside)
+
+    # relative: 4 of 100 cells off as given, none if swapped
+    assert clear_fix(report(0.96, swap=1.0)) == ("x/y swapped", 1.0, "relative")
+    assert clear_fix(report(1.0, swap=0.96)) is None  # the correct data
+    assert clear_fix(report(0.98, swap=1.0)) is None  # 2 cells: too few
+    assert clear_fix(report(0.96, swap=0.985, n=1000)) is None  # 15 of 40 left: not a quarter
+    assert clear_fix(report(0.886, swap=0.887)) is None  # a tie (uniform crop)
+    # absolute: a gain of 10 points reaching 90 %
+    assert clear_fix(report(0.84, flip=1.0)) == ("image mirrored left-right", 1.0, "absolute")
+    # shrinking by 10 is named only for positions beyond the image
+    assert clear_fix(report(0.886, down=0.985)) is None
+    assert clear_fix(report(0.60, down=0.985)) is None
+    assert clear_fix(report(0.0, outside=1.0, down=0.99)) == (scale_down, 0.99, "absolute")
+    # counts: the mask cannot tell (a tie), the counts follow the stain only if flipped
+    tied = report(0.886, n=3000, swap=0.887, flip=0.887)
+    tied.rho, tied.rho_candidates = 0.05, {"x/y swapped": 0.2, "image mirrored left-right": 0.7}
+    assert clear_fix(tied) == ("image mirrored left-right", 0.887, "counts")
+    tied.rho = 0.45  # a gain below 0.3: accepted
+    assert clear_fix(tied) is None
+    clear = report(1.0, n=3000, swap=0.8)  # the mask tells: the counts are not asked
+    clear.rho, clear.rho_candidates = 0.05, {"x/y swapped": 0.9}
+    assert clear_fix(clear) is None
+    everywhere = report(1.0, n=3000, swap=1.0)  # tissue fills the image: only counts tell
+    everywhere.tissue_fraction = 0.99
+    assert clear_fix(everywhere) is None
+    everywhere.rho, everywhere.rho_candidates = 0.1, {"x/y swapped": 0.8}
+    assert clear_fix(everywhere) == ("x/y swapped", 1.0, "counts")
+
+
 def test_blank_hires_is_skipped_for_lowres_with_a_warning(tmp_path):
     folder = copy_of(SQUIDPY, tmp_path / "sq")
     with pytest.warns(UserWarning, match=r"tissue_hires_image\.png is blank .*grey level 0.*"
@@ -218,7 +320,11 @@ def test_huge_png_refused_before_decoding(tmp_path, monkeypatch):
     monkeypatch.delenv("DIFFST_MAX_IMAGE_GB", raising=False)
     big = png_header(tmp_path / "big.png", 30000, 30000)
     with pytest.raises(ValueError, match=r"big\.png: reading this 30000x30000 px image needs "
-                       r"about 10\.8 GB.*8 GB limit.*--max-image-gb"):
+                       r"about 10\.8 GB.*8 GB limit; read it at a coarser working resolution.*"
+                       r"vips tiffsave in\.png out\.tif --tile --pyramid.*--max-image-gb"):
+        read_image(big, scale=1.0)
+    # reduced tenfold it would be decoded by strips (small memory): the fake data is named
+    with pytest.raises(ValueError, match=r"big\.png: image data is truncated or corrupt"):
         read_image(big, scale=0.1)
     monkeypatch.setenv("DIFFST_MAX_IMAGE_GB", "0.5")
     small = png_header(tmp_path / "small.png", 8000, 8000)
@@ -227,6 +333,84 @@ def test_huge_png_refused_before_decoding(tmp_path, monkeypatch):
     bomb = png_header(tmp_path / "bomb.png", 100000, 100000)
     with pytest.raises(ValueError, match=r"bomb\.png: the image is too large to open safely"):
         read_image(bomb)
+
+
+def write_big_png(path: Path, width: int, height: int) -> Path:
+    """A mostly uniform RGB PNG (a cheap file), written row by row without the whole image.
+
+    Background (240, 230, 245); the left quarter of the columns (60, 20, 90); rows in the
+    middle third (200, 100, 150) across the full width.
+    """
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(
+            ">I", zlib.crc32(kind + data))
+
+    quarter = width // 4
+    plain = b"\0" + bytes([60, 20, 90]) * quarter + bytes([240, 230, 245]) * (width - quarter)
+    band = b"\0" + bytes([200, 100, 150]) * width
+    comp = zlib.compressobj(1)
+    with open(path, "wb") as fh:
+        fh.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height,
+                                                                    8, 2, 0, 0, 0)))
+        for y in range(height):
+            data = comp.compress(band if height // 3 <= y < 2 * height // 3 else plain)
+            if data:
+                fh.write(chunk(b"IDAT", data))
+        fh.write(chunk(b"IDAT", comp.flush()) + chunk(b"IEND", b""))
+    return path
+
+
+def test_large_png_is_read_reduced_in_bounded_memory(tmp_path):
+    """12000 x 9600 px: a full decode needs 346 MB for the pixels alone (1.4 GB estimated)."""
+    import json
+    import subprocess
+    import sys
+
+    big = write_big_png(tmp_path / "big.png", 12000, 9600)
+    with pytest.raises(ValueError, match=r"big\.png: reading this 12000x9600 px image needs "
+                       r"about 1\.4 GB.*0\.5 GB limit"):
+        read_image(big, max_gb=0.5)
+    script = (
+        "import json, resource, sys\n"
+        "import numpy as np\n"
+        "from diffst.io.imageio import read_image\n"
+        "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "img = read_image(sys.argv[1], scale=1 / 16, max_gb=0.5)\n"
+        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "np.save(sys.argv[2], img)\n"
+        "print(json.dumps({'extra_mb': (peak - base) / 1024}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(big), str(tmp_path / "img.npy")],
+                         capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    extra_mb = json.loads(out.stdout.strip().splitlines()[-1])["extra_mb"]
+    assert extra_mb < 200, extra_mb  # one strip (~64 MB) and the block sums
+    img = np.load(tmp_path / "img.npy")
+    assert img.shape == (600, 750, 3)
+    assert img[100, 50].tolist() == [60, 20, 90] and img[100, 500].tolist() == [240, 230, 245]
+    assert img[300, 50].tolist() == [200, 100, 150] == img[300, 700].tolist()
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA", "P"])
+@pytest.mark.parametrize("strip_bytes", [1 << 18, 1 << 21], ids=["rows<k", "rows=n*k"])
+def test_png_read_by_strips_matches_a_full_decode(tmp_path, monkeypatch, mode, strip_bytes):
+    import diffst.io.imageio as imageio
+
+    yy, xx = np.mgrid[0:1003, 0:1201]
+    img = np.stack([xx * 0.2, yy * 0.25, 128 + 100 * np.sin(xx / 40.0)], axis=2).astype(np.uint8)
+    pil = Image.fromarray(img)
+    (pil.quantize(64) if mode == "P" else pil.convert(mode)).save(tmp_path / "he.png")
+    full = np.asarray(Image.open(tmp_path / "he.png").convert("RGB"))
+    # 5 rows per strip (blocks of 9 rows span strips) or 36 (Pillow reduces each strip)
+    monkeypatch.setattr(imageio, "PNG_STRIP_BYTES", strip_bytes)
+    strips = list(imageio._png_strips(tmp_path / "he.png", 37))
+    assert [y for y, _ in strips[:2]] == [0, 37]
+    assert (np.concatenate([np.asarray(s) for _, s in strips]) == full).all()  # bit-exact
+    out = read_image(tmp_path / "he.png", scale=0.1)
+    assert out.shape == (100, 120, 3)
+    diff = np.abs(out.astype(int) - imageio._resize_area(full, (100, 120)))
+    # block granularity, as for a TIFF (the dithered palette image is grainier)
+    assert diff.max() <= (3 if mode != "P" else 20) and diff.mean() < 1.0
 
 
 def test_huge_sparse_tiff_refused_and_jpeg_read_reduced(tmp_path):
