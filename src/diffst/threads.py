@@ -7,7 +7,9 @@ threads wait for each other at every operation and a training step can become 10
 1. an explicit number (``--threads N`` on the command line) wins;
 2. else the ``DIFFST_THREADS`` environment variable;
 3. else ``usable cores - 1`` (at least 1, at most :data:`MAX_DEFAULT_THREADS`), which leaves one
-   core for the rest of the machine so the threads never wait on a busy neighbour.
+   core for the rest of the machine so the threads never wait on a busy neighbour. Several
+   processes of one job on the same machine (``torchrun --nproc_per_node=N -m
+   diffst.distributed``) share those cores: each gets ``(usable cores - 1) // N``, at least 1.
 """
 
 from __future__ import annotations
@@ -26,14 +28,17 @@ def usable_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def default_threads(cores: int | None = None) -> int:
-    """The default thread count for ``cores`` usable cores (default: :func:`usable_cores`)."""
+def default_threads(cores: int | None = None, processes: int = 1) -> int:
+    """The default thread count of each of ``processes`` processes sharing ``cores`` usable
+    cores (default: :func:`usable_cores`)."""
     n = usable_cores() if cores is None else int(cores)
-    return max(1, min(n - 1, MAX_DEFAULT_THREADS))
+    return max(1, min((n - 1) // max(1, int(processes)), MAX_DEFAULT_THREADS))
 
 
-def resolve_threads(threads: int | None = None) -> tuple[int, str]:
+def resolve_threads(threads: int | None = None, processes: int = 1) -> tuple[int, str]:
     """The thread count to use and where it came from (``option``, ``DIFFST_THREADS``, ``default``).
+
+    ``processes``: how many processes of this job share the machine (only the default uses it).
 
     Raises:
         ValueError: ``threads`` or ``DIFFST_THREADS`` is not a positive integer.
@@ -50,16 +55,16 @@ def resolve_threads(threads: int | None = None) -> tuple[int, str]:
             value = 0
         if value < 1:
             raise ValueError(f"{ENV_VAR}={raw!r} is not a positive integer; set it to e.g. 1 "
-                             f"or unset it (default here: {default_threads()})")
+                             f"or unset it (default here: {default_threads(None, processes)})")
         return value, ENV_VAR
-    return default_threads(), "default"
+    return default_threads(None, processes), "default"
 
 
-def apply_threads(threads: int | None = None) -> int:
+def apply_threads(threads: int | None = None, processes: int = 1) -> int:
     """Set PyTorch's intra-op thread count by :func:`resolve_threads`; returns the count."""
     import torch
 
-    n, _source = resolve_threads(threads)
+    n, _source = resolve_threads(threads, processes)
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
