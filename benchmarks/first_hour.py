@@ -1,0 +1,294 @@
+"""A new user's first hour, timed: the README's commands that state a time, run in a fresh clone
+beside a busy process, against the time the README states for them.
+
+The README is read, not retyped: each step's command comes from a README code block and its
+stated time from a README sentence (both found by the patterns in :data:`STEPS`; the table names
+the README line). Steps run one after another in a scratch folder with the default thread
+settings (``DIFFST_THREADS`` and ``OMP_NUM_THREADS`` unset), while a competing process spins one
+core for the whole run. A step passes when it takes at most twice its stated time; each is
+stopped at three times its stated time.
+
+Installing is not timed: the clone's ``src`` is put first on ``PYTHONPATH`` of the Python that
+runs this script, whose environment already holds diffst's dependencies and its ``diffst``
+command (the README's ``pip install`` would set up the same).
+
+``--estimate`` steps (the 2000-step training) are not run to the end: the step is stopped after
+``diffst train`` prints its time estimate, and the measured time is the time up to that line
+plus the estimate.
+
+    python benchmarks/first_hour.py                     # writes results/first_hour.md
+    python benchmarks/first_hour.py --only quick,quickstart --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "first_hour.md"
+SPIN = "while True:\n    pass\n"
+LIMIT_RATIO = 2.0
+STOP_RATIO = 3.0
+
+
+@dataclass
+class Step:
+    """One README command: where it is and how long the README says it takes."""
+
+    key: str
+    title: str
+    command: str  # a regex matching the command's line in the README (continuations joined)
+    stated: str  # a regex whose match in the README holds the stated time
+    group: int  # which group of ``stated`` holds this step's time
+    unit: str  # "s" or "min" (of that group)
+    estimate: bool = False  # stop after the printed estimate (see the module docstring)
+
+
+STEPS = [
+    Step("quick", "quick demo", r"`(diffst demo --quick)` is a smoke run",
+         r"(\d+) s wall time on the 2-core machine", 1, "s"),
+    Step("her2st_train", "HER2ST: train C2-C5 (spots-only, x2)",
+         r"^diffst train \$H/C2\.counts.*", r"these took ([\d.]+) min \(train, reading "
+         r"included\), (\d+) s, (\d+) s and (\d+) s", 1, "min"),
+    Step("her2st_predict", "HER2ST: predict C6 with report",
+         r"^diffst predict \$H/C6\.counts\.tsv\.gz --model \S+ --samples 4 --out C6_x2.*",
+         r"these took ([\d.]+) min \(train, reading included\), (\d+) s, (\d+) s and (\d+) s",
+         2, "s"),
+    Step("her2st_pool", "HER2ST: predict C6 pooled (--pool)",
+         r"^diffst predict \$H/C6\.counts\.tsv\.gz .*--pool.*",
+         r"these took ([\d.]+) min \(train, reading included\), (\d+) s, (\d+) s and (\d+) s",
+         3, "s"),
+    Step("her2st_evaluate", "HER2ST: evaluate",
+         r"^diffst evaluate --truth \$H/C6.*",
+         r"these took ([\d.]+) min \(train, reading included\), (\d+) s, (\d+) s and (\d+) s",
+         4, "s"),
+    Step("simulate", "HR truth: simulate (setup, no stated time)", r"^diffst simulate hr\.npz.*",
+         "", 0, "s"),
+    Step("hr_train", "HR truth: train 2000 steps (projected)", r"^diffst train hr\.npz .*",
+         r"about (\d+) minutes on 2 cores, by the", 1, "min", estimate=True),
+    Step("quickstart", "Python quickstart block", "",
+         r"a test executes it; about (a|\d+) minutes? on 2 cores", 1, "min"),
+    Step("demo", "demo (stated: its train + predict time)", r"&& (diffst demo)\s*$",
+         r"train (\d+) s, predict (\d+) s", 0, "s"),
+]
+
+
+def readme_lines(readme: str) -> list[str]:
+    return readme.splitlines()
+
+
+def find_command(readme: str, step: Step) -> tuple[int, str]:
+    """(line number, command) of ``step`` in the README, continuation lines joined."""
+    if step.key == "quickstart":
+        return quickstart_block(readme)
+    lines = readme_lines(readme)
+    for i, line in enumerate(lines):
+        full, j = line, i
+        while full.endswith("\\") and j + 1 < len(lines):
+            j += 1
+            full = full[:-1].rstrip() + " " + lines[j].strip()
+        m = re.search(step.command, full)
+        if m:
+            text = next((g for g in m.groups() if g), None) or m.group(0)
+            return i + 1, text.split("  #")[0].split(" # ")[0].strip()
+    raise SystemExit(f"README: no command for step {step.key} ({step.command!r})")
+
+
+def quickstart_block(readme: str) -> tuple[int, str]:
+    """The Python block after "runs as written on a fresh install"."""
+    start = readme.index("runs as written on a fresh install")
+    fence = readme.index("```python\n", start) + len("```python\n")
+    end = readme.index("```", fence)
+    return readme[:fence].count("\n") + 1, readme[fence:end]
+
+
+def stated_seconds(readme: str, step: Step) -> tuple[float | None, int | None]:
+    """(seconds, line number) the README states for ``step``; (None, None) if none."""
+    if not step.stated:
+        return None, None
+    m = re.search(step.stated, readme)
+    if not m:
+        raise SystemExit(f"README: no stated time for step {step.key} ({step.stated!r})")
+    line = readme[:m.start()].count("\n") + 1
+    if step.group == 0:  # the sum of all groups
+        return float(sum(float(g) for g in m.groups())), line
+    raw = m.group(step.group)
+    value = 1.0 if raw == "a" else float(raw)
+    return value * (60.0 if step.unit == "min" else 1.0), line
+
+
+def parse_duration(text: str) -> float:
+    """Seconds of a duration printed by diffst ("42 s", "4.2 min", "1.5 h")."""
+    value, unit = text.split()
+    return float(value) * {"s": 1.0, "min": 60.0, "h": 3600.0}[unit]
+
+
+def run_step(command: str, cwd: Path, env: dict, log: Path, stop_after: float,
+             estimate: bool) -> tuple[float, str, int | None]:
+    """Run ``command`` with bash; returns (seconds, how it ended, exit code)."""
+    t0 = time.perf_counter()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(["bash", "-c", command], cwd=cwd, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            while proc.poll() is None:
+                elapsed = time.perf_counter() - t0
+                if elapsed > stop_after:
+                    _stop(proc)
+                    return elapsed, f"stopped at {STOP_RATIO:g}x", None
+                if estimate:
+                    m = re.search(r"first steps: [\d.]+ s/step -> about ([\d.]+ (?:s|min|h)) ",
+                                  log.read_text(errors="replace"))
+                    if m:
+                        _stop(proc)
+                        return elapsed + parse_duration(m.group(1)), "projected", None
+                time.sleep(0.5)
+        except BaseException:
+            _stop(proc)
+            raise
+    return time.perf_counter() - t0, "finished", proc.returncode
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """Stop the step (its own process group, started by this script)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def clone(dest: Path) -> str:
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(dest)], check=True)
+    return subprocess.run(["git", "-C", str(dest), "rev-parse", "--short", "HEAD"], check=True,
+                          capture_output=True, text=True).stdout.strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--her2st", default=str(ROOT.parent / "shared" / "data" / "her2st"),
+                   help="Folder of the HER2ST sections (the README's $H).")
+    p.add_argument("--only", default=None, help="Comma-separated step keys to run.")
+    p.add_argument("--keep", action="store_true", help="Keep the clone and its outputs.")
+    p.add_argument("--no-busy", action="store_true", help="Run without the spinning process.")
+    p.add_argument("--no-write", action="store_true", help="Print only; do not write results.")
+    args = p.parse_args(argv)
+
+    wanted = set(args.only.split(",")) if args.only else None
+    if wanted and "her2st_train" not in wanted and wanted & {"her2st_predict", "her2st_pool"}:
+        wanted.add("her2st_train")
+    if wanted and "hr_train" in wanted:
+        wanted.add("simulate")
+    steps = [s for s in STEPS if wanted is None or s.key in wanted]
+    her2st = Path(args.her2st).resolve()
+    if not (her2st / "C6.counts.tsv.gz").exists():
+        print(f"no HER2ST data at {her2st}: its steps are skipped", file=sys.stderr)
+        steps = [s for s in steps if not s.key.startswith("her2st")]
+
+    scratch = Path(tempfile.mkdtemp(prefix="diffst-first-hour-"))
+    commit = clone(scratch / "clone")
+    work = scratch / "work"
+    work.mkdir()
+    readme = (scratch / "clone" / "README.md").read_text(encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if k not in ("DIFFST_THREADS", "OMP_NUM_THREADS")}
+    env["PYTHONPATH"] = str(scratch / "clone" / "src")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    env["H"] = str(her2st)
+    env["PYTHONUNBUFFERED"] = "1"
+
+    rows = []
+    load_start = os.getloadavg()
+    spinner = None if args.no_busy else subprocess.Popen([sys.executable, "-c", SPIN])
+    t_all = time.perf_counter()
+    try:
+        for step in steps:
+            line, command = find_command(readme, step)
+            stated, stated_line = stated_seconds(readme, step)
+            if step.key == "quickstart":
+                script = work / "quickstart.py"
+                script.write_text(command)
+                command = f"{Path(sys.executable)} {script.name}"
+            stop_after = STOP_RATIO * stated if stated else 1800.0
+            log = work / f"{step.key}.log"
+            print(f"[{step.key}] {command.splitlines()[0][:100]}", flush=True)
+            seconds, ended, code = run_step(command, work, env, log, stop_after, step.estimate)
+            if ended == "finished" and code != 0:
+                tail = log.read_text(errors="replace")[-2000:]
+                raise SystemExit(f"step {step.key} failed (exit {code}):\n{tail}")
+            ratio = seconds / stated if stated else None
+            print(f"    {seconds:.0f} s ({ended})" + (f", {ratio:.2f}x stated" if ratio else ""),
+                  flush=True)
+            rows.append({"step": step, "line": line, "stated_line": stated_line,
+                         "command": "python (the README's block)" if step.key == "quickstart"
+                         else command, "stated": stated, "seconds": seconds, "ended": ended,
+                         "ratio": ratio})
+    finally:
+        if spinner is not None:
+            spinner.kill()
+            spinner.wait()
+    total = time.perf_counter() - t_all
+    load_end = os.getloadavg()
+    text = report(rows, commit, total, load_start, load_end, busy=spinner is not None)
+    print(text)
+    if not args.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        RESULTS.write_text(text)
+        print(f"wrote {RESULTS}")
+    if args.keep:
+        print(f"kept {scratch}")
+    else:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return 0
+
+
+def report(rows: list[dict], commit: str, total: float, load_start, load_end, busy: bool) -> str:
+    def secs(x: float | None) -> str:
+        if x is None:
+            return "-"
+        return f"{x:.0f} s" if x < 90 else f"{x / 60:.1f} min"
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    lines = [
+        "# First hour: the README's timed commands on a fresh clone",
+        "",
+        f"Produced by `python benchmarks/first_hour.py` on {time.strftime('%Y-%m-%d %H:%M')} "
+        f"from a fresh clone of commit {commit}; {cores} usable cores, "
+        f"{'a process spinning one core beside every step, ' if busy else ''}load average at "
+        f"start {' '.join(f'{x:.2f}' for x in load_start)}, at end "
+        f"{' '.join(f'{x:.2f}' for x in load_end)}; total {total / 60:.1f} min. Do not edit by "
+        "hand: rerun the script.",
+        "",
+        "Installation is not timed: the clone's `src` was used with an existing environment "
+        "holding diffst's dependencies (what the README's `pip install` sets up). Default "
+        "threads (`DIFFST_THREADS` and `OMP_NUM_THREADS` unset). Stated: the time the README "
+        "gives at the line named; a step passes at most "
+        f"{LIMIT_RATIO:g}x that. Projected: the training was stopped after its printed "
+        "estimate; time to that line plus the estimate.",
+        "",
+        "| step | README line | command | stated | measured | ratio | within 2x |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        cmd = r["command"] if len(r["command"]) <= 70 else r["command"][:67] + "..."
+        measured = secs(r["seconds"]) + ("" if r["ended"] == "finished" else f" ({r['ended']})")
+        ok = "-" if r["ratio"] is None else ("yes" if r["ratio"] <= LIMIT_RATIO else "**no**")
+        where = f"{r['line']}" + (f" (time: {r['stated_line']})" if r["stated_line"] and
+                                  r["stated_line"] != r["line"] else "")
+        ratio = "-" if r["ratio"] is None else f"{r['ratio']:.2f}x"
+        lines.append(f"| {r['step'].title} | {where} | `{cmd}` | {secs(r['stated'])} | "
+                     f"{measured} | {ratio} | {ok} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
