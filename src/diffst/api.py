@@ -17,6 +17,7 @@ from diffst.infer import SRResult, load_model, super_resolve
 from diffst.metrics import evaluate as score_maps
 from diffst.metrics import summarize
 from diffst.model.config import DiffSTConfig
+from diffst.threads import use_default_threads
 from diffst.train import TrainConfig, Trainer
 
 ABLATIONS = {
@@ -222,6 +223,7 @@ def train_model(
             that of the last finished step or, if the interrupt hit inside a step, of a step
             that is partly applied; resuming from it is not bit-identical.
     """
+    use_default_threads()
     gene_list = list(genes) if genes else shared_top_genes(samples, top_genes)
     cfg = model_config or model_config_for(ablate)
     tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, bf16=bf16,
@@ -311,6 +313,7 @@ def predict(
     """
     from diffst.tilestore import remove_store
 
+    use_default_threads()
     if out is not None and Path(out).suffix not in (".h5ad", ".npz"):
         raise ValueError(f"{out}: result files must end in .h5ad or .npz")
     lm = load_model(model, device=device)

@@ -10,6 +10,12 @@ threads wait for each other at every operation and a training step can become 10
    core for the rest of the machine so the threads never wait on a busy neighbour. Several
    processes of one job on the same machine (``torchrun --nproc_per_node=N -m
    diffst.distributed``) share those cores: each gets ``(usable cores - 1) // N``, at least 1.
+
+The command line applies the rule at start-up. The Python functions that train or sample
+(:func:`diffst.api.train_model`, :func:`diffst.api.predict` and the ``ds.tl`` wrappers) apply it
+once per process through :func:`use_default_threads`, unless the user has chosen a thread count
+already (``OMP_NUM_THREADS`` set, or ``torch.set_num_threads`` called with a count other than
+the cores).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import os
 
 ENV_VAR = "DIFFST_THREADS"
 MAX_DEFAULT_THREADS = 8
+_applied_once = False
 
 
 def usable_cores() -> int:
@@ -70,4 +77,27 @@ def apply_threads(threads: int | None = None, processes: int = 1) -> int:
     return n
 
 
-__all__ = ["ENV_VAR", "apply_threads", "default_threads", "resolve_threads", "usable_cores"]
+def use_default_threads() -> int | None:
+    """Apply the thread rule for the Python API, once per process; returns the count set, or
+    None when the user's own choice was kept or the rule was applied before.
+
+    ``DIFFST_THREADS`` always applies (the first time). Otherwise a count is kept as the user's
+    when ``OMP_NUM_THREADS`` is set or PyTorch's count is neither the usable nor the total number
+    of cores (PyTorch starts with one of those).
+    """
+    global _applied_once
+    import torch
+
+    if _applied_once:
+        return None
+    _applied_once = True
+    if not os.environ.get(ENV_VAR, "").strip():
+        if os.environ.get("OMP_NUM_THREADS", "").strip():
+            return None
+        if torch.get_num_threads() not in (usable_cores(), os.cpu_count()):
+            return None
+    return apply_threads()
+
+
+__all__ = ["ENV_VAR", "apply_threads", "default_threads", "resolve_threads", "usable_cores",
+           "use_default_threads"]
