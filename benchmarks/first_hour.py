@@ -18,6 +18,7 @@ plus the estimate.
 
     python benchmarks/first_hour.py                     # writes results/first_hour.md
     python benchmarks/first_hour.py --only quick,quickstart --merge   # rerun two steps
+    python benchmarks/first_hour.py --render          # only redo the table (README lines moved)
 
 The measurements are kept in ``results/first_hour.json``; the table is rendered against the
 README of the newest run's clone.
@@ -191,7 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--keep", action="store_true", help="Keep the clone and its outputs.")
     p.add_argument("--no-busy", action="store_true", help="Run without the spinning process.")
     p.add_argument("--no-write", action="store_true", help="Print only; do not write results.")
+    p.add_argument("--render", action="store_true",
+                   help="Run nothing: rewrite results/first_hour.md from first_hour.json against "
+                        "this checkout's README (e.g. after an edit moved its lines).")
     args = p.parse_args(argv)
+    if args.render:
+        text = report(json.loads(RESULTS_JSON.read_text()),
+                      (ROOT / "README.md").read_text(encoding="utf-8"))
+        RESULTS.write_text(text)
+        print(text)
+        return 0
 
     wanted = set(args.only.split(",")) if args.only else None
     if wanted and wanted & {"her2st_predict", "her2st_pool", "her2st_evaluate"}:
