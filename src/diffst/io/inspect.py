@@ -46,6 +46,10 @@ CLI_FLAGS = {
     "fix": "--swap-xy/--flip/--rotate/--position-scale",
 }
 """Reader keywords whose command-line option is not simply ``--`` plus the dashed name."""
+KEYWORDS_WITH_FLAGS = ("image", "image_path", "make_unique", "image_um_per_px", "section",
+                       "layer", "gene_key", "bin_um", "pitch_um", "image_scale",
+                       "require_integer", "max_dense_gb", "alignment_check", "fix")
+"""Reader keywords that the ``diffst`` reader options set (see :func:`cli_flag`)."""
 FORMATS = (
     "npz", "h5ad", "xenium_cells_h5ad", "spaceranger", "visium_hd", "istar", "xenium", "legacy_st"
 )
@@ -208,8 +212,9 @@ def _accepted(reader: Any, kw: dict[str, Any], path: Path, fmt: str,
     unknown = sorted(k for k in kw if k not in known)
     if unknown:
         names = ", ".join(f"{cli_flag(k)} ({k}= in Python)" for k in unknown)
-        raise ValueError(f"{path}: {names} does not apply to {fmt} data; its reader takes the "
-                         f"keywords {', '.join(sorted(known))}")
+        flags = sorted({cli_flag(k) for k in known if k in KEYWORDS_WITH_FLAGS})
+        raise ValueError(f"{path}: {names} does not apply to {fmt} data; options that do: "
+                         f"{', '.join(flags)} (Python keywords: {', '.join(sorted(known))})")
     return kw
 
 
