@@ -76,7 +76,6 @@ _PASSED_AS_IS = ("image_um_per_px", "section", "layer", "gene_key", "bin_um", "p
 """Reader options handed to the reader under their own name when set."""
 
 
-
 def reader_options(fn: Callable) -> Callable:
     """Add the shared reader options to a click command (read them with :func:`reader_kwargs`)."""
 
