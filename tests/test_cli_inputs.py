@@ -133,7 +133,7 @@ def test_reader_kwargs_only_passes_what_was_set(toy_npz):
 
 def test_option_a_format_does_not_take_is_named(toy_npz, tmp_path):
     result = run("inspect", toy_npz, "--layer", "counts", "--overlay", tmp_path / "o.png")
-    assert_named_error(result, 1, "a .npz sample takes only genes=")
+    assert_named_error(result, 1, "--layer does not apply to a diffst .npz")
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

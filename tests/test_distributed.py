@@ -132,3 +132,35 @@ def test_every_parameter_gets_a_gradient_when_all_parts_are_on():
 def test_distributed_trainer_needs_a_process_group():
     with pytest.raises(RuntimeError, match="process group"):
         DistributedTrainer(*_toy_trainer_args())
+
+
+def test_launcher_threads_option_and_default(monkeypatch, tmp_path, capsys):
+    import diffst.distributed as ddp_module
+    import diffst.io
+    from diffst import threads as th
+
+    monkeypatch.setattr(diffst.io, "read_sample", lambda path: make_sample(seed=0))
+    monkeypatch.setattr(ddp_module, "train_ddp", lambda *a, **k: tmp_path / "m.pt")
+    monkeypatch.setattr(th, "usable_cores", lambda: 9)
+    monkeypatch.delenv(th.ENV_VAR, raising=False)
+    args = ["x.npz", "--factor", "5", "--out", str(tmp_path / "m.pt")]
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+        assert main(args) == 0 and torch.get_num_threads() == 8  # as the verbs: cores - 1
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")  # two processes share the 8 spare cores
+        assert main(args) == 0 and torch.get_num_threads() == 4
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+        assert main(args) == 0 and torch.get_num_threads() == 1
+        assert main([*args, "--threads", "2"]) == 0 and torch.get_num_threads() == 2
+        monkeypatch.setenv(th.ENV_VAR, "3")
+        assert main(args) == 0 and torch.get_num_threads() == 3
+        for bad_args in ([*args, "--threads", "0"], args):
+            if bad_args is args:
+                monkeypatch.setenv(th.ENV_VAR, "lots")
+            with pytest.raises(SystemExit) as exit_info:
+                main(bad_args)
+            assert exit_info.value.code == 2
+        assert "--threads" in capsys.readouterr().err
+    finally:
+        torch.set_num_threads(before)

@@ -79,6 +79,28 @@ def test_default_threads_leave_a_core_free(monkeypatch):
     assert th.resolve_threads() == (th.default_threads(), "default")
 
 
+def test_python_api_applies_the_default_once_unless_the_user_chose(monkeypatch):
+    monkeypatch.delenv("DIFFST_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(th, "usable_cores", lambda: 3)
+    calls = []
+    monkeypatch.setattr(th, "apply_threads", lambda n=None: calls.append(n) or 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # as PyTorch starts: all cores
+    monkeypatch.setattr(th, "_applied_once", False)
+    assert th.use_default_threads() == 2 and calls == [None]
+    assert th.use_default_threads() is None and calls == [None]  # once per process
+    monkeypatch.setattr(th, "_applied_once", False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)  # torch.set_num_threads(1) by hand
+    assert th.use_default_threads() is None and calls == [None]
+    monkeypatch.setattr(th, "_applied_once", False)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice
+    assert th.use_default_threads() is None
+    monkeypatch.setattr(th, "_applied_once", False)
+    monkeypatch.setenv("DIFFST_THREADS", "1")  # diffst's own variable always applies
+    assert th.use_default_threads() == 2 and calls == [None, None]
+
+
 # ------------------------------------------------------------------ spot data
 def _spots(cell_um: float, size: int = 30):
     s = make_sample(seed=5, size=size, k=4)

@@ -522,8 +522,8 @@ def test_model_file_missing_keys(tmp_path):
 
 
 def test_unknown_reader_option_is_named(sr3):
-    with pytest.raises(ValueError, match=r"section= \(--section\) does not apply to "
-                       "spaceranger data"):
+    with pytest.raises(ValueError, match=r"--section \(section= in Python\) does not apply "
+                       "to spaceranger data"):
         read_sample(sr3, section="C2")
 
 

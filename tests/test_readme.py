@@ -78,3 +78,27 @@ def test_readme_demo_file_list_is_what_the_demo_writes(tmp_path):
 @pytest.mark.parametrize("claim", ["--threads", "DIFFST_THREADS"])
 def test_readme_tells_about_threads(claim):
     assert claim in README.split("## What the demo does")[0]
+
+
+def test_first_hour_finds_every_timed_command_and_its_stated_time():
+    """benchmarks/first_hour.py reads commands and stated times from the README: an edit that
+    moves or rewords them must keep them findable (and the table current)."""
+    import importlib.util
+    import json
+    import sys
+
+    spec = importlib.util.spec_from_file_location("first_hour", ROOT / "benchmarks" /
+                                                  "first_hour.py")
+    first_hour = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("first_hour", first_hour)  # dataclasses look their module up
+    spec.loader.exec_module(sys.modules["first_hour"])
+    first_hour = sys.modules["first_hour"]
+    for step in first_hour.STEPS:
+        line, command = first_hour.find_command(README, step)
+        assert line > 0 and command
+        stated, _ = first_hour.stated_seconds(README, step)
+        assert (stated is None) == (not step.stated)
+    results = ROOT / "benchmarks" / "results"
+    data = json.loads((results / "first_hour.json").read_text())
+    assert (results / "first_hour.md").read_text() == first_hour.report(data, README), \
+        "README lines moved: run python benchmarks/first_hour.py --render"

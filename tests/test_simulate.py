@@ -209,7 +209,7 @@ def test_field_genes_vary_in_space_beyond_cell_type():
         ({"cell_um": -8.0}, "cell_um must be a positive"),
         ({"n_genes": 0}, "n_genes"),
         ({"size_um": 50.0}, "too small"),
-        ({"size_um": 8000.0, "image_um_per_px": 1.0}, "increase image_um_per_px"),
+        ({"size_um": 8000.0, "image_um_per_px": 1.0}, "a larger image_um_per_px"),
     ],
 )
 def test_bad_parameters_raise_clear_errors(kwargs, message):

@@ -20,6 +20,7 @@ from diffst.metrics import evaluate as score_maps
 from diffst.metrics import summarize
 from diffst.model.config import SCHEDULER_KEYS, TRAINING_KEYS, DiffSTConfig, SchedulerConfig
 from diffst.pipeline import DiffSTPipeline
+from diffst.threads import use_default_threads
 from diffst.train import Trainer
 
 ABLATIONS = {
@@ -237,6 +238,7 @@ def train_model(
             that of the last finished step or, if the interrupt hit inside a step, of a step
             that is partly applied; resuming from it is not bit-identical.
     """
+    use_default_threads()
     gene_list = list(genes) if genes else shared_top_genes(samples, top_genes)
     cfg = model_config or model_config_for(ablate)
     sc = scheduler_config or SchedulerConfig()
@@ -330,6 +332,7 @@ def predict(
     """
     from diffst.tilestore import remove_store
 
+    use_default_threads()
     if out is not None and Path(out).suffix not in (".h5ad", ".npz"):
         raise ValueError(f"{out}: result files must end in .h5ad or .npz")
     lm = model.to(device) if isinstance(model, DiffSTPipeline) else load_model(model, device)

@@ -330,8 +330,9 @@ def self_calibrate(lm: DiffSTPipeline, lr: STSample, *, allow_scale_shift: bool 
         raise SampleError(
             f"sample '{lr.name}': self-calibration of a {kind} {lm.cell_um:g} µm on "
             f"{lr.cell_um:g} µm spots runs the model one scale off its training; pass "
-            "allow_scale_shift=True to accept that assumption, or calibrate on a held-out "
-            "section with HR truth (split_conformal)")
+            "allow_scale_shift=True (command line: --calibration self) to accept that "
+            "assumption, or calibrate on a held-out section with HR truth (--calibrate-on; "
+            "split_conformal in Python)")
     area = (lr.cell_um / lm.cell_um) ** 2 if shift else 1.0
     view = replace(lm, cell_um=lr.cell_um, spots_only=True) if shift else lm
     pooled = simulate_lr(lr, lm.factor)
@@ -421,7 +422,8 @@ def calibrate_prediction(lm: DiffSTPipeline, lr: STSample, result: SRResult,
         elif n < 2:
             if option == "self":
                 raise ValueError("self-calibration needs at least 2 samples per tile "
-                                 "(the spread of the draws); raise n_samples")
+                                 "(the spread of the draws); raise --samples (n_samples= in "
+                                 "Python)")
             reason = "one sample per tile has no spread to calibrate"
         elif option == "self" or not self_scale_shift(lm, lr):
             cal = self_calibrate(lm, lr, allow_scale_shift=True, **kw)

@@ -2,7 +2,9 @@
 
 * :func:`reader_options` adds the options every data-reading verb shares (``--image``,
   ``--make-unique``, ``--image-um-per-px``, ``--section``, ``--layer``, the position fixes
-  ``--swap-xy/--flip/--rotate/--position-scale``, ``--no-alignment-check``, ``--max-image-gb``)
+  ``--swap-xy/--flip/--rotate/--position-scale``, ``--no-alignment-check``, ``--max-image-gb``,
+  ``--gene-key``, ``--bin-um``, ``--pitch-um``, ``--image-scale``, ``--allow-non-integer``,
+  ``--max-dense-gb``)
   and keeps them in the click context (the command's own parameters are unchanged);
   :func:`reader_kwargs` turns them into keyword arguments of :func:`diffst.io.read_sample`.
 * :func:`check_ranges` validates numeric options before any work starts.
@@ -44,10 +46,34 @@ _READER_OPTIONS = [
                       "image)."),
     click.option("--max-image-gb", type=click.FloatRange(min=0, min_open=True), default=None,
                  help="Memory allowed for decoding one image (default 8 GB)."),
+    click.option("--gene-key", default=None,
+                 help="Which gene names to use: 'name' (symbols, the default) or 'id' (Ensembl "
+                      "ids) for Space Ranger and Visium HD; a var column (e.g. gene_ids) for an "
+                      ".h5ad."),
+    click.option("--bin-um", type=click.FloatRange(min=0, min_open=True), default=None,
+                 help="Visium HD: the bin size to read when there are several (e.g. 8 or 16); "
+                      "Xenium: the HR cell size in µm (default 8)."),
+    click.option("--pitch-um", type=click.FloatRange(min=0, min_open=True), default=None,
+                 help=".h5ad on a square grid whose scale factors state no pitch: the "
+                      "centre-to-centre distance of its bins in µm."),
+    click.option("--image-scale", type=click.FloatRange(min=0, min_open=True), default=None,
+                 help="Space Ranger, Visium HD: size of the --image file relative to the "
+                      "full-resolution image Space Ranger was run with (e.g. 0.5 for one "
+                      "downsampled 2x)."),
+    click.option("--allow-non-integer", is_flag=True,
+                 help="Accept non-integer counts (e.g. ambient-corrected) instead of refusing "
+                      "them as normalised data."),
+    click.option("--max-dense-gb", type=click.FloatRange(min=0, min_open=True), default=None,
+                 help="Memory allowed for the genes x raster array of one sample (default 8 "
+                      "GB)."),
 ]
 _META_KEY = "diffst.reader_options"
 _READER_KEYS = ("image", "make_unique", "image_um_per_px", "section", "layer", "swap_xy", "flip",
-                "rotate", "position_scale", "no_alignment_check", "max_image_gb")
+                "rotate", "position_scale", "no_alignment_check", "max_image_gb", "gene_key",
+                "bin_um", "pitch_um", "image_scale", "allow_non_integer", "max_dense_gb")
+_PASSED_AS_IS = ("image_um_per_px", "section", "layer", "gene_key", "bin_um", "pitch_um",
+                 "image_scale", "max_dense_gb")
+"""Reader options handed to the reader under their own name when set."""
 
 
 def reader_options(fn: Callable) -> Callable:
@@ -87,9 +113,11 @@ def reader_kwargs(path: str | Path, opts: dict[str, Any] | None = None) -> dict[
         kw[key] = opts["image"]
     if opts.get("make_unique"):
         kw["make_unique"] = True
-    for key in ("image_um_per_px", "section", "layer"):
+    for key in _PASSED_AS_IS:
         if opts.get(key) is not None:
             kw[key] = opts[key]
+    if opts.get("allow_non_integer"):
+        kw["require_integer"] = False
     fix = PositionFix(swap_xy=bool(opts.get("swap_xy")), flip=opts.get("flip"),
                       rotate=int(opts.get("rotate") or 0), scale=opts.get("position_scale") or 1.0)
     if not fix.is_identity:

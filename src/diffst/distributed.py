@@ -14,6 +14,8 @@ processes continues exactly (with another number, ranks above 0 are reseeded). T
 history in the checkpoint is rank 0's.
 
 The backend is NCCL when the model trains on CUDA and gloo on CPU (``--backend`` overrides).
+``--threads`` sets PyTorch's CPU threads per process; the default is that of the ``diffst`` verbs
+(:mod:`diffst.threads`) with the usable cores shared among the processes on this machine.
 Started without ``torchrun`` the module trains in a single process (world size 1).
 """
 
@@ -244,14 +246,43 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=default(TrainConfig, "device"),
                    help="auto (CUDA when present), cuda or cpu.")
     p.add_argument("--backend", default=None, choices=["nccl", "gloo"])
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="CPU threads for PyTorch in each process. Default: the DIFFST_THREADS "
+                        "environment variable, else (usable cores - 1) divided by the processes "
+                        "on this machine (LOCAL_WORLD_SIZE), at least 1 and at most 8, as for "
+                        "the diffst verbs (see README, 'Threads').")
     return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer of at least 1, got {text!r}")
+    return value
+
+
+def local_processes() -> int:
+    """How many processes of this job run on this machine (``torchrun``'s LOCAL_WORLD_SIZE)."""
+    try:
+        return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))
+    except ValueError:
+        return 1
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``torchrun ... -m diffst.distributed``."""
     from diffst.io import read_sample
+    from diffst.threads import apply_threads
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        apply_threads(args.threads, local_processes())
+    except ValueError as exc:  # a bad DIFFST_THREADS
+        parser.error(str(exc))
     samples = [read_sample(path) for path in args.data]
     path = train_ddp(
         samples, args.factor, args.out, genes=args.genes.split(",") if args.genes else None,

@@ -415,9 +415,11 @@ def _sample_counts(
 # ---------------------------------------------------------------------------- public API
 def _check_basic(size_um: float, n_genes: int) -> None:
     if not np.isfinite(size_um) or size_um < 100.0:
-        raise ValueError(f"simulate: size_um={size_um} is too small; use at least 100 µm")
+        raise ValueError(f"simulate: a tissue side of {size_um} µm (--size-um, size_um= in "
+                         "Python) is too small; use at least 100 µm")
     if int(n_genes) != n_genes or n_genes < 1:
-        raise ValueError(f"simulate: n_genes must be a whole number >= 1, got {n_genes}")
+        raise ValueError(f"simulate: the number of genes (--genes, n_genes= in Python) must "
+                         f"be a whole number >= 1, got {n_genes}")
 
 
 def _check_params(size_um: float, cell_um: float, n_genes: int, image_um_per_px: float) -> None:
@@ -429,16 +431,18 @@ def _check_params(size_um: float, cell_um: float, n_genes: int, image_um_per_px:
         ratio = size_um / step
         if abs(ratio - round(ratio)) > 1e-6 * max(1.0, ratio):
             raise ValueError(
-                f"simulate: size_um={size_um} is not a whole multiple of {label}={step}; "
-                f"choose e.g. size_um={round(ratio) * step:g}"
+                f"simulate: the tissue side {size_um:g} µm is not a whole multiple of "
+                f"{label}={step:g}; choose e.g. --size-um {round(ratio) * step:g} "
+                f"(size_um= in Python)"
             )
     if size_um / cell_um < 2:
-        raise ValueError(f"simulate: cell_um={cell_um} leaves fewer than 2 raster cells per side")
+        raise ValueError(f"simulate: cells of {cell_um} µm (--cell-um, cell_um= in Python) "
+                         "leave fewer than 2 raster cells per side")
     n_px = round(size_um / image_um_per_px)
     if n_px > _MAX_IMAGE_PX:
         raise ValueError(
             f"simulate: the image would be {n_px} px per side (limit {_MAX_IMAGE_PX}); "
-            "increase image_um_per_px or decrease size_um"
+            "choose a smaller --size-um (size_um=), or from Python a larger image_um_per_px"
         )
 
 

@@ -404,11 +404,11 @@ def align_to_image(
     if report.blank is not None and fallback is not None and (fix is None or fix.is_identity):
         raise fallback  # positions outside the image: the reader's own error says more
     if report.blank is not None:
-        msg = (f"{where}: the image is blank ({report.blank}); pass the real H&E image (image= "
-               "/ --image)")
+        msg = (f"{where}: the image is blank ({report.blank}); pass the real H&E image with "
+               "--image (image= in Python)")
         if check:
-            raise AlignmentError(msg + ", or --no-alignment-check (alignment_check=False) to "
-                                 "use it anyway")
+            raise AlignmentError(msg + ", or --no-alignment-check (alignment_check=False in "
+                                 "Python) to use it anyway")
         warnings.warn(msg, stacklevel=3)
     elif check and (report.informative or report.rho is not None):
         _judge(report, where, positions, fallback)

@@ -177,8 +177,8 @@ def anndata_to_sample(
         meta["duplicate_gene_symbols"] = dups
     else:
         check_unique(gene_names, source, "gene name", "use a var column with unique ids "
-                     "(gene_key='gene_ids'), or make_unique=True (command line: "
-                     "--make-unique) to append -1, -2 to repeats")
+                     "(--gene-key gene_ids, gene_key='gene_ids' in Python), or --make-unique "
+                     "(make_unique=True) to append -1, -2 to repeats")
     check_counts(matrix, source, what, require_integer and not is_diffst)
     if is_diffst:
         sample = _diffst_to_sample(adata, matrix, gene_names, library_id, image, genes,
@@ -198,7 +198,8 @@ def _counts(
         matrix, what = adata.X, "X"
     elif layer == "raw":
         if adata.raw is None:
-            raise SampleError(f"{source}: layer='raw' but the file has no .raw")
+            raise SampleError(f"{source}: the layer 'raw' was asked for but the file has no "
+                              ".raw; choose another with --layer (layer= in Python)")
         matrix, what, var = adata.raw.X, "raw.X", adata.raw.var
     elif layer in adata.layers:
         matrix, what = adata.layers[layer], f"layers[{layer!r}]"
@@ -207,14 +208,16 @@ def _counts(
             f"{source}: no layer {layer!r}; layers present: {sorted(adata.layers.keys())}"
         )
     if matrix is None:
-        raise SampleError(f"{source}: {what} is empty; pass layer= with the counts")
+        raise SampleError(f"{source}: {what} is empty; name the layer with the counts with "
+                          "--layer (layer= in Python)")
     if gene_key is None:
         names = [str(g) for g in var.index]
     elif gene_key in var.columns:
         names = [str(g) for g in var[gene_key]]
     else:
         raise SampleError(
-            f"{source}: no var column {gene_key!r}; columns present: {list(var.columns)}"
+            f"{source}: no var column {gene_key!r} (--gene-key, gene_key= in Python); "
+            f"columns present: {list(var.columns)}"
         )
     return matrix, names, what
 
@@ -382,7 +385,7 @@ def _chosen_from_uns(adata, lib, image, source, required: bool) -> ChosenImage:
             return ChosenImage(None, "none", 1.0)
         else:
             raise SampleError(f"{where} has no {image!r} image (present: {sorted(images)}); "
-                              "pass image=one of those")
+                              "pass one of those with --image (image= in Python)")
     sf = entry.get("scalefactors", {}) or {}
     array = image_to_rgb_uint8(images[kind], f"{where}[{kind!r}]")
     blank = blank_reason(array) if kind == "hires" and "lowres" in images else None
@@ -435,7 +438,8 @@ def _square_pitch(sf: Mapping, arow, acol, xy, source: str) -> float:
         return float(sf["microns_per_pixel"]) * float(np.hypot(*aff[:2, 0]))
     raise SampleError(
         f"{source}: spots lie on a square grid but nothing states its pitch (no 'bin_size_um' "
-        "or 'microns_per_pixel' in uns['spatial'][library]['scalefactors']); pass pitch_um="
+        "or 'microns_per_pixel' in uns['spatial'][library]['scalefactors']); give it in µm "
+        "with --pitch-um (pitch_um= in Python)"
     )
 
 

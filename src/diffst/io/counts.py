@@ -56,8 +56,9 @@ def check_counts(
             raise SampleError(
                 f"{where}: {n_frac} non-integer value(s) (e.g. {example:g}); expected raw "
                 "UMI counts. These look normalised or log-transformed: pass the raw counts "
-                "(for AnnData e.g. layer='counts'), or require_integer=False if non-integer "
-                "values are really intended."
+                "(for AnnData e.g. --layer counts, layer='counts' in Python), or "
+                "--allow-non-integer (require_integer=False) if non-integer values are really "
+                "intended."
             )
 
 
@@ -128,7 +129,7 @@ def select_gene_columns(
         raise SampleError(
             f"{path}: {len(missing)} requested gene(s) are not in the data: "
             f"{_describe_missing(missing, list(pos))}. Check the spelling, or whether the file "
-            "uses gene ids rather than symbols (gene_key='id')."
+            "uses gene ids rather than symbols (--gene-key id, gene_key='id' in Python)."
         )
     return [pos[g] for g in requested]
 
@@ -139,7 +140,8 @@ def top_gene_columns(matrix: np.ndarray | sp.spmatrix | sp.sparray, n: int) -> l
     Ties keep file order.
     """
     if n < 1:
-        raise SampleError(f"n_top_genes must be at least 1, got {n}")
+        raise SampleError(f"the number of top genes (--top-genes, n_top_genes= in Python) "
+                          f"must be at least 1, got {n}")
     totals = np.asarray(matrix.sum(axis=0)).ravel()
     order = np.argsort(-totals, kind="stable")[:n]
     return sorted(int(i) for i in order)
@@ -153,8 +155,10 @@ def check_dense_size(
     if size_gb > max_gb:
         raise SampleError(
             f"{path}: {n_genes} genes on a {shape[0]}x{shape[1]} raster need {size_gb:.1f} GB "
-            f"as a dense float32 array (limit max_dense_gb={max_gb:g}). Select genes with "
-            "genes=[...] or n_top_genes=N, use a coarser bin, or raise max_dense_gb."
+            f"as a dense float32 array (limit {max_gb:g} GB). Raise the limit with "
+            "--max-dense-gb (max_dense_gb= in Python) if the memory is there, read a coarser "
+            "bin (--bin-um), or, from Python, select genes while reading (genes=[...] or "
+            "n_top_genes=N)."
         )
 
 

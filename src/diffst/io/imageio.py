@@ -230,7 +230,8 @@ def _check_memory(path: Path, full_hw: tuple[int, int], target_hw: tuple[int, in
     raise ValueError(
         f"{path}: reading this {w}x{h} px image{at} needs about {need / 1e9:.1f} GB of memory, "
         f"more than the {limit_gb:g} GB limit; read it at a coarser working resolution "
-        "(work_um_per_px=: JPEGs, 8-bit PNGs and TIFFs are then read reduced), pass a "
+        "(--work-um-per-px, work_um_per_px= in Python: JPEGs, 8-bit PNGs and TIFFs are then read "
+        "reduced), pass a "
         "downsampled image or a tiled pyramidal TIFF (e.g. `vips tiffsave in.png out.tif "
         "--tile --pyramid --compression jpeg`), or raise the limit (--max-image-gb, "
         "max_gb=, or the DIFFST_MAX_IMAGE_GB environment variable)"

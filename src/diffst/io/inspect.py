@@ -42,6 +42,16 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 # readers that take n_top_genes/make_unique
 _CHEAP_READ = {"spaceranger", "visium_hd", "h5ad", "spatialdata"}
 MAX_UPSCALE = 4.0
+CLI_FLAGS = {
+    "image_path": "--image", "require_integer": "--allow-non-integer",
+    "alignment_check": "--no-alignment-check",
+    "fix": "--swap-xy/--flip/--rotate/--position-scale",
+}
+"""Reader keywords whose command-line option is not simply ``--`` plus the dashed name."""
+KEYWORDS_WITH_FLAGS = ("image", "image_path", "make_unique", "image_um_per_px", "section",
+                       "layer", "gene_key", "bin_um", "pitch_um", "image_scale",
+                       "require_integer", "max_dense_gb", "alignment_check", "fix")
+"""Reader keywords that the ``diffst`` reader options set (see :func:`cli_flag`)."""
 FORMATS = (
     "npz", "h5ad", "xenium_cells_h5ad", "spaceranger", "visium_hd", "istar", "xenium", "legacy_st",
     "spatialdata",
@@ -149,8 +159,11 @@ def read_sample(path: str | Path, **kw: Any) -> STSample:
         genes = kw.pop("genes", None)
         fix, check = kw.pop("fix", None), kw.pop("alignment_check", None)
         if kw:
-            raise ValueError(f"{path}: a .npz sample takes only genes=, fix= and "
-                             f"alignment_check=, got {sorted(kw)}")
+            flags = ", ".join(cli_flag(k) for k in sorted(kw))
+            raise ValueError(f"{path}: {flags} does not apply to a diffst .npz, which stores "
+                             "its image and positions; it takes only the position fixes "
+                             f"({cli_flag('fix')}) and --no-alignment-check (Python: genes=, "
+                             f"fix= and alignment_check=; got {sorted(kw)})")
         sample = load_npz(path)
         if fix is not None or check:
             sample = align_to_image(sample, fix, bool(check))
@@ -171,6 +184,9 @@ def read_sample(path: str | Path, **kw: Any) -> STSample:
         return read_spaceranger(path, **_accepted(read_spaceranger, kw, path, fmt))
     if fmt == "visium_hd":
         from diffst.io.visium_hd import read_visium_hd
+
+        if _BIN_DIR.match(path.name):
+            kw.setdefault("bin_um", None)  # a square_XXXum folder names its own bin size
 
         return read_visium_hd(path, **_accepted(read_visium_hd, kw, path, fmt))
     if fmt == "istar":
@@ -197,6 +213,11 @@ def read_sample(path: str | Path, **kw: Any) -> STSample:
     return _read_legacy(path, **_accepted(read_legacy_st, kw, path, fmt, extra))
 
 
+def cli_flag(keyword: str) -> str:
+    """The ``diffst`` option of a reader keyword, e.g. ``gene_key`` -> ``--gene-key``."""
+    return CLI_FLAGS.get(keyword, "--" + keyword.replace("_", "-"))
+
+
 def _accepted(reader: Any, kw: dict[str, Any], path: Path, fmt: str,
               extra: tuple[str, ...] = ()) -> dict[str, Any]:
     """``kw`` unchanged when ``reader`` takes every key; else a ValueError naming the others."""
@@ -207,9 +228,10 @@ def _accepted(reader: Any, kw: dict[str, Any], path: Path, fmt: str,
              or params[p].default is not params[p].empty] + list(extra)
     unknown = sorted(k for k in kw if k not in known)
     if unknown:
-        names = ", ".join(f"{k}= (--{k.replace('_', '-')})" for k in unknown)
-        raise ValueError(f"{path}: {names} does not apply to {fmt} data; options it takes: "
-                         f"{', '.join(sorted(known))}")
+        names = ", ".join(f"{cli_flag(k)} ({k}= in Python)" for k in unknown)
+        flags = sorted({cli_flag(k) for k in known if k in KEYWORDS_WITH_FLAGS})
+        raise ValueError(f"{path}: {names} does not apply to {fmt} data; options that do: "
+                         f"{', '.join(flags)} (Python keywords: {', '.join(sorted(known))})")
     return kw
 
 
@@ -220,7 +242,7 @@ def _sibling_image(path: Path) -> Path:
             return candidate
     raise FileNotFoundError(
         f"{path}: no image beside it (looked for {path.stem} + {', '.join(_IMAGE_SUFFIXES)}); "
-        "pass image_path="
+        "pass the image with --image (image_path= in Python)"
     )
 
 

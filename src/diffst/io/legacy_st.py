@@ -360,11 +360,12 @@ def _resolve_um_per_px(given: float | None, fitted: float, image_path: Path) -> 
     if given is None:
         return fitted
     if not given > 0:
-        raise ValueError(f"image_um_per_px must be positive, got {given}")
+        raise ValueError(f"--image-um-per-px (image_um_per_px= in Python) must be positive, "
+                         f"got {given}")
     if abs(given - fitted) > UM_PER_PX_TOLERANCE * fitted:
         raise SampleError(
-            f"{image_path}: image_um_per_px={given} (--image-um-per-px) disagrees with the "
-            f"{fitted:.3f} µm/px implied "
-            "by the spot pitch and the fitted spot positions; check spot_pitch_um and the image"
+            f"{image_path}: --image-um-per-px {given:g} (image_um_per_px= in Python) disagrees "
+            f"with the {fitted:.3f} µm/px implied by the spot pitch and the fitted spot "
+            "positions; check the value and the image (and, in Python, spot_pitch_um=)"
         )
     return float(given)

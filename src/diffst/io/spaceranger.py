@@ -337,7 +337,8 @@ def read_10x_matrix(
     """
     path = Path(path)
     if gene_key not in ("name", "id"):
-        raise ValueError(f"gene_key must be 'name' or 'id', got {gene_key!r}")
+        raise ValueError(f"--gene-key (gene_key= in Python) must be 'name' or 'id', got "
+                         f"{gene_key!r}")
     if path.is_dir():
         mat, barcodes, names, ids, types = _read_mtx_folder(path)
     else:
@@ -361,8 +362,8 @@ def read_10x_matrix(
         meta["duplicate_gene_symbols"] = dups
         genes = make_names_unique(genes)
     else:
-        check_unique(genes, path, f"gene {gene_key}", "read with gene_key='id' to use the "
-                     "unique gene ids, or make_unique=True (command line: --make-unique) "
+        check_unique(genes, path, f"gene {gene_key}", "pass --gene-key id (gene_key='id' in "
+                     "Python) to use the unique gene ids, or --make-unique (make_unique=True) "
                      "to append -1, -2 to repeats")
     check_counts(mat, path, "counts", require_integer)
     return CountMatrix(sp.csr_matrix(mat), list(barcodes), list(genes), list(ids), path, meta)
@@ -799,23 +800,24 @@ def choose_image(
         elif blank is not None:
             warnings.warn(
                 f"{found['hires']} is blank ({blank}); using the low-resolution image "
-                f"{found['lowres']} instead (pass image=PATH / --image to the full-resolution "
-                "image for more detail)",
+                f"{found['lowres']} instead (pass the full-resolution image with --image PATH, "
+                "image=PATH in Python, for more detail)",
                 stacklevel=3,
             )
             image = "lowres"
         elif found["lowres"] is not None:
             warnings.warn(
                 f"{spatial_dirs[0] / IMAGE_FILES['hires']} is missing; using the low-resolution "
-                f"image {found['lowres']} instead (pass image=PATH to the full-resolution image "
-                "for more detail)",
+                f"image {found['lowres']} instead (pass the full-resolution image with --image "
+                "PATH, image=PATH in Python, for more detail)",
                 stacklevel=3,
             )
             image = "lowres"
         else:
             raise FileNotFoundError(
                 f"no image in {', '.join(map(str, spatial_dirs))}: looked for "
-                f"{', '.join(IMAGE_FILES.values())}; pass image=PATH to the full-resolution image"
+                f"{', '.join(IMAGE_FILES.values())}; pass the full-resolution image with "
+                "--image PATH (image=PATH in Python)"
             )
     _check_hires_lowres(found, sf, sf_path)
     if isinstance(image, str) and image in IMAGE_FILES:
@@ -823,9 +825,9 @@ def choose_image(
         if path is None:
             other = "lowres" if image == "hires" else "hires"
             raise FileNotFoundError(
-                f"image={image!r} asked for {IMAGE_FILES[image]}, which is not in "
-                f"{', '.join(map(str, spatial_dirs))}; use image={other!r} or a path to the "
-                "full-resolution image"
+                f"--image {image} asked for {IMAGE_FILES[image]}, which is not in "
+                f"{', '.join(map(str, spatial_dirs))}; use --image {other} (image={other!r} in "
+                "Python) or a path to the full-resolution image"
             )
         return ChosenImage(path, image, scale_factor(sf, f"tissue_{image}_scalef", sf_path))
     path = Path(image)
@@ -895,7 +897,8 @@ def _check_fullres_against(
                 f"{path}: this image is {w}x{h} px, but {found[kind].name} ({kw}x{kh} px) with "
                 f"tissue_{kind}_scalef={s:g} in {sf_path.name} implies a full-resolution image "
                 f"of {kw / s:.0f}x{kh / s:.0f} px; pass the full-resolution image Space Ranger "
-                "was run with (or image_scale=its size relative to it)"
+                "was run with via --image, or give its size relative to that image with "
+                "--image-scale (image_scale= in Python)"
             )
         return
 
@@ -990,6 +993,6 @@ def check_spots_in_image(
             f"{w}x{h} px image (spots span x {xy[:, 0].min():.0f}..{xy[:, 0].max():.0f}, "
             f"y {xy[:, 1].min():.0f}..{xy[:, 1].max():.0f} px with {key}={chosen.scalef:g}); "
             "the image does not belong to these positions or the scale factor is wrong: pass "
-            "the matching image (image='hires', 'lowres' or the full-resolution path) or fix "
-            "the scale factor"
+            "the matching image (--image hires, lowres or the full-resolution path; image= in "
+            "Python) or fix the scale factor"
         )

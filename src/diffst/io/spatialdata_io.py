@@ -165,7 +165,8 @@ def spatialdata_to_sample(
             raise
         raise SpatialDataError(
             f"{source}: the spots of {link['region']!r} lie on a square grid and nothing states "
-            f"its pitch; pass pitch_um= (µm between neighbouring spot centres) or um_per_unit= "
+            f"its pitch; pass --pitch-um (pitch_um= in Python; µm between neighbouring spot "
+            f"centres) or um_per_unit= "
             f"(µm per unit of coordinate system {link['coordinate_system']!r})") from exc
     sample.meta["reader"] = "diffst.io.spatialdata_io.spatialdata_to_sample"
     sample.meta["spatialdata"] = link

@@ -147,8 +147,9 @@ def locate_bin_folder(folder: str | Path, bin_um: int | None) -> Path:
     if m:
         if bin_um is not None and int(m.group(1)) != int(bin_um):
             raise ValueError(
-                f"{folder} holds {int(m.group(1))} µm bins but bin_um={bin_um}; pass the "
-                "matching folder or bin_um=None"
+                f"{folder} holds {int(m.group(1))} µm bins but {bin_um:g} µm bins were asked "
+                "for (--bin-um, bin_um= in Python); pass the matching square_XXXum folder or "
+                "leave --bin-um out (bin_um=None in Python)"
             )
         return folder
     for candidate in (folder, folder / "binned_outputs", folder / "outs" / "binned_outputs"):
@@ -159,7 +160,8 @@ def locate_bin_folder(folder: str | Path, bin_um: int | None) -> Path:
         if bin_um is None:
             raise ValueError(
                 f"{candidate} holds several bin sizes ({', '.join(p.name for p in bins)}); "
-                "pass bin_um"
+                "choose one with --bin-um, e.g. --bin-um 8 (bin_um=8 in Python), or pass its "
+                "square_XXXum folder"
             )
         wanted = candidate / f"square_{int(bin_um):03d}um"
         if not wanted.is_dir():

@@ -114,7 +114,7 @@ def read_xenium(
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: Xenium output folder not found")
     if not bin_um > 0:
-        raise ValueError(f"bin_um must be positive, got {bin_um}")
+        raise ValueError(f"--bin-um (bin_um= in Python) must be positive, got {bin_um}")
     if (he_image is None) != (alignment_csv is None):
         raise ValueError(
             "read_xenium: he_image and alignment_csv go together: pass the H&E image and the "
@@ -625,12 +625,14 @@ def _xenium_pixel_size(folder: Path) -> float:
 def _h5ad_pixel_size(adata, given: float | None, path: Path) -> float:
     if given is not None:
         if not given > 0:
-            raise ValueError(f"image_um_per_px must be positive, got {given}")
+            raise ValueError(f"--image-um-per-px (image_um_per_px= in Python) must be positive, "
+                             f"got {given}")
         return float(given)
     for key in _UNS_PIXEL_SIZE_KEYS:
         if key in adata.uns:
             return float(np.asarray(adata.uns[key]).ravel()[0])
     raise SampleError(
-        f"{path}: no pixel size in uns (looked for {list(_UNS_PIXEL_SIZE_KEYS)}); pass "
-        "image_um_per_px (µm per pixel of the image the obs positions refer to)"
+        f"{path}: no pixel size in uns (looked for {list(_UNS_PIXEL_SIZE_KEYS)}); give the µm "
+        "per pixel of the image the obs positions refer to with --image-um-per-px "
+        "(image_um_per_px= in Python)"
     )
