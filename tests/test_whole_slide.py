@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import anndata as ad
@@ -270,3 +271,53 @@ def test_redistribution_is_exact_for_random_maps(seed, factor, sparsity):
     np.testing.assert_allclose(pool_sum(out, factor)[:, has_tissue], target[:, has_tissue],
                                rtol=1e-12, atol=1e-12)
     assert (out >= 0).all() and (out[:, ~mask] == 0).all()
+
+
+# ------------------------------------------------------------------ depth matching
+def test_model_records_its_training_depth_and_keeps_it_in_the_file(trained, model_file):
+    from diffst.infer import load_model
+    from diffst.train import training_depth
+
+    samples = [make_sample(seed=0), make_sample(seed=1)]
+    counts = sum(float(s.expr[:, s.mask].sum()) for s in samples)
+    area = sum(float(s.mask.sum()) * s.cell_um ** 2 for s in samples)
+    assert training_depth(samples) == pytest.approx(counts / area)
+    assert trained.pipeline().record["counts_per_um2"] == pytest.approx(counts / area)
+    assert load_model(model_file).record["counts_per_um2"] == pytest.approx(counts / area)
+
+
+def test_match_depth_feeds_a_shallow_slide_at_the_training_depth(trained, toy_hr, monkeypatch):
+    lr = simulate_lr(toy_hr, F)
+    shallow = dataclasses.replace(lr, expr=np.round(lr.expr * 0.1))
+    seen = []
+    real = infer.prepare_inference_sample
+
+    def spy(sample, *args, **kwargs):
+        seen.append(float(sample.expr[:, sample.mask].sum()))
+        return real(sample, *args, **kwargs)
+
+    monkeypatch.setattr(infer, "prepare_inference_sample", spy)
+    kw = dict(steps=3, n_samples=2, patch=20, overlap=5, progress=False,
+              hr_mask=padded_mask(toy_hr.mask, F))
+    lm = model_from_trainer(trained)
+    deep = super_resolve(lm, lr, match_depth=True, **kw)
+    low = super_resolve(lm, shallow, match_depth=True, **kw)
+    # both inputs reach the model at the training depth
+    ref = lm.record["counts_per_um2"] * float(lr.mask.sum()) * lr.cell_um ** 2
+    assert seen == pytest.approx([ref, ref], rel=1e-5)
+    assert low.meta["depth_ratio"] / deep.meta["depth_ratio"] == pytest.approx(
+        lr.expr[:, lr.mask].sum() / shallow.expr[:, shallow.mask].sum(), rel=1e-6)
+    # the maps are in the measured counts again: the mean sum-pools to the shallow input
+    cells = _tissue_lr_cells(low.mask)
+    pooled = pool_sum(low.mean.astype(np.float64), F)
+    rel = np.abs(pooled - shallow.expr)[:, cells] / np.maximum(shallow.expr[:, cells], 1)
+    assert rel.max() < 1e-4 and low.meta["consistency_max_rel_err"] < 1e-4
+    assert (low.q05 <= low.q95 + 1e-6).all()
+
+
+def test_match_depth_needs_a_model_that_records_its_depth(trained, toy_hr):
+    lm = model_from_trainer(trained)
+    lm.record = {k: v for k, v in lm.record.items() if k != "counts_per_um2"}
+    with pytest.raises(ValueError, match="training depth"):
+        super_resolve(lm, simulate_lr(toy_hr, F), steps=2, patch=20, overlap=5,
+                      progress=False, match_depth=True)

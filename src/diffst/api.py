@@ -296,6 +296,7 @@ def predict(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     eta: float = 0.0,
+    match_depth: bool = False,
     calibration: str | Path | Calibration | None = "auto",
     calibrate_on: STSample | None = None,
 ) -> SRResult:
@@ -321,6 +322,8 @@ def predict(
         log: called with a line of text before sampling (what will be done, how the model was
             trained) and one after it (tiles and time).
         eta: DDIM stochasticity (0 deterministic steps, 1 DDPM variance).
+        match_depth: scale the input to the training data's depth while sampling
+            (:func:`diffst.infer.super_resolve`); for slides sequenced much shallower or deeper.
         calibration: how ``q05``/``q95`` are calibrated (:mod:`diffst.calibration`):
             ``"auto"`` (split-conformal on ``calibrate_on`` if given, else self-calibration
             when the model is spots-only and the sample has spots of its size, else
@@ -352,7 +355,7 @@ def predict(
     result = super_resolve(lm, sample, steps=steps, sampler=sampler, n_samples=n_samples,
                            batch_size=batch_size, seed=seed,
                            consistency=consistency, resume_dir=tiles, progress=progress,
-                           autocast=autocast, eta=eta)
+                           autocast=autocast, eta=eta, match_depth=match_depth)
     timings = {"sampling_s": time.perf_counter() - t0}
     t0 = time.perf_counter()
     result = calibrate_prediction(lm, sample, result, calibration, calibrate_on, dict(

@@ -310,6 +310,10 @@ were done; Ctrl-C keeps them.
 @click.option("--seed", default=0, show_default=True, help="Seed of the sampler noise.")
 @click.option("--eta", default=0.0, show_default=True,
               help="DDIM stochasticity (0: deterministic steps; 1: DDPM variance).")
+@click.option("--match-depth", is_flag=True,
+              help="Scale the counts to the training data's depth (counts per µm² of tissue) "
+                   "while sampling, and the maps back: for a slide sequenced much shallower or "
+                   "deeper than the training data.")
 @click.option("--calibration", default="auto", show_default=True,
               help="How q05/q95 are calibrated: auto (split-conformal on --calibrate-on, else "
                    "self-calibration for a spots-only model on spots of its size, else none), "
@@ -324,7 +328,7 @@ were done; Ctrl-C keeps them.
 @_fail_nicely
 def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, consistency,
             no_consistency, report_dir, report_genes, resume, resume_dir, device, autocast,
-            seed, eta, calibration, calibrate_on) -> None:
+            seed, eta, match_depth, calibration, calibrate_on) -> None:
     from diffst.api import predict as api_predict
     from diffst.tilestore import SamplingInterrupted
 
@@ -335,7 +339,7 @@ def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, 
             consistency="off" if no_consistency else consistency, resume=resume,
             resume_dir=resume_dir, report_dir=report_dir,
             report_genes=report_genes.split(",") if report_genes else None, device=device,
-            autocast=autocast, eta=eta, calibration=calibration,
+            autocast=autocast, eta=eta, match_depth=match_depth, calibration=calibration,
             calibrate_on=_read(calibrate_on) if calibrate_on else None, log=_log,
         )
     except SamplingInterrupted as exc:
@@ -402,6 +406,8 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
               help="Override the preset's training steps.")
 @click.option("--seeds", default="0", show_default=True,
               help="Comma-separated training seeds; every fold is run once per seed.")
+@click.option("--match-depth", is_flag=True,
+              help="Diff-ST samples with the input scaled to its training depth.")
 @click.option("--thin", default=1.0, show_default=True,
               type=click.FloatRange(min=0.0, max=1.0, min_open=True),
               help="Depth-shift test: thin the test sections' counts to this fraction "
@@ -410,7 +416,7 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
 @threads_option
 @_fail_nicely
 def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, methods, ablations,
-              steps, seeds, thin) -> None:
+              steps, seeds, match_depth, thin) -> None:
     """Train and score Diff-ST and the baselines on held-out data; write tables and figures."""
     from diffst.benchmark import run_benchmark
 
@@ -418,7 +424,8 @@ def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, method
         dataset, _int_list(factors, "--factors") if factors else None, split, preset, out_dir,
         methods=methods.split(",") if methods else None, ablations=ablations,
         seeds=_int_list(seeds, "--seeds"), stage=stage, data_root=data_root,
-        overrides={"steps": steps} if steps else None, thin=thin,
+        overrides={**({"steps": steps} if steps else {}),
+                   **({"match_depth": True} if match_depth else {})} or None, thin=thin,
     )
     click.echo(summary["table"])
 

@@ -40,7 +40,7 @@ noise seeds) skips it and gives the same result; other settings are refused with
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -300,6 +300,7 @@ def super_resolve(
     autocast: bool = False,
     channels_last: bool = False,
     eta: float = 0.0,
+    match_depth: bool = False,
 ) -> SRResult:
     """Super-resolve an LR sample by the model's factor.
 
@@ -325,6 +326,10 @@ def super_resolve(
         channels_last: store the convolution weights NHWC while sampling (restored after).
         eta: DDIM stochasticity (0: deterministic steps; 1: DDPM variance); more spread between
             the draws (see :mod:`diffst.calibration` for turning the spread into intervals).
+        match_depth: scale the LR counts to the training data's depth (counts per µm² of
+            tissue, ``lm.record["counts_per_um2"]``) before sampling and the maps back after,
+            for a slide sequenced much shallower or deeper than the training data; the mean
+            map still sum-pools to the measured counts. ``meta["depth_ratio"]`` records it.
 
     Returns:
         An :class:`SRResult` on the HR raster ``(lr.H * factor, lr.W * factor)``.
@@ -333,6 +338,8 @@ def super_resolve(
     if n_samples < 1 or steps < 1 or batch_size < 1:
         raise ValueError("n_samples, steps and batch_size must be at least 1")
     lr = check_model_fits(lm, lr)
+    ratio = depth_ratio(lm, lr) if match_depth else 1.0
+    measured, lr = lr, (lr if ratio == 1.0 else replace(lr, expr=lr.expr * ratio))
     f = lm.factor
     patch = patch or lm.patch
     overlap = default_overlap(patch, f) if overlap is None else overlap
@@ -350,7 +357,32 @@ def super_resolve(
                                        "autocast": bool(autocast)})
     with memory_format(lm.model, channels_last), autocast_context(lm.device, autocast):
         blender = _accumulate(job, store, progress)
-    return _finish(job, prep, lr, blender)
+    result = _finish(job, prep, lr, blender)
+    return result if ratio == 1.0 else rescaled(result, measured, ratio)
+
+
+def depth_ratio(lm: DiffSTPipeline, lr: STSample) -> float:
+    """Training depth / depth of ``lr`` (counts of the model's genes per µm² of tissue)."""
+    ref = lm.record.get("counts_per_um2")
+    if not ref:
+        raise ValueError("match_depth needs the training depth, which this model file does not "
+                         "record (trained before diffst 0.2); train it again")
+    counts = float(np.asarray(lr.expr)[:, lr.mask].sum())
+    area = float(lr.mask.sum()) * lr.cell_um ** 2
+    if counts <= 0 or area <= 0:
+        raise ValueError(f"sample '{lr.name}': no counts in tissue to measure its depth")
+    return float(ref) / (counts / area)
+
+
+def rescaled(result: SRResult, measured: STSample, ratio: float) -> SRResult:
+    """``result`` of the depth-scaled input divided back by ``ratio`` (counts of ``measured``)."""
+    maps_ = {k: (getattr(result, k) / ratio).astype(np.float32) for k in STAT_KEYS}
+    counts = np.asarray(measured.expr, np.float64)
+    f = result.meta["factor"]
+    meta = dict(result.meta, depth_ratio=ratio,
+                consistency_max_rel_err=max_relative_error(maps_["mean"], counts, result.mask, f),
+                unplaced_counts=unplaced_counts(counts, result.mask, f))
+    return replace(result, **maps_, meta=meta)
 
 
 @dataclass

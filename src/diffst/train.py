@@ -129,6 +129,7 @@ class Trainer:
         self.k = px_per_cell_for(samples[0].cell_um, self.tc.work_um_per_px)
         self.cell_um = samples[0].cell_um
         self.scaler = GeneScaler.fit([s.expr for s in samples], [s.mask for s in samples])
+        self.counts_per_um2 = training_depth(samples)
         prepared = [prepare_training_sample(s, factor, self.scaler, self.k) for s in samples]
         adjacency = build_gene_graph(
             coexpression_intensity([p.hr for p in prepared], [p.mask for p in prepared])
@@ -257,7 +258,8 @@ class Trainer:
             genes=self.genes, factor=self.factor, k=self.k, cell_um=self.cell_um,
             patch=self.tc.patch, device=self.device, work_um_per_px=self.tc.work_um_per_px,
             spots_only=self.spots_only,
-            record={"trained_steps": self.step, "batch_size": self.tc.batch_size})
+            record={"trained_steps": self.step, "batch_size": self.tc.batch_size,
+                    "counts_per_um2": self.counts_per_um2})
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write a resumable checkpoint atomically."""
@@ -300,6 +302,14 @@ class Trainer:
     def export_model(self, path: str | Path) -> Path:
         """Write :meth:`pipeline` as a model file (atomic)."""
         return self.pipeline().save(path)
+
+
+def training_depth(samples: list[STSample]) -> float:
+    """Sequencing depth of the training data: counts of the modelled genes per µm² of tissue
+    (all samples pooled; what :func:`diffst.infer.super_resolve` ``match_depth`` matches)."""
+    counts = sum(float(np.asarray(s.expr)[:, s.mask].sum()) for s in samples)
+    area = sum(float(s.mask.sum()) * s.cell_um ** 2 for s in samples)
+    return counts / max(area, 1e-12)
 
 
 def curriculum_keep(valid: torch.Tensor, fraction: float) -> torch.Tensor:

@@ -155,7 +155,7 @@ class DiffSTMethod:
         result = super_resolve(self.trainer.pipeline(), lr,
                                steps=self.preset.sample_steps, n_samples=self.preset.n_samples,
                                hr_mask=hr_mask, seed=self.seed, consistency="off",
-                               progress=self.progress)
+                               progress=self.progress, match_depth=self.preset.match_depth)
         return result.mean
 
 

@@ -39,6 +39,8 @@ class Preset:
             the validation strip when one section is split into strips.
         istar: :class:`~diffst.baselines.IStarLike` keyword arguments.
         figure_genes: genes shown per figure.
+        match_depth: Diff-ST (and its ablations) sample with the input scaled to the training
+            depth (:func:`diffst.infer.super_resolve`).
         provenance: where these settings came from (printed with every table).
     """
 
@@ -60,6 +62,7 @@ class Preset:
     val_fraction: float = 0.2
     istar: dict = field(default_factory=dict)
     figure_genes: int = 4
+    match_depth: bool = False
     provenance: str = PROVENANCE_V01
 
 

@@ -182,7 +182,7 @@ def build_summary(runs: list, preset: Preset, split: str, stage: str, hr_mask: s
         "results": results,
         "machine": machine_info(),
         "command": _command(dataset_arg, data.factors, split, preset_name or preset.name,
-                            methods, ablations, seeds, stage),
+                            methods, ablations, seeds, stage, thin, preset.match_depth),
     }
 
 
@@ -204,7 +204,8 @@ def _plain(obj: Any) -> Any:
 
 
 def _command(dataset: str | list[str], factors: list[int], split: str, preset: str,
-             methods: list[str], ablations: bool, seeds: list[int], stage: str) -> str:
+             methods: list[str], ablations: bool, seeds: list[int], stage: str,
+             thin: float = 1.0, match_depth: bool = False) -> str:
     ds = dataset if isinstance(dataset, str) else ",".join(map(str, dataset))
     parts = ["diffst benchmark", f"--dataset {ds}"]
     if ds in ("her2st", "xenium_crop"):
@@ -215,6 +216,10 @@ def _command(dataset: str | list[str], factors: list[int], split: str, preset: s
         parts.append(f"--methods {','.join(methods)}")
     if not ablations:
         parts.append("--no-ablations")
+    if match_depth:
+        parts.append("--match-depth")
+    if thin != 1.0:
+        parts.append(f"--thin {thin:g}")
     return " ".join(parts)
 
 
@@ -376,7 +381,9 @@ def format_tables(summary: dict) -> str:
              f"{tc['batch_size']}, lr {tc['lr']:g}, EMA {tc['ema_decay']:g}, patch {patches} HR "
              f"cells at {scales}, image at {tc['work_um_per_px']:g} µm/px; Diff-ST maps are the "
              f"mean of {p['n_samples']} DDIM samples ({p['sample_steps']} steps). Where these "
-             f"settings come from: {p['provenance']}.", "",
+             f"settings come from: {p['provenance']}."
+             + (" Diff-ST sampled with its input scaled to the training data's depth "
+                "(`--match-depth`)." if p.get("match_depth") else ""), "",
              "Numbers: mean ± sd over runs (test section x seed) of each run's mean over genes; "
              "metrics of `diffst.metrics` (truth min-max protocol: RMSE/SSIM/PSNR on maps "
              "scaled by the truth's min-max; PCC signed; RVD relative variance distance; "
