@@ -40,16 +40,21 @@ def cell(s: dict) -> str:
     return f"{s['mean']:.4f} ± {s['sd']:.4f}" if s["n"] > 1 else f"{s['mean']:.4f}"
 
 
+def settings(summary: dict) -> str:
+    """Preset, test depth (when thinned) and ``--match-depth`` (when on), in words."""
+    depth = summary["protocol"].get("depth", 1.0)
+    return (f"`{summary['preset']['name']}`"
+            + ("" if depth == 1.0 else f", test depth {depth:.0%}")
+            + (", `--match-depth`" if summary["preset"].get("match_depth") else ""))
+
+
 def rows_for(summary: dict, against: str | None = None) -> tuple[list[str], list[str]]:
     """Table rows and verdicts (metric, won?) for one run folder's summary.
 
     ``against``: compare with that method + C (e.g. ``"bicubic"``) instead of the best other.
     """
     rows, verdicts = [], []
-    depth = summary["protocol"].get("depth", 1.0)
-    name = (f"{summary['dataset']['name']} ({summary['stage']}, "
-            f"`{summary['preset']['name']}`"
-            + ("" if depth == 1.0 else f", test depth {depth:.0%}") + ")")
+    name = f"{summary['dataset']['name']} ({summary['stage']}, {settings(summary)})"
     n_runs = None
     for f in summary["factors"]:
         res = summary["results"][str(f)]
@@ -90,12 +95,9 @@ def headline(folders: list[Path], against: str | None = None) -> str:
         lines += rows
         won = [v for v in verdicts if v.endswith("won")]
         lost = [v for v in verdicts if not v.endswith("won")]
-        preset = summary["preset"]["name"]
-        depth = summary["protocol"].get("depth", 1.0)
-        shallow = "" if depth == 1.0 else f", test depth {depth:.0%}"
         what = ("has the best mean of the methods + C" if against is None
                 else f"beats {other} on the mean")
-        words.append(f"- {summary['dataset']['name']} (preset `{preset}`{shallow}, seeds "
+        words.append(f"- {summary['dataset']['name']} (preset {settings(summary)}, seeds "
                      f"{', '.join(map(str, summary['seeds']))}): Diff-ST + C {what} "
                      f"in {len(won)} of {len(verdicts)} factor x metric cells"
                      + (f"; it does not in: {'; '.join(lost)}" if lost else "") + ".")
