@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from diffst.benchmark.methods import method_label
+from diffst.benchmark.presets import PRESETS
 from diffst.benchmark.report import HEADLINE, MAIN_METRICS, REFERENCE, better
 
 
@@ -43,9 +44,13 @@ def cell(s: dict) -> str:
 def settings(summary: dict) -> str:
     """Preset, test depth (when thinned) and ``--match-depth`` (when on), in words."""
     depth = summary["protocol"].get("depth", 1.0)
-    return (f"`{summary['preset']['name']}`"
+    preset = summary["preset"]
+    registered = PRESETS.get((preset["profile"], preset["name"]))
+    samples = registered is not None and registered.n_samples != preset["n_samples"]
+    return (f"`{preset['name']}`"
+            + (f", {preset['n_samples']} samples" if samples else "")
             + ("" if depth == 1.0 else f", test depth {depth:.0%}")
-            + (", `--match-depth`" if summary["preset"].get("match_depth") else ""))
+            + (", `--match-depth`" if preset.get("match_depth") else ""))
 
 
 def rows_for(summary: dict, against: str | None = None) -> tuple[list[str], list[str]]:

@@ -425,3 +425,15 @@ def test_xenium_crop_quick_run(tmp_path):
     df = pd.read_csv(tmp_path / "per_gene.csv")
     assert set(df["factor"]) == {5, 10} and df["gene"].nunique() == 3
     assert (tmp_path / "figures" / "xenium_crop_xenium_breast_x5.png").is_file()
+
+
+def test_command_line_records_every_setting_that_changes_the_numbers():
+    from diffst.benchmark.report import _command, _overridden_samples
+
+    assert _overridden_samples(get_preset("short", "spots")) is None
+    assert _overridden_samples(get_preset("short", "spots", {"n_samples": 16})) == 16
+    cmd = _command("her2st", [2], "loo", "short", list(METHOD_LABELS), False, [0],
+                   "validation", 0.1, True, 16)
+    assert cmd.endswith("--no-ablations --samples 16 --match-depth --thin 0.1")
+    plain = _command("simulated", [5], "holdout", "quick", list(METHOD_LABELS), True, [0], "test")
+    assert "--samples" not in plain and "--thin" not in plain and "--match" not in plain

@@ -406,6 +406,8 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
               help="Override the preset's training steps.")
 @click.option("--seeds", default="0", show_default=True,
               help="Comma-separated training seeds; every fold is run once per seed.")
+@click.option("--samples", "n_samples", default=None, type=click.IntRange(min=1),
+              help="Override the preset's Diff-ST samples per tile (their mean is scored).")
 @click.option("--match-depth", is_flag=True,
               help="Diff-ST samples with the input scaled to its training depth.")
 @click.option("--thin", default=1.0, show_default=True,
@@ -416,7 +418,7 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
 @threads_option
 @_fail_nicely
 def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, methods, ablations,
-              steps, seeds, match_depth, thin) -> None:
+              steps, seeds, n_samples, match_depth, thin) -> None:
     """Train and score Diff-ST and the baselines on held-out data; write tables and figures."""
     from diffst.benchmark import run_benchmark
 
@@ -425,6 +427,7 @@ def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, method
         methods=methods.split(",") if methods else None, ablations=ablations,
         seeds=_int_list(seeds, "--seeds"), stage=stage, data_root=data_root,
         overrides={**({"steps": steps} if steps else {}),
+                   **({"n_samples": n_samples} if n_samples else {}),
                    **({"match_depth": True} if match_depth else {})} or None, thin=thin,
     )
     click.echo(summary["table"])

@@ -30,7 +30,7 @@ from diffst.benchmark.methods import (
     consistent_key,
     method_label,
 )
-from diffst.benchmark.presets import Preset, train_config
+from diffst.benchmark.presets import PRESETS, Preset, train_config
 from diffst.data.image import aligned_image
 from diffst.data.lr import simulate_lr, upsample_nearest
 from diffst.io.atomic import atomic_path
@@ -182,7 +182,8 @@ def build_summary(runs: list, preset: Preset, split: str, stage: str, hr_mask: s
         "results": results,
         "machine": machine_info(),
         "command": _command(dataset_arg, data.factors, split, preset_name or preset.name,
-                            methods, ablations, seeds, stage, thin, preset.match_depth),
+                            methods, ablations, seeds, stage, thin, preset.match_depth,
+                            _overridden_samples(preset)),
     }
 
 
@@ -203,9 +204,18 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+def _overridden_samples(preset: Preset) -> int | None:
+    """``preset.n_samples`` when it differs from the registered preset of that name."""
+    registered = PRESETS.get((preset.profile, preset.name))
+    if registered is None or registered.n_samples == preset.n_samples:
+        return None
+    return preset.n_samples
+
+
 def _command(dataset: str | list[str], factors: list[int], split: str, preset: str,
              methods: list[str], ablations: bool, seeds: list[int], stage: str,
-             thin: float = 1.0, match_depth: bool = False) -> str:
+             thin: float = 1.0, match_depth: bool = False,
+             samples: int | None = None) -> str:
     ds = dataset if isinstance(dataset, str) else ",".join(map(str, dataset))
     parts = ["diffst benchmark", f"--dataset {ds}"]
     if ds in ("her2st", "xenium_crop"):
@@ -216,6 +226,8 @@ def _command(dataset: str | list[str], factors: list[int], split: str, preset: s
         parts.append(f"--methods {','.join(methods)}")
     if not ablations:
         parts.append("--no-ablations")
+    if samples is not None:
+        parts.append(f"--samples {samples}")
     if match_depth:
         parts.append("--match-depth")
     if thin != 1.0:
