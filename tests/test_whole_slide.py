@@ -321,3 +321,18 @@ def test_match_depth_needs_a_model_that_records_its_depth(trained, toy_hr):
     with pytest.raises(ValueError, match="training depth"):
         super_resolve(lm, simulate_lr(toy_hr, F), steps=2, patch=20, overlap=5,
                       progress=False, match_depth=True)
+
+
+def test_predict_calibrates_with_the_same_depth_matching(model_file, toy_hr, monkeypatch):
+    import diffst.api as api
+
+    seen = {}
+
+    def spy(lm, sample, result, calibration, calibrate_on, sr_kwargs):
+        seen.update(sr_kwargs)
+        return result
+
+    monkeypatch.setattr(api, "calibrate_prediction", spy)
+    predict(toy_hr, model_file, pool=True, n_samples=2, steps=2, progress=False,
+            match_depth=True, calibration="none")
+    assert seen["match_depth"] is True

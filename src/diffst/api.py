@@ -360,7 +360,7 @@ def predict(
     t0 = time.perf_counter()
     result = calibrate_prediction(lm, sample, result, calibration, calibrate_on, dict(
         steps=steps, sampler=sampler, n_samples=n_samples, batch_size=batch_size, seed=seed,
-        consistency=consistency, autocast=autocast, eta=eta))
+        consistency=consistency, autocast=autocast, eta=eta, match_depth=match_depth))
     timings["calibration_s"] = time.perf_counter() - t0
     if log is not None:
         log(f"sampled {result.meta['n_tiles']} tiles in {_duration(timings['sampling_s'])}")

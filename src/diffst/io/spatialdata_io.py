@@ -197,8 +197,8 @@ def spots_anndata(
     el_tr = _transformations(element)
     image_key = _pick_image(sdata, image_key, region, el_tr, source)
     img_el = sdata.images[image_key]
-    cs = _shared_system(el_tr, _transformations(img_el), coordinate_system, region, image_key,
-                        source)
+    img_tr = _transformations(img_el)
+    cs = _shared_system(el_tr, img_tr, coordinate_system, region, image_key, source)
     image, level = _image_level(img_el, scale, image_key, source)
     where = f"{source}: images[{image_key!r}]" + (f"[{scale!r}]" if scale else "")
     rgb = image_to_rgb_uint8(image, where)
@@ -209,8 +209,8 @@ def spots_anndata(
                                f"in obs[{region_key!r}]")
     ids = table.obs[instance_key].to_numpy()[rows]
     xy, radius = _positions(element, ids, region, table_name, instance_key, source)
-    to_px = np.linalg.inv(_affine(_transformations(img_el)[cs]) @ level) @ \
-        _affine(el_tr[cs])
+    image_to_cs = _affine(img_tr[cs]) @ level  # image pixels -> coordinate-system units
+    to_px = np.linalg.inv(image_to_cs) @ _affine(el_tr[cs])
     px = (np.column_stack([xy, np.ones(len(xy))]) @ to_px.T)[:, :2] - 0.5
     units_per_px = float(np.sqrt(abs(np.linalg.det(np.linalg.inv(to_px)[:2, :2]))))
     sf: dict[str, float] = {"tissue_hires_scalef": 1.0}
@@ -219,8 +219,7 @@ def spots_anndata(
     if um_per_unit is not None:
         if not 0 < float(um_per_unit) < np.inf:
             raise ValueError(f"um_per_unit must be a positive number, got {um_per_unit!r}")
-        img_units = float(np.sqrt(abs(np.linalg.det((_affine(_transformations(img_el)[cs])
-                                                     @ level)[:2, :2]))))
+        img_units = float(np.sqrt(abs(np.linalg.det(image_to_cs[:2, :2]))))
         sf["microns_per_pixel"] = float(um_per_unit) * img_units
 
     obs = pd.DataFrame(index=pd.Index(table.obs_names[rows].astype(str), dtype=str))
