@@ -658,10 +658,27 @@ def _fmt(x: float, digits: int = 3) -> str:
     return "" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
 
 
+def shown_argv(argv: list[str]) -> list[str]:
+    """``argv`` with the ``--out`` file relative to the repository (its name alone when outside),
+    so no machine path appears in the results."""
+    root = Path(__file__).resolve().parents[1]
+    shown, after_out = [], False
+    for arg in argv:
+        value = arg.split("=", 1)[1] if arg.startswith("--out=") else arg if after_out else None
+        if value is not None:
+            path = Path(value).resolve()
+            rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
+            arg = f"--out={rel}" if arg.startswith("--out=") else str(rel)
+        after_out = arg == "--out"
+        shown.append(arg)
+    return shown
+
+
 def render(s: Settings, info: dict, results: dict, argv: list[str], wall: float) -> str:
     """The results as Markdown (tables produced from the measurements only)."""
     lines = ["# Speed benchmark results", "",
-             f"Produced by `python benchmarks/speed.py {' '.join(argv)}`".rstrip() + " on "
+             f"Produced by `python benchmarks/speed.py {' '.join(shown_argv(argv))}`".rstrip()
+             + " on "
              f"{time.strftime('%Y-%m-%d %H:%M')}; total run time {wall / 60:.1f} min. "
              "Do not edit by hand: rerun the script.", ""]
     if s.quick:

@@ -106,8 +106,8 @@ class GeneScaler:
     def _cols(self, x: Any, axis: int) -> tuple[Any, Any, type]:
         """``lo``, ``hi`` shaped to broadcast along ``axis`` of ``x``, and the primitives."""
         ops = _TorchOps if _is_tensor(x) else _NumpyOps
-        ndim = len(x.shape) if ops is _TorchOps else np.ndim(x)
-        shape = tuple(np.shape(x)) if ops is _NumpyOps else tuple(x.shape)
+        shape = tuple(x.shape) if ops is _TorchOps else np.shape(x)
+        ndim = len(shape)
         if ndim < 1 or not -ndim <= axis < ndim or shape[axis] != len(self.hi):
             raise ValueError(f"gene scaler fitted on {len(self.hi)} genes got values of shape "
                              f"{shape} (genes on axis {axis})")
