@@ -10,7 +10,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _speed():
-    spec = importlib.util.spec_from_file_location("diffst_speed_script", ROOT / "benchmarks" / "speed.py")
+    script = ROOT / "benchmarks" / "speed.py"
+    spec = importlib.util.spec_from_file_location("diffst_speed_script", script)
     module = importlib.util.module_from_spec(spec)
     sys.modules["diffst_speed_script"] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
