@@ -50,7 +50,9 @@ def settings(summary: dict) -> str:
     return (f"`{preset['name']}`"
             + (f", {preset['n_samples']} samples" if samples else "")
             + ("" if depth == 1.0 else f", test depth {depth:.0%}")
-            + (", `--match-depth`" if preset.get("match_depth") else ""))
+            + (", `--match-depth`" if preset.get("match_depth") else "")
+            + (f", `--sampler {preset['sampler']}`" if preset.get("sampler", "ddim") != "ddim"
+               else ""))
 
 
 def rows_for(summary: dict, against: str | None = None) -> tuple[list[str], list[str]]:

@@ -31,7 +31,7 @@ def test_add_noise_statistics():
     assert xt.std().item() == pytest.approx((1 - ab) ** 0.5, abs=0.05)
 
 
-@pytest.mark.parametrize("name,steps", [("ddim", 20), ("dpmpp", 10), ("ddim", 5)])
+@pytest.mark.parametrize("name,steps", [("ddim", 20), ("dpmpp", 10), ("ddim", 5), ("mean", 1)])
 def test_oracle_denoiser_recovers_the_clean_sample(name, steps):
     """With the exact noise prediction for a known x0, deterministic samplers return x0."""
     sch = NoiseSchedule()
@@ -61,6 +61,24 @@ def test_ddpm_sampler_is_stochastic_and_projection_applies():
     torch.testing.assert_close(out, torch.full_like(out, 0.5), atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="unknown sampler"):
         make_sampler("euler", sch)
+
+
+def test_posterior_mean_sampler_makes_one_call_at_the_noisiest_step():
+    """The one-step estimate is the denoiser's x0 at T - 1, whatever the start noise."""
+    sch = NoiseSchedule()
+    calls = []
+    target = torch.full((3, 2, 4, 4), 0.25)
+
+    def eps_fn(x, t):
+        calls.append(t.tolist())
+        return sch.to_epsilon(target, x, t, "sample")
+
+    sampler = make_sampler("mean", sch, 20)
+    a = sampler.sample(eps_fn, target.shape, torch.Generator().manual_seed(0))
+    b = sampler.sample(eps_fn, target.shape, torch.Generator().manual_seed(1))
+    assert calls == [[999] * 3, [999] * 3]
+    torch.testing.assert_close(a, target, atol=1e-3, rtol=0)
+    torch.testing.assert_close(b, target, atol=1e-3, rtol=0)
 
 
 @pytest.mark.parametrize("prediction", ["epsilon", "v", "sample"])

@@ -11,7 +11,7 @@ import click
 from diffst.cli_options import check_ranges, check_writable, reader_kwargs, reader_options
 from diffst.config import PATCH_PER_FACTOR, TOP_GENES, SchedulerConfig, TrainConfig, default
 from diffst.data.sample import SampleError
-from diffst.model.config import PREDICTIONS
+from diffst.model.config import PREDICTIONS, SAMPLERS
 
 
 def _fail_nicely(fn):
@@ -288,7 +288,9 @@ were done; Ctrl-C keeps them.
 @click.option("--steps", default=20, show_default=True, type=int,
               help="Sampler steps per sample.")
 @click.option("--sampler", default="ddim", show_default=True,
-              type=click.Choice(["ddim", "dpmpp", "ddpm"]), help="Diffusion sampler.")
+              type=click.Choice(list(SAMPLERS)),
+              help="Diffusion sampler (mean: one-step posterior mean; its std and quantiles "
+                   "come from the start noise only).")
 @click.option("--batch-size", default=8, show_default=True, type=int,
               help="Tiles per batch (memory grows with batch size x samples; also fixes the "
                    "noise seeds, so a resumed run must use the same value).")
@@ -410,6 +412,8 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
               help="Override the preset's Diff-ST samples per tile (their mean is scored).")
 @click.option("--match-depth", is_flag=True,
               help="Diff-ST samples with the input scaled to its training depth.")
+@click.option("--sampler", default=None, type=click.Choice(list(SAMPLERS)),
+              help="Override the preset's Diff-ST sampler (mean: one-step posterior mean).")
 @click.option("--thin", default=1.0, show_default=True,
               type=click.FloatRange(min=0.0, max=1.0, min_open=True),
               help="Depth-shift test: thin the test sections' counts to this fraction "
@@ -418,7 +422,7 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
 @threads_option
 @_fail_nicely
 def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, methods, ablations,
-              steps, seeds, n_samples, match_depth, thin) -> None:
+              steps, seeds, n_samples, match_depth, sampler, thin) -> None:
     """Train and score Diff-ST and the baselines on held-out data; write tables and figures."""
     from diffst.benchmark import run_benchmark
 
@@ -428,7 +432,8 @@ def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, method
         seeds=_int_list(seeds, "--seeds"), stage=stage, data_root=data_root,
         overrides={**({"steps": steps} if steps else {}),
                    **({"n_samples": n_samples} if n_samples else {}),
-                   **({"match_depth": True} if match_depth else {})} or None, thin=thin,
+                   **({"match_depth": True} if match_depth else {}),
+                   **({"sampler": sampler} if sampler else {})} or None, thin=thin,
     )
     click.echo(summary["table"])
 

@@ -151,8 +151,8 @@ class DiffSTMethod:
         self.trainer.fit(progress=self.progress)
 
     def predict(self, lr: STSample, hr_mask: np.ndarray) -> np.ndarray:
-        """Mean of ``n_samples`` DDIM samples per tile, counts per HR cell."""
-        result = super_resolve(self.trainer.pipeline(), lr,
+        """Mean of ``n_samples`` samples per tile (the preset's sampler), counts per HR cell."""
+        result = super_resolve(self.trainer.pipeline(), lr, sampler=self.preset.sampler,
                                steps=self.preset.sample_steps, n_samples=self.preset.n_samples,
                                hr_mask=hr_mask, seed=self.seed, consistency="off",
                                progress=self.progress, match_depth=self.preset.match_depth)

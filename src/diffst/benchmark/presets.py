@@ -31,7 +31,9 @@ class Preset:
         patch_um: HR patch side in µm, rounded to a multiple of factor x cell [8 x factor
             cells, as :func:`diffst.api.train_model`].
         work_um_per_px: image resolution of the model [:func:`default_work_um_per_px`].
-        sample_steps, n_samples: DDIM steps and samples per tile averaged into the mean map.
+        sample_steps, n_samples: sampler steps and samples per tile averaged into the mean map.
+        sampler: :func:`diffst.diffusion.samplers.make_sampler` name (``ddim``; ``mean``: the
+            one-step posterior-mean estimate, ``sample_steps`` unused).
         ablation_factors: ``"first"`` (ablations at the first factor only) or ``"all"``.
         size_um, n_genes: simulated tissue side (µm) and gene count (for real data: the number
             of most expressed genes of the training part).
@@ -63,6 +65,7 @@ class Preset:
     istar: dict = field(default_factory=dict)
     figure_genes: int = 4
     match_depth: bool = False
+    sampler: str = "ddim"
     provenance: str = PROVENANCE_V01
 
 

@@ -183,7 +183,7 @@ def build_summary(runs: list, preset: Preset, split: str, stage: str, hr_mask: s
         "machine": machine_info(),
         "command": _command(dataset_arg, data.factors, split, preset_name or preset.name,
                             methods, ablations, seeds, stage, thin, preset.match_depth,
-                            _overridden_samples(preset)),
+                            _overridden_samples(preset), preset.sampler),
     }
 
 
@@ -204,6 +204,15 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
+def _draws(preset: dict) -> str:
+    """How the Diff-ST mean map was drawn, in words."""
+    sampler = preset.get("sampler", "ddim")
+    if sampler == "mean":
+        return (f"{preset['n_samples']} one-step posterior-mean estimates (`--sampler mean`: "
+                "the denoiser's clean-sample estimate at the noisiest step)")
+    return f"{preset['n_samples']} {sampler.upper()} samples ({preset['sample_steps']} steps)"
+
+
 def _overridden_samples(preset: Preset) -> int | None:
     """``preset.n_samples`` when it differs from the registered preset of that name."""
     registered = PRESETS.get((preset.profile, preset.name))
@@ -215,7 +224,7 @@ def _overridden_samples(preset: Preset) -> int | None:
 def _command(dataset: str | list[str], factors: list[int], split: str, preset: str,
              methods: list[str], ablations: bool, seeds: list[int], stage: str,
              thin: float = 1.0, match_depth: bool = False,
-             samples: int | None = None) -> str:
+             samples: int | None = None, sampler: str = "ddim") -> str:
     ds = dataset if isinstance(dataset, str) else ",".join(map(str, dataset))
     parts = ["diffst benchmark", f"--dataset {ds}"]
     if ds in ("her2st", "xenium_crop"):
@@ -228,6 +237,8 @@ def _command(dataset: str | list[str], factors: list[int], split: str, preset: s
         parts.append("--no-ablations")
     if samples is not None:
         parts.append(f"--samples {samples}")
+    if sampler != "ddim":
+        parts.append(f"--sampler {sampler}")
     if match_depth:
         parts.append("--match-depth")
     if thin != 1.0:
@@ -392,7 +403,7 @@ def format_tables(summary: dict) -> str:
              f"Training (Diff-ST, ablations, histology regression): {tc['steps']} steps, batch "
              f"{tc['batch_size']}, lr {tc['lr']:g}, EMA {tc['ema_decay']:g}, patch {patches} HR "
              f"cells at {scales}, image at {tc['work_um_per_px']:g} µm/px; Diff-ST maps are the "
-             f"mean of {p['n_samples']} DDIM samples ({p['sample_steps']} steps). Where these "
+             f"mean of {_draws(p)}. Where these "
              f"settings come from: {p['provenance']}."
              + (" Diff-ST sampled with its input scaled to the training data's depth "
                 "(`--match-depth`)." if p.get("match_depth") else ""), "",

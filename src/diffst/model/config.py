@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 PREDICTIONS = ("epsilon", "v", "sample")
+SAMPLERS = ("ddim", "ddpm", "dpmpp", "mean")
+"""Sampler names :func:`diffst.diffusion.samplers.make_sampler` accepts."""
 """What a denoiser may output (:attr:`SchedulerConfig.prediction`)."""
 SCHEDULE_KINDS = ("linear", "scaled_linear")
 """Beta schedules of :class:`diffst.diffusion.schedule.NoiseSchedule`."""
