@@ -21,6 +21,7 @@ from pathlib import Path
 from diffst.benchmark.methods import method_label
 from diffst.benchmark.presets import PRESETS
 from diffst.benchmark.report import HEADLINE, MAIN_METRICS, REFERENCE, better
+from diffst.config import TrainConfig
 
 
 def best_rival(stats: dict, metric: str) -> str | None:
@@ -41,18 +42,54 @@ def cell(s: dict) -> str:
     return f"{s['mean']:.4f} ± {s['sd']:.4f}" if s["n"] > 1 else f"{s['mean']:.4f}"
 
 
+def run_settings(summary: dict) -> dict:
+    """The Diff-ST settings of a run, with the values older runs used where they predate a
+    field (DDIM sampling, no turns, log1p counts, disentangling weight 0.1)."""
+    preset = summary["preset"]
+    tc = next(iter(summary.get("train_config", {}).values()), {})
+    return {"steps": preset.get("steps"), "n_samples": preset["n_samples"],
+            "sampler": preset.get("sampler", "ddim"), "turns": preset.get("turns", False),
+            "log1p": tc.get("log1p", True),
+            "disentangle_weight": tc.get("disentangle_weight", 0.1),
+            "match_depth": preset.get("match_depth", False)}
+
+
+WORDS = {
+    "steps": lambda v: f"{v} steps",
+    "n_samples": lambda v: f"{v} samples",
+    "sampler": lambda v: f"{v.upper()} sampler" if v != "mean" else "`--sampler mean`",
+    "turns": lambda v: "`--turns`" if v else "no turns",
+    "log1p": lambda v: "log1p counts" if v else "linear counts",
+    "disentangle_weight": lambda v: f"disentangle weight {v:g}",
+    "match_depth": lambda v: "`--match-depth`" if v else "",
+}
+"""How a setting that differs from today's preset is named in the headline."""
+
+
 def settings(summary: dict) -> str:
-    """Preset, test depth (when thinned) and ``--match-depth`` (when on), in words."""
+    """Preset, test depth (when thinned) and every Diff-ST setting that differs from today's
+    preset of that name (older runs: what they used then), in words."""
     depth = summary["protocol"].get("depth", 1.0)
     preset = summary["preset"]
     registered = PRESETS.get((preset["profile"], preset["name"]))
-    samples = registered is not None and registered.n_samples != preset["n_samples"]
-    return (f"`{preset['name']}`"
-            + (f", {preset['n_samples']} samples" if samples else "")
-            + ("" if depth == 1.0 else f", test depth {depth:.0%}")
-            + (", `--match-depth`" if preset.get("match_depth") else "")
-            + (f", `--sampler {preset['sampler']}`" if preset.get("sampler", "ddim") != "ddim"
-               else ""))
+    words = [f"`{preset['name']}`"]
+    if registered is not None:
+        now = {"steps": registered.steps, "n_samples": registered.n_samples,
+               "sampler": registered.sampler, "turns": registered.turns,
+               "log1p": summary_default("log1p", registered),
+               "disentangle_weight": summary_default("disentangle_weight", registered),
+               "match_depth": registered.match_depth}
+        words += [WORDS[key](value) for key, value in run_settings(summary).items()
+                  if value != now[key] and WORDS[key](value)]
+    if depth != 1.0:
+        words.append(f"test depth {depth:.0%}")
+    return ", ".join(words)
+
+
+def summary_default(key: str, registered) -> object:
+    """Today's value of the training setting ``key`` for a registered preset."""
+    value = getattr(registered, key)
+    return getattr(TrainConfig(), key) if value is None else value
 
 
 def rows_for(summary: dict, against: str | None = None) -> tuple[list[str], list[str]]:

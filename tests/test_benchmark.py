@@ -428,12 +428,16 @@ def test_xenium_crop_quick_run(tmp_path):
 
 
 def test_command_line_records_every_setting_that_changes_the_numbers():
-    from diffst.benchmark.report import _command, _overridden_samples
+    from diffst.benchmark.report import _command, overridden
 
-    assert _overridden_samples(get_preset("short", "spots")) is None
-    assert _overridden_samples(get_preset("short", "spots", {"n_samples": 16})) == 16
+    assert overridden(get_preset("short", "spots")) == {}
+    changed = get_preset("short", "spots", {"n_samples": 16, "match_depth": True,
+                                            "turns": False, "sampler": "ddim", "log1p": True})
+    assert overridden(changed)["n_samples"] == 16
     cmd = _command("her2st", [2], "loo", "short", list(METHOD_LABELS), False, [0],
-                   "validation", 0.1, True, 16)
-    assert cmd.endswith("--no-ablations --samples 16 --match-depth --thin 0.1")
-    plain = _command("simulated", [5], "holdout", "quick", list(METHOD_LABELS), True, [0], "test")
+                   "validation", 0.1, changed)
+    assert cmd.endswith("--no-ablations --samples 16 --sampler ddim --no-turns --log1p "
+                        "--match-depth --thin 0.1")
+    plain = _command("simulated", [5], "holdout", "quick", list(METHOD_LABELS), True, [0], "test",
+                     preset=get_preset("quick", "cells"))
     assert "--samples" not in plain and "--thin" not in plain and "--match" not in plain

@@ -19,6 +19,8 @@ TRAIN_DEFAULTS = {
     "seed": default(TrainConfig, "seed"),
     "device": default(TrainConfig, "device"),
     "bf16": default(TrainConfig, "bf16"),
+    "log1p": default(TrainConfig, "log1p"),
+    "disentangle_weight": default(TrainConfig, "disentangle_weight"),
     "prediction": default(SchedulerConfig, "prediction"),
     "top_genes": TOP_GENES,
     "patch": None,

@@ -11,16 +11,17 @@ from conftest import make_sample, tiny_config
 
 from diffst.api import ABLATIONS, model_config_for
 from diffst.data.lr import simulate_lr
+from diffst.data.sample import SampleError
 from diffst.infer import blend_window, load_model, model_from_trainer, super_resolve, tile_origins
 from diffst.model.diffst import DiffST
 from diffst.model.gene_graph import build_gene_graph, coexpression_intensity
 from diffst.train import TrainConfig, Trainer, curriculum_keep, safe_load
 
 
-def _trainer(steps=6, seed=0, **cfg) -> Trainer:
+def _trainer(steps=6, seed=0, log1p=False, **cfg) -> Trainer:
     samples = [make_sample(seed=0), make_sample(seed=1)]
     tc = TrainConfig(steps=steps, batch_size=2, lr=2e-3, patch=10, work_um_per_px=2.0,
-                     seed=seed, checkpoint_every=3)
+                     seed=seed, checkpoint_every=3, log1p=log1p)
     return Trainer(samples, samples[0].genes, 5, tiny_config(**cfg), tc)
 
 
@@ -113,6 +114,17 @@ def test_checkpoint_resume_gives_the_same_next_steps(tmp_path):
         torch.testing.assert_close(a, b)
     state = torch.load(tmp_path / "ck.pt", weights_only=True)
     assert state["step"] == 3
+
+
+def test_count_scaling_is_recorded_and_a_checkpoint_resumes_only_with_it(tmp_path):
+    linear, logged = _trainer(steps=2), _trainer(steps=2, log1p=True)
+    assert not linear.scaler.log1p and logged.scaler.log1p
+    assert linear.scaler.hi.max() > logged.scaler.hi.max()  # counts vs log counts
+    logged.fit(steps=1, checkpoint=tmp_path / "ck.pt", progress=False)
+    with pytest.raises(SampleError, match="log1p count scaling; resume with --log1p"):
+        _trainer(steps=2).load_checkpoint(tmp_path / "ck.pt")
+    logged.export_model(tmp_path / "m.pt")
+    assert load_model(tmp_path / "m.pt").scaler.log1p
 
 
 def test_model_file_round_trip_and_bad_files(tmp_path):

@@ -201,6 +201,8 @@ def train_model(
     model_config: DiffSTConfig | None = None,
     bf16: bool = default(TrainConfig, "bf16"),
     device: str = default(TrainConfig, "device"),
+    log1p: bool = default(TrainConfig, "log1p"),
+    disentangle_weight: float = default(TrainConfig, "disentangle_weight"),
     prediction: str | None = None,
     scheduler_config: SchedulerConfig | None = None,
     progress: bool = True,
@@ -228,6 +230,8 @@ def train_model(
             :class:`SchedulerConfig`'s), or the whole scheduler config.
         checkpoint: resumable checkpoint path; when it exists training resumes from it.
         bf16: bfloat16 autocast (faster on GPUs and CPUs with bf16 instructions).
+        log1p: learn log1p counts instead of counts (see :class:`TrainConfig`).
+        disentangle_weight: weight of the disentangling loss (see :class:`TrainConfig`).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda[:N]``.
         trainer_cls, trainer_kwargs: the trainer class and its extra keyword arguments (e.g.
             :class:`diffst.distributed.DistributedTrainer`).
@@ -245,7 +249,7 @@ def train_model(
     if prediction is not None:
         sc = replace(sc, prediction=prediction)
     tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, bf16=bf16,
-                     device=device,
+                     device=device, log1p=log1p, disentangle_weight=disentangle_weight,
                      patch=patch or PATCH_PER_FACTOR * factor,
                      work_um_per_px=work_um_per_px or default_work_um_per_px(samples[0]))
     trainer = trainer_cls(samples, gene_list, factor, cfg, tc, spots_only=spots_only,
@@ -297,6 +301,7 @@ def predict(
     log: Callable[[str], None] | None = None,
     eta: float = 0.0,
     match_depth: bool = False,
+    turns: bool = False,
     calibration: str | Path | Calibration | None = "auto",
     calibrate_on: STSample | None = None,
 ) -> SRResult:
@@ -324,6 +329,8 @@ def predict(
         eta: DDIM stochasticity (0 deterministic steps, 1 DDPM variance).
         match_depth: scale the input to the training data's depth while sampling
             (:func:`diffst.infer.super_resolve`); for slides sequenced much shallower or deeper.
+        turns: sample ``k`` sees each tile rotated/mirrored by dihedral transform ``k mod 8``
+            and is turned back (test-time augmentation, :func:`diffst.infer.super_resolve`).
         calibration: how ``q05``/``q95`` are calibrated (:mod:`diffst.calibration`):
             ``"auto"`` (split-conformal on ``calibrate_on`` if given, else self-calibration
             when the model is spots-only and the sample has spots of its size, else
@@ -355,12 +362,14 @@ def predict(
     result = super_resolve(lm, sample, steps=steps, sampler=sampler, n_samples=n_samples,
                            batch_size=batch_size, seed=seed,
                            consistency=consistency, resume_dir=tiles, progress=progress,
-                           autocast=autocast, eta=eta, match_depth=match_depth)
+                           autocast=autocast, eta=eta, match_depth=match_depth,
+                           turns=turns)
     timings = {"sampling_s": time.perf_counter() - t0}
     t0 = time.perf_counter()
     result = calibrate_prediction(lm, sample, result, calibration, calibrate_on, dict(
         steps=steps, sampler=sampler, n_samples=n_samples, batch_size=batch_size, seed=seed,
-        consistency=consistency, autocast=autocast, eta=eta, match_depth=match_depth))
+        consistency=consistency, autocast=autocast, eta=eta, match_depth=match_depth,
+        turns=turns))
     timings["calibration_s"] = time.perf_counter() - t0
     if log is not None:
         log(f"sampled {result.meta['n_tiles']} tiles in {_duration(timings['sampling_s'])}")

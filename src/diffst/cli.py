@@ -218,6 +218,12 @@ that resumes.
               type=click.Choice(list(PREDICTIONS)),
               help="What the denoiser predicts (the paper uses epsilon; see README).")
 @click.option("--bf16", is_flag=True, help="bfloat16 autocast (GPUs, CPUs with bf16 support).")
+@click.option("--log1p/--no-log1p", default=default(TrainConfig, "log1p"), show_default=True,
+              help="Learn log1p counts instead of counts (min-max scaled per gene either way).")
+@click.option("--disentangle-weight", default=default(TrainConfig, "disentangle_weight"),
+              show_default=True, type=click.FloatRange(min=0.0),
+              help="Weight of the disentangling loss (shared vs distinct features; see README "
+                   "for the validation that chose the default).")
 @click.option("--device", default=default(TrainConfig, "device"), show_default=True,
               help="auto, cpu or cuda[:N].")
 @click.option("--seed", default=default(TrainConfig, "seed"), show_default=True,
@@ -229,8 +235,8 @@ that resumes.
 @threads_option
 @_fail_nicely
 def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate, patch,
-          work_um_per_px, checkpoint, spots_only, hr_truth, ablate, prediction, bf16, device,
-          seed) -> None:
+          work_um_per_px, checkpoint, spots_only, hr_truth, ablate, prediction, bf16, log1p,
+          disentangle_weight, device, seed) -> None:
     from diffst.api import TrainingInterrupted, model_config_for, spot_data_message, train_model
 
     if spots_only and hr_truth:
@@ -251,7 +257,8 @@ def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate,
             batch_size=batch_size, lr=learning_rate, patch=patch, work_um_per_px=work_um_per_px,
             checkpoint=checkpoint, spots_only=spots_only, seed=seed,
             model_config=model_config_for(list(ablate)), prediction=prediction, bf16=bf16,
-            device=device, log=_log, save_on_interrupt=True,
+            log1p=log1p, disentangle_weight=disentangle_weight, device=device, log=_log,
+            save_on_interrupt=True,
         )
     except TrainingInterrupted as exc:
         again = _command_line()
@@ -316,6 +323,9 @@ were done; Ctrl-C keeps them.
               help="Scale the counts to the training data's depth (counts per µm² of tissue) "
                    "while sampling, and the maps back: for a slide sequenced much shallower or "
                    "deeper than the training data.")
+@click.option("--turns", is_flag=True,
+              help="Sample k sees each tile rotated/mirrored (k mod 8) and is turned back "
+                   "(test-time augmentation; with --sampler mean the most accurate mean map).")
 @click.option("--calibration", default="auto", show_default=True,
               help="How q05/q95 are calibrated: auto (split-conformal on --calibrate-on, else "
                    "self-calibration for a spots-only model on spots of its size, else none), "
@@ -330,7 +340,7 @@ were done; Ctrl-C keeps them.
 @_fail_nicely
 def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, consistency,
             no_consistency, report_dir, report_genes, resume, resume_dir, device, autocast,
-            seed, eta, match_depth, calibration, calibrate_on) -> None:
+            seed, eta, match_depth, turns, calibration, calibrate_on) -> None:
     from diffst.api import predict as api_predict
     from diffst.tilestore import SamplingInterrupted
 
@@ -341,7 +351,8 @@ def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, 
             consistency="off" if no_consistency else consistency, resume=resume,
             resume_dir=resume_dir, report_dir=report_dir,
             report_genes=report_genes.split(",") if report_genes else None, device=device,
-            autocast=autocast, eta=eta, match_depth=match_depth, calibration=calibration,
+            autocast=autocast, eta=eta, match_depth=match_depth, turns=turns,
+            calibration=calibration,
             calibrate_on=_read(calibrate_on) if calibrate_on else None, log=_log,
         )
     except SamplingInterrupted as exc:
@@ -412,6 +423,15 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
               help="Override the preset's Diff-ST samples per tile (their mean is scored).")
 @click.option("--match-depth", is_flag=True,
               help="Diff-ST samples with the input scaled to its training depth.")
+@click.option("--log1p/--no-log1p", default=None,
+              help="Override the count scaling Diff-ST and the regression learn (default: the "
+                   "training default, no log1p).")
+@click.option("--turns/--no-turns", default=None,
+              help="Override whether Diff-ST's k-th sample sees each tile rotated/mirrored "
+                   "(k mod 8) and turned back: test-time augmentation.")
+@click.option("--disentangle-weight", default=None, type=click.FloatRange(min=0.0),
+              help="Override the weight of Diff-ST's disentangling loss (default: the training "
+                   f"default, {default(TrainConfig, 'disentangle_weight'):g}).")
 @click.option("--sampler", default=None, type=click.Choice(list(SAMPLERS)),
               help="Override the preset's Diff-ST sampler (mean: one-step posterior mean).")
 @click.option("--thin", default=1.0, show_default=True,
@@ -422,7 +442,8 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
 @threads_option
 @_fail_nicely
 def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, methods, ablations,
-              steps, seeds, n_samples, match_depth, sampler, thin) -> None:
+              steps, seeds, n_samples, match_depth, turns, log1p, disentangle_weight, sampler,
+              thin) -> None:
     """Train and score Diff-ST and the baselines on held-out data; write tables and figures."""
     from diffst.benchmark import run_benchmark
 
@@ -433,7 +454,11 @@ def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, method
         overrides={**({"steps": steps} if steps else {}),
                    **({"n_samples": n_samples} if n_samples else {}),
                    **({"match_depth": True} if match_depth else {}),
-                   **({"sampler": sampler} if sampler else {})} or None, thin=thin,
+                   **({"turns": turns} if turns is not None else {}),
+                   **({"sampler": sampler} if sampler else {}),
+                   **({"log1p": log1p} if log1p is not None else {}),
+                   **({"disentangle_weight": disentangle_weight}
+                      if disentangle_weight is not None else {})} or None, thin=thin,
     )
     click.echo(summary["table"])
 

@@ -188,6 +188,8 @@ def train_ddp(
     model_config: DiffSTConfig | None = None,
     bf16: bool = default(TrainConfig, "bf16"),
     device: str = default(TrainConfig, "device"),
+    log1p: bool = default(TrainConfig, "log1p"),
+    disentangle_weight: float = default(TrainConfig, "disentangle_weight"),
     prediction: str | None = None,
     backend: str | None = None,
     progress: bool = True,
@@ -208,8 +210,9 @@ def train_ddp(
             samples, factor, out, genes=genes, top_genes=top_genes, steps=steps,
             batch_size=batch_size, lr=lr, patch=patch, work_um_per_px=work_um_per_px,
             checkpoint=checkpoint, spots_only=spots_only, ablate=ablate, seed=seed,
-            model_config=model_config, bf16=bf16, device=device, prediction=prediction,
-            progress=progress,
+            model_config=model_config, bf16=bf16, device=device, log1p=log1p,
+            disentangle_weight=disentangle_weight,
+            prediction=prediction, progress=progress,
             trainer_cls=DistributedTrainer, trainer_kwargs={"local_rank": info.local_rank},
         )
     finally:
@@ -243,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
                    choices=list(PREDICTIONS), help="What the denoiser predicts.")
     p.add_argument("--seed", type=int, default=default(TrainConfig, "seed"))
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast.")
+    p.add_argument("--log1p", action=argparse.BooleanOptionalAction,
+                   default=default(TrainConfig, "log1p"),
+                   help="Learn log1p counts instead of counts.")
+    p.add_argument("--disentangle-weight", type=float,
+                   default=default(TrainConfig, "disentangle_weight"),
+                   help="Weight of the disentangling loss.")
     p.add_argument("--device", default=default(TrainConfig, "device"),
                    help="auto (CUDA when present), cuda or cpu.")
     p.add_argument("--backend", default=None, choices=["nccl", "gloo"])
@@ -289,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
         top_genes=args.top_genes, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         patch=args.patch, work_um_per_px=args.work_um_per_px, checkpoint=args.checkpoint,
         spots_only=args.spots_only, ablate=args.ablate, seed=args.seed, bf16=args.bf16,
-        device=args.device, prediction=args.prediction, backend=args.backend,
+        log1p=args.log1p, disentangle_weight=args.disentangle_weight, device=args.device,
+        prediction=args.prediction, backend=args.backend,
     )
     if launch_info().rank == 0:
         print(f"wrote {path}")

@@ -65,6 +65,7 @@ from diffst.data.patches import (
     prepare_inference_sample,
 )
 from diffst.data.sample import SampleError, STSample
+from diffst.data.symmetry import N_TRANSFORMS, turn, turn_batch, unturn
 from diffst.diffusion.samplers import make_sampler
 from diffst.diffusion.schedule import NoiseSchedule
 from diffst.model.config import DiffSTConfig
@@ -209,25 +210,34 @@ def sample_tiles(lm: DiffSTPipeline, batch: PatchBatch, n_samples: int,
                  steps: int, sampler: str, generator: torch.Generator, *,
                  lr_counts: torch.Tensor | None = None,
                  progress: Callable[[int], None] | None = None,
-                 autocast: bool = False, eta: float = 0.0) -> torch.Tensor:
+                 autocast: bool = False, eta: float = 0.0, turns: bool = False) -> torch.Tensor:
     """Draw ``n_samples`` scaled HR maps per tile: ``(B, K, G, P, P)``.
 
     ``lr_counts`` ``(B, G, P/s, P/s)`` measured LR counts switch on the per-step consistency
     projection of the clean-sample estimate; ``progress(i)`` is called after sampler step i.
     ``autocast`` runs the network in bfloat16 (float16 on older GPUs); the sampler stays float32.
     ``eta`` > 0 makes DDIM stochastic (:func:`diffst.diffusion.samplers.make_sampler`).
+    ``turns``: sample ``k`` sees the tile turned by dihedral transform ``k mod 8``
+    (:mod:`diffst.data.symmetry`) and its map is turned back, so the mean over samples also
+    averages over orientations (test-time augmentation); the conditioning is then computed once
+    per orientation instead of once per tile.
     """
     sc = lm.scheduler
     batch = batch.to(lm.device)
+    views = orientations(n_samples) if turns else [0] * n_samples
     with autocast_context(lm.device, autocast):
-        cond = lm.model.encode_batch(batch, batch.tile_valid)
-    cond = cond.repeat(n_samples)
+        if turns:
+            batch = _per_sample(batch, views)
+            cond = lm.model.encode_batch(batch, batch.tile_valid)
+        else:
+            cond = lm.model.encode_batch(batch, batch.tile_valid).repeat(n_samples)
     schedule = NoiseSchedule.from_config(sc)
-    lr_up = batch.lr_up.repeat_interleave(n_samples, 0)
+    lr_up, mask = (batch.lr_up, batch.mask) if turns else (
+        batch.lr_up.repeat_interleave(n_samples, 0), batch.mask.repeat_interleave(n_samples, 0))
     rs, top = sc.residual_scale, lm.scaler.clip_max
     if lr_counts is not None:
-        target = lr_counts.to(lm.device, torch.float32).repeat_interleave(n_samples, 0)
-        tissue = batch.mask.repeat_interleave(n_samples, 0) > 0
+        target = _spread([turn(lr_counts.to(lm.device, torch.float32), d) for d in views])
+        tissue = mask > 0
 
     def project(z0: torch.Tensor) -> torch.Tensor:
         """Keep the HR estimate ``lr_up + rs * z0`` inside the data range (and consistent)."""
@@ -239,7 +249,8 @@ def sample_tiles(lm: DiffSTPipeline, batch: PatchBatch, n_samples: int,
         return (hr - lr_up) / rs
 
     solver = make_sampler(sampler, schedule, steps, clip_x0=project, eta=eta)
-    b, g, p, _ = batch.lr_up.shape
+    g, p = lr_up.shape[1], lr_up.shape[-1]
+    b = lr_up.shape[0] // n_samples
 
     def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return schedule.to_epsilon(lm.model(x, t, cond), x, t, sc.prediction)
@@ -247,8 +258,27 @@ def sample_tiles(lm: DiffSTPipeline, batch: PatchBatch, n_samples: int,
     with autocast_context(lm.device, autocast):
         z = solver.sample(eps_fn, (b * n_samples, g, p, p), generator=generator,
                           device=lm.device, progress=progress)
-    hr = (lr_up + rs * z).clamp(0, top)
-    return hr.view(b, n_samples, g, p, p).float().cpu()
+    hr = (lr_up + rs * z).clamp(0, top).view(b, n_samples, g, p, p).float()
+    if turns:
+        hr = torch.stack([unturn(hr[:, k], d) for k, d in enumerate(views)], 1)
+    return hr.cpu()
+
+
+def orientations(n_samples: int) -> list[int]:
+    """The dihedral transform of each of ``n_samples`` samples: ``k mod 8``."""
+    return [k % N_TRANSFORMS for k in range(n_samples)]
+
+
+def _spread(per_view: list[torch.Tensor]) -> torch.Tensor:
+    """``K`` tensors ``(B, ...)`` -> ``(B * K, ...)``, tile ``i`` view ``k`` at ``i * K + k``."""
+    stacked = torch.stack(per_view, 1)
+    return stacked.reshape(-1, *stacked.shape[2:])
+
+
+def _per_sample(batch: PatchBatch, views: list[int]) -> PatchBatch:
+    """``batch`` with each tile repeated once per sample, turned by that sample's view."""
+    parts = [turn_batch(batch, d) for d in views]
+    return PatchBatch.from_dict({key: _spread([part[key] for part in parts]) for key in batch})
 
 
 def check_model_fits(lm: DiffSTPipeline, lr: STSample) -> STSample:
@@ -301,6 +331,7 @@ def super_resolve(
     channels_last: bool = False,
     eta: float = 0.0,
     match_depth: bool = False,
+    turns: bool = False,
 ) -> SRResult:
     """Super-resolve an LR sample by the model's factor.
 
@@ -309,7 +340,8 @@ def super_resolve(
         lr: the measured LR sample (counts per LR cell) with its H&E image; must contain the
             model's genes (others are ignored).
         steps: sampler steps (respaced from the training schedule).
-        sampler: ``ddim`` (default), ``dpmpp`` or ``ddpm``.
+        sampler: ``ddim`` (default), ``dpmpp``, ``ddpm`` or ``mean`` (one network call per
+            sample: the posterior-mean estimate; ``steps`` is then 1).
         n_samples: samples per tile for the mean/std/quantile maps.
         patch: tile side in HR cells (default: the training patch size); ``overlap`` HR cells
             shared by neighbouring tiles
@@ -330,6 +362,8 @@ def super_resolve(
             tissue, ``lm.record["counts_per_um2"]``) before sampling and the maps back after,
             for a slide sequenced much shallower or deeper than the training data; the mean
             map still sum-pools to the measured counts. ``meta["depth_ratio"]`` records it.
+        turns: sample ``k`` of each tile sees the tile rotated/mirrored by dihedral transform
+            ``k mod 8`` and is turned back (test-time augmentation; :func:`sample_tiles`).
 
     Returns:
         An :class:`SRResult` on the HR raster ``(lr.H * factor, lr.W * factor)``.
@@ -338,6 +372,7 @@ def super_resolve(
     if n_samples < 1 or steps < 1 or batch_size < 1:
         raise ValueError("n_samples, steps and batch_size must be at least 1")
     lr = check_model_fits(lm, lr)
+    steps = 1 if sampler == "mean" else steps
     ratio = depth_ratio(lm, lr) if match_depth else 1.0
     measured, lr = lr, (lr if ratio == 1.0 else replace(lr, expr=lr.expr * ratio))
     f = lm.factor
@@ -350,7 +385,7 @@ def super_resolve(
     prep = prepare_inference_sample(lr, f, lm.scaler, k, hr_mask=hr_mask)
     padded = pad_prepared(prep, patch)
     job = _Job(lm, padded, _padded_counts(lr.expr, padded), patch, overlap, steps, sampler,
-               n_samples, batch_size, seed, mode, float(eta))
+               n_samples, batch_size, seed, mode, float(eta), bool(turns))
     store = None
     if resume_dir is not None:
         store = TileStore(resume_dir, {**_store_settings(job, lr, prep),
@@ -399,6 +434,7 @@ class _Job:
     seed: int
     mode: str
     eta: float = 0.0
+    turns: bool = False
 
     def origins(self) -> list[tuple[int, int]]:
         """Tile origins (HR cells) of tiles that touch tissue, row-major."""
@@ -419,7 +455,7 @@ def _store_settings(job: _Job, lr: STSample, prep: PreparedSample) -> dict:
         "input": fingerprint(lr.expr, lr.mask, prep.mask, prep.image),
         "steps": job.steps, "sampler": job.sampler, "n_samples": job.n_samples,
         "patch": job.patch, "overlap": job.overlap, "batch_size": job.batch_size,
-        "seed": job.seed, "consistency": job.mode, "eta": job.eta,
+        "seed": job.seed, "consistency": job.mode, "eta": job.eta, "turns": job.turns,
     }
 
 
@@ -465,7 +501,8 @@ def _sample_batch(job: _Job, chunk: list[tuple[int, int]], start: int,
     gen = torch.Generator().manual_seed(job.seed + start)
     draws = sample_tiles(lm, batch, job.n_samples, job.steps, job.sampler, gen,
                          lr_counts=lr_counts if job.mode == "steps" else None,
-                         progress=lambda _i: bar.update(len(chunk)), eta=job.eta).numpy()
+                         progress=lambda _i: bar.update(len(chunk)), eta=job.eta,
+                         turns=job.turns).numpy()
     counts = lm.scaler.inverse(draws, axis=2)  # (B, K, G, P, P) scaled -> counts
     counts = torch.from_numpy(counts.astype(np.float64))
     tissue = batch.mask[:, None] > 0  # (B, 1, 1, P, P)
@@ -500,7 +537,7 @@ def _finish(job: _Job, prep: PreparedSample, lr: STSample, blender: TileBlender)
     counts = np.asarray(lr.expr, np.float64)
     meta = {"factor": f, "steps": job.steps, "sampler": job.sampler,
             "n_samples": job.n_samples, "patch": job.patch, "overlap": job.overlap,
-            "seed": job.seed, "consistency": job.mode, "eta": job.eta,
+            "seed": job.seed, "consistency": job.mode, "eta": job.eta, "turns": job.turns,
             "n_tiles": len(job.origins()),
             "consistency_max_rel_err": max_relative_error(maps_["mean"], counts, inside, f),
             "unplaced_counts": unplaced_counts(counts, inside, f)}

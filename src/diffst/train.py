@@ -128,7 +128,8 @@ class Trainer:
         samples = check_training_samples(samples, self.genes, self.factor, self.tc.patch)
         self.k = px_per_cell_for(samples[0].cell_um, self.tc.work_um_per_px)
         self.cell_um = samples[0].cell_um
-        self.scaler = GeneScaler.fit([s.expr for s in samples], [s.mask for s in samples])
+        self.scaler = GeneScaler.fit([s.expr for s in samples], [s.mask for s in samples],
+                                     log1p=self.tc.log1p)
         self.counts_per_um2 = training_depth(samples)
         prepared = [prepare_training_sample(s, factor, self.scaler, self.k) for s in samples]
         adjacency = build_gene_graph(
@@ -290,6 +291,11 @@ class Trainer:
         state = safe_load(path, CHECKPOINT_FORMAT)
         if state["genes"] != self.genes or state["factor"] != self.factor:
             raise SampleError(f"{path}: checkpoint genes/factor differ from this training run")
+        was_log = bool(state.get("train_config", {}).get("log1p", True))
+        if was_log != self.tc.log1p:
+            kind, flag = ("log1p", "--log1p") if was_log else ("linear", "--no-log1p")
+            raise SampleError(f"{path}: checkpoint was trained with {kind} count scaling; "
+                              f"resume with {flag} (or start a new checkpoint)")
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])

@@ -155,7 +155,8 @@ class DiffSTMethod:
         result = super_resolve(self.trainer.pipeline(), lr, sampler=self.preset.sampler,
                                steps=self.preset.sample_steps, n_samples=self.preset.n_samples,
                                hr_mask=hr_mask, seed=self.seed, consistency="off",
-                               progress=self.progress, match_depth=self.preset.match_depth)
+                               progress=self.progress, match_depth=self.preset.match_depth,
+                               turns=self.preset.turns)
         return result.mean
 
 

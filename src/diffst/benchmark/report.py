@@ -182,8 +182,7 @@ def build_summary(runs: list, preset: Preset, split: str, stage: str, hr_mask: s
         "results": results,
         "machine": machine_info(),
         "command": _command(dataset_arg, data.factors, split, preset_name or preset.name,
-                            methods, ablations, seeds, stage, thin, preset.match_depth,
-                            _overridden_samples(preset), preset.sampler),
+                            methods, ablations, seeds, stage, thin, preset),
     }
 
 
@@ -213,34 +212,45 @@ def _draws(preset: dict) -> str:
     return f"{preset['n_samples']} {sampler.upper()} samples ({preset['sample_steps']} steps)"
 
 
-def _overridden_samples(preset: Preset) -> int | None:
-    """``preset.n_samples`` when it differs from the registered preset of that name."""
+def overridden(preset: Preset) -> dict:
+    """The fields of ``preset`` that differ from the registered preset of its name (all the
+    benchmark's command-line overrides: steps, samples, sampler, ...)."""
     registered = PRESETS.get((preset.profile, preset.name))
-    if registered is None or registered.n_samples == preset.n_samples:
-        return None
-    return preset.n_samples
+    if registered is None:
+        return {}
+    return {key: getattr(preset, key) for key in OVERRIDE_FLAGS
+            if getattr(preset, key) != getattr(registered, key)}
 
 
-def _command(dataset: str | list[str], factors: list[int], split: str, preset: str,
+OVERRIDE_FLAGS = {
+    "steps": lambda v: f"--steps {v}",
+    "n_samples": lambda v: f"--samples {v}",
+    "sampler": lambda v: f"--sampler {v}",
+    "turns": lambda v: "--turns" if v else "--no-turns",
+    "log1p": lambda v: "--log1p" if v else "--no-log1p",
+    "disentangle_weight": lambda v: f"--disentangle-weight {v:g}",
+    "match_depth": lambda v: "--match-depth" if v else "",
+}
+"""Preset field -> the ``diffst benchmark`` option that sets it."""
+
+
+def _command(dataset: str | list[str], factors: list[int], split: str, preset_name: str,
              methods: list[str], ablations: bool, seeds: list[int], stage: str,
-             thin: float = 1.0, match_depth: bool = False,
-             samples: int | None = None, sampler: str = "ddim") -> str:
+             thin: float = 1.0, preset: Preset | None = None) -> str:
     ds = dataset if isinstance(dataset, str) else ",".join(map(str, dataset))
     parts = ["diffst benchmark", f"--dataset {ds}"]
     if ds in ("her2st", "xenium_crop"):
         parts.append("--data-root DATA_ROOT")
     parts += [f"--factors {','.join(map(str, factors))}", f"--split {split}",
-              f"--stage {stage}", f"--preset {preset}", f"--seeds {','.join(map(str, seeds))}"]
+              f"--stage {stage}", f"--preset {preset_name}",
+              f"--seeds {','.join(map(str, seeds))}"]
     if list(methods) != list(METHOD_LABELS):
         parts.append(f"--methods {','.join(methods)}")
     if not ablations:
         parts.append("--no-ablations")
-    if samples is not None:
-        parts.append(f"--samples {samples}")
-    if sampler != "ddim":
-        parts.append(f"--sampler {sampler}")
-    if match_depth:
-        parts.append("--match-depth")
+    changed = overridden(preset) if preset is not None else {}
+    parts += [OVERRIDE_FLAGS[key](value) for key, value in changed.items()
+              if value is not None and OVERRIDE_FLAGS[key](value)]
     if thin != 1.0:
         parts.append(f"--thin {thin:g}")
     return " ".join(parts)
@@ -402,11 +412,14 @@ def format_tables(summary: dict) -> str:
     lines += [
              f"Training (Diff-ST, ablations, histology regression): {tc['steps']} steps, batch "
              f"{tc['batch_size']}, lr {tc['lr']:g}, EMA {tc['ema_decay']:g}, patch {patches} HR "
-             f"cells at {scales}, image at {tc['work_um_per_px']:g} µm/px; Diff-ST maps are the "
-             f"mean of {_draws(p)}. Where these "
+             f"cells at {scales}, image at {tc['work_um_per_px']:g} µm/px, "
+             f"{'log1p' if tc.get('log1p', True) else 'linear'} count scaling; Diff-ST maps "
+             f"are the mean of {_draws(p)}. Where these "
              f"settings come from: {p['provenance']}."
              + (" Diff-ST sampled with its input scaled to the training data's depth "
-                "(`--match-depth`)." if p.get("match_depth") else ""), "",
+                "(`--match-depth`)." if p.get("match_depth") else "")
+             + (" Each Diff-ST sample saw the tile in another of its 8 orientations (rotations "
+                "and mirrorings, turned back; `--turns`)." if p.get("turns") else ""), "",
              "Numbers: mean ± sd over runs (test section x seed) of each run's mean over genes; "
              "metrics of `diffst.metrics` (truth min-max protocol: RMSE/SSIM/PSNR on maps "
              "scaled by the truth's min-max; PCC signed; RVD relative variance distance; "
