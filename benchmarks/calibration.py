@@ -9,7 +9,8 @@ Two test settings, each with a calibration region that is neither training nor t
   against C6's measured spots. ``--folds`` rotates the roles over more sections.
 
 For every sampler variant (deterministic DDIM with K draws, stochastic DDIM ``eta=1``, more
-draws) the test input is super-resolved once and these intervals are scored on the test truth:
+draws, and ``meanturns``: K one-step posterior-mean estimates, one per tile orientation, whose
+spread is only that over orientations and start noise) the test input is super-resolved once and these intervals are scored on the test truth:
 
 * ``raw``: ``mean +- z_L std`` of the draws (Gaussian reading of the sampler spread); ``raw_q``
   is the sampler's own ``[q05, q95]`` (90 % only).
@@ -71,7 +72,8 @@ class Settings:
         k = self.n_samples
         return {f"ddim_K{k}": dict(eta=0.0, n_samples=k),
                 f"eta1_K{k}": dict(eta=1.0, n_samples=k),
-                f"eta1_K{2 * k}": dict(eta=1.0, n_samples=2 * k)}
+                f"eta1_K{2 * k}": dict(eta=1.0, n_samples=2 * k),
+                f"meanturns_K{k}": dict(sampler="mean", turns=True, n_samples=k)}
 
 
 # ---------------------------------------------------------------------------- intervals
@@ -85,7 +87,8 @@ def intervals(setting: dict, sr: dict) -> dict[str, dict[float, tuple]]:
     mean, std = res.mean[:, :h, :w], res.std[:, :h, :w]
     kw = {k: v for k, v in sr.items() if k != "name"}
     kw.update(steps=setting["sample_steps"])
-    cals = {"split": split_fit(setting, kw, 1), "split3": split_fit(setting, kw, 3)}
+    cals = {"split": split_fit(setting, sr["name"], kw, 1),
+            "split3": split_fit(setting, sr["name"], kw, 3)}
     cals["self"] = self_calibrate(lm, lr, allow_scale_shift=True, levels=CURVE_LEVELS, **kw)
     out: dict[str, dict[float, tuple]] = {}
     out["raw"] = {lv: _gaussian(mean, std, test.mask, lv) for lv in CURVE_LEVELS}
@@ -102,12 +105,12 @@ def intervals(setting: dict, sr: dict) -> dict[str, dict[float, tuple]]:
     return out
 
 
-def split_fit(setting: dict, kw: dict, n_bins: int):
-    """Split-conformal calibration from the calibration region's prediction (as
-    :func:`diffst.calibration.split_conformal` does, reusing the super-resolved maps)."""
+def split_fit(setting: dict, variant: str, kw: dict, n_bins: int):
+    """Split-conformal calibration from the calibration region's prediction with the sampler
+    ``variant`` (as :func:`diffst.calibration.split_conformal` does, reusing the maps)."""
     from diffst.calibration import fit_calibration
 
-    res = setting["cal_results"][kw["n_samples"], kw["eta"]]
+    res = setting["cal_results"][variant]
     cal = setting["cal"]
     h, w = cal.shape
     source = {"kind": "split-conformal", "data": cal.name, "n_bins": n_bins, **kw}
@@ -156,7 +159,7 @@ def prepare(lm, test, cal, cfg: Settings) -> dict:
         # HR masks come from the pooled LR masks; the truth masks are used for scoring only
         s["results"][name] = super_resolve(lm, lr, steps=cfg.sample_steps, progress=False, **kw)
         s["timings"][name] = time.perf_counter() - t0
-        s["cal_results"][kw["n_samples"], kw["eta"]] = super_resolve(
+        s["cal_results"][name] = super_resolve(
             lm, cal_lr, steps=cfg.sample_steps, progress=False, **kw)
     h, w = test.shape
     ch, cw = cal.shape
