@@ -10,7 +10,8 @@ Two test settings, each with a calibration region that is neither training nor t
 
 For every sampler variant (deterministic DDIM with K draws, stochastic DDIM ``eta=1``, more
 draws, and ``meanturns``: K one-step posterior-mean estimates, one per tile orientation, whose
-spread is only that over orientations and start noise) the test input is super-resolved once and these intervals are scored on the test truth:
+spread is only that over orientations and start noise) the test input is super-resolved once
+and these intervals are scored on the test truth:
 
 * ``raw``: ``mean +- z_L std`` of the draws (Gaussian reading of the sampler spread); ``raw_q``
   is the sampler's own ``[q05, q95]`` (90 % only).
