@@ -170,8 +170,10 @@ def test_fixed_seed_training_follows_the_loss_curve_of_the_numpy_pipeline():
     tissue = simulate_tissue(seed=0, size_um=480.0, cell_um=8.0, n_genes=6)
     curves = {}
     for pipeline in ("numpy", "device"):
+        # the disentangling loss at weight 0.1 falls steeply in these 120 steps, which keeps the
+        # tolerance well below the drop of the total loss at this small size
         tc = TrainConfig(steps=120, batch_size=4, lr=2e-3, patch=20, work_um_per_px=2.0,
-                         seed=0, data_pipeline=pipeline)
+                         seed=0, data_pipeline=pipeline, disentangle_weight=0.1)
         trainer = Trainer([tissue], tissue.genes, 5, tiny_config(), tc)
         trainer.fit(progress=False)
         curves[pipeline] = np.array(trainer.history).reshape(4, 30)

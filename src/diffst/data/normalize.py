@@ -100,8 +100,8 @@ class GeneScaler:
             data = np.log1p(data)
         hi = np.quantile(data, quantile, axis=1)
         floor = np.log1p(1.0) if log1p else 1.0
-        hi = np.maximum(hi, floor)
-        return cls(lo=np.zeros_like(hi), hi=hi.astype(np.float64), log1p=log1p, clip_max=clip_max)
+        hi = np.maximum(hi, floor).astype(np.float64)
+        return cls(lo=np.zeros_like(hi), hi=hi, log1p=log1p, clip_max=clip_max)
 
     def _cols(self, x: Any, axis: int) -> tuple[Any, Any, type]:
         """``lo``, ``hi`` shaped to broadcast along ``axis`` of ``x``, and the primitives."""
