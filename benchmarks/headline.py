@@ -47,7 +47,7 @@ def run_settings(summary: dict) -> dict:
     field (DDIM sampling, no turns, log1p counts, disentangling weight 0.1)."""
     preset = summary["preset"]
     tc = next(iter(summary.get("train_config", {}).values()), {})
-    return {"steps": preset.get("steps"), "n_samples": preset["n_samples"],
+    return {"steps": tc.get("steps", preset.get("steps")), "n_samples": preset["n_samples"],
             "sampler": preset.get("sampler", "ddim"), "turns": preset.get("turns", False),
             "log1p": tc.get("log1p", True),
             "disentangle_weight": tc.get("disentangle_weight", 0.1),
@@ -74,11 +74,7 @@ def settings(summary: dict) -> str:
     registered = PRESETS.get((preset["profile"], preset["name"]))
     words = [f"`{preset['name']}`"]
     if registered is not None:
-        now = {"steps": registered.steps, "n_samples": registered.n_samples,
-               "sampler": registered.sampler, "turns": registered.turns,
-               "log1p": summary_default("log1p", registered),
-               "disentangle_weight": summary_default("disentangle_weight", registered),
-               "match_depth": registered.match_depth}
+        now = {key: preset_value(key, registered) for key in WORDS}
         words += [WORDS[key](value) for key, value in run_settings(summary).items()
                   if value != now[key] and WORDS[key](value)]
     if depth != 1.0:
@@ -86,8 +82,9 @@ def settings(summary: dict) -> str:
     return ", ".join(words)
 
 
-def summary_default(key: str, registered) -> object:
-    """Today's value of the training setting ``key`` for a registered preset."""
+def preset_value(key: str, registered) -> object:
+    """Today's value of the setting ``key`` for a registered preset (a training setting the
+    preset leaves to the package: :class:`TrainConfig`'s default)."""
     value = getattr(registered, key)
     return getattr(TrainConfig(), key) if value is None else value
 
