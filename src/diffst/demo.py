@@ -24,7 +24,7 @@ from diffst.data.image import aligned_image
 from diffst.data.lr import simulate_lr, upsample_nearest
 from diffst.data.sample import STSample
 from diffst.data.simulate import simulate_tissue
-from diffst.infer import SRResult, super_resolve
+from diffst.infer import SRResult, draws_in_words, super_resolve
 from diffst.metrics import evaluate, summarize
 from diffst.model.config import DiffSTConfig
 from diffst.plot import gene_panel
@@ -135,14 +135,6 @@ def _score_and_draw(truth: STSample, lr: STSample, result: SRResult, cfg: DemoSe
     return report
 
 
-def _draw_words(cfg: dict) -> str:
-    """What each of the demo's Diff-ST draws was, in words."""
-    sampler = cfg.get("sampler", "ddim")
-    what = ("one-step posterior-mean estimates" if sampler == "mean"
-            else f"{sampler.upper()} samples ({cfg['sample_steps']} steps)")
-    return what + (", one per tile orientation" if cfg.get("turns") else "")
-
-
 def format_markdown(report: dict) -> str:
     """The demo's mean metrics and timings as a Markdown table."""
     cfg = report["settings"]
@@ -150,7 +142,8 @@ def format_markdown(report: dict) -> str:
     lines = [
         f"Held-out strip of the simulated tissue (seed {cfg['seed']}), factor {cfg['factor']}, "
         f"{cfg['n_genes']} genes, {cfg['steps']} training steps, Diff-ST map: the mean of "
-        f"{cfg['n_samples']} {_draw_words(cfg)}; "
+        f"{draws_in_words(cfg['n_samples'], cfg.get('sampler', 'ddim'), cfg['sample_steps'])}"
+        f"{', one per tile orientation' if cfg.get('turns') else ''}; "
         f"train {t['train_s']:.0f} s, predict {t['predict_s']:.0f} s.",
         "",
         "| method | RMSE ↓ | SSIM ↑ | PCC ↑ | PSNR ↑ |",

@@ -264,6 +264,13 @@ def sample_tiles(lm: DiffSTPipeline, batch: PatchBatch, n_samples: int,
     return hr.cpu()
 
 
+def draws_in_words(n_samples: int, sampler: str, steps: int) -> str:
+    """``n_samples`` draws of ``sampler`` in words, e.g. ``"4 DDIM samples (20 steps)"``."""
+    if sampler == "mean":
+        return f"{n_samples} one-step posterior-mean estimates"
+    return f"{n_samples} {sampler.upper()} samples ({steps} steps)"
+
+
 def orientations(n_samples: int) -> list[int]:
     """The dihedral transform of each of ``n_samples`` samples: ``k mod 8``."""
     return [k % N_TRANSFORMS for k in range(n_samples)]

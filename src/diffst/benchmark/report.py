@@ -33,6 +33,7 @@ from diffst.benchmark.methods import (
 from diffst.benchmark.presets import PRESETS, Preset, train_config
 from diffst.data.image import aligned_image
 from diffst.data.lr import simulate_lr, upsample_nearest
+from diffst.infer import draws_in_words
 from diffst.io.atomic import atomic_path
 from diffst.metrics import HIGHER_IS_BETTER, METRIC_COLUMNS
 from diffst.model.config import SchedulerConfig
@@ -206,10 +207,11 @@ def _plain(obj: Any) -> Any:
 def _draws(preset: dict) -> str:
     """How the Diff-ST mean map was drawn, in words."""
     sampler = preset.get("sampler", "ddim")
+    words = draws_in_words(preset["n_samples"], sampler, preset["sample_steps"])
     if sampler == "mean":
-        return (f"{preset['n_samples']} one-step posterior-mean estimates (`--sampler mean`: "
-                "the denoiser's clean-sample estimate at the noisiest step)")
-    return f"{preset['n_samples']} {sampler.upper()} samples ({preset['sample_steps']} steps)"
+        words += (" (`--sampler mean`: the denoiser's clean-sample estimate at the noisiest "
+                  "step)")
+    return words
 
 
 def overridden(preset: Preset) -> dict:
