@@ -47,6 +47,7 @@ from statistics import NormalDist
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from speed import shown_path  # noqa: E402
 from whole_slide import HER2ST, train  # noqa: E402
 
 REPORT_LEVELS = (0.5, 0.8, 0.9, 0.95)
@@ -363,7 +364,8 @@ def main(argv: list[str] | None = None) -> dict:
         cfg.sim_size_um, cfg.sim_genes, cfg.her2st_genes = 800.0, 6, 6
     cfg.out.mkdir(parents=True, exist_ok=True)
     parts = {x.strip() for x in a.parts.split(",") if x.strip()}
-    report: dict = {"settings": {k: str(v) for k, v in cfg.__dict__.items()}}
+    report: dict = {"settings": {k: shown_path(v) if k == "out" else str(v)
+                                 for k, v in cfg.__dict__.items()}}
     t0 = time.perf_counter()
     if "sim" in parts:
         report["sim"] = simulated_setting(cfg)
@@ -373,8 +375,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"\nHER2ST skipped ({HER2ST} absent)")
     report["total_s"] = time.perf_counter() - t0
     write_outputs(report, cfg.out)
-    print(f"\ntotal {report['total_s']:.0f} s; wrote {cfg.out}/summary.json, per_gene.csv, "
-          "table.md, reliability.png")
+    print(f"\ntotal {report['total_s']:.0f} s; wrote {shown_path(cfg.out)}/summary.json, "
+          "per_gene.csv, table.md, reliability.png")
     return report
 
 

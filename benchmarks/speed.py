@@ -658,17 +658,22 @@ def _fmt(x: float, digits: int = 3) -> str:
     return "" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}f}"
 
 
-def shown_argv(argv: list[str]) -> list[str]:
-    """``argv`` with the ``--out`` file relative to the repository (its name alone when outside),
-    so no machine path appears in the results."""
+def shown_path(value: str | Path) -> str:
+    """``value`` relative to the repository (its name alone when outside), so that no machine
+    path appears in the results."""
     root = Path(__file__).resolve().parents[1]
+    path = Path(value).resolve()
+    return str(path.relative_to(root) if path.is_relative_to(root) else Path(path.name))
+
+
+def shown_argv(argv: list[str]) -> list[str]:
+    """``argv`` with the ``--out`` file shown by :func:`shown_path`."""
     shown, after_out = [], False
     for arg in argv:
         value = arg.split("=", 1)[1] if arg.startswith("--out=") else arg if after_out else None
         if value is not None:
-            path = Path(value).resolve()
-            rel = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
-            arg = f"--out={rel}" if arg.startswith("--out=") else str(rel)
+            rel = shown_path(value)
+            arg = f"--out={rel}" if arg.startswith("--out=") else rel
         after_out = arg == "--out"
         shown.append(arg)
     return shown
