@@ -21,7 +21,7 @@ from pathlib import Path
 from diffst.benchmark.methods import method_label
 from diffst.benchmark.presets import PRESETS
 from diffst.benchmark.report import HEADLINE, MAIN_METRICS, REFERENCE, better
-from diffst.config import TrainConfig
+from diffst.config import SELF_TUNE_LR, TrainConfig
 
 
 def best_rival(stats: dict, metric: str) -> str | None:
@@ -44,14 +44,18 @@ def cell(s: dict) -> str:
 
 def run_settings(summary: dict) -> dict:
     """The Diff-ST settings of a run, with the values older runs used where they predate a
-    field (DDIM sampling, no turns, log1p counts, disentangling weight 0.1)."""
+    field (DDIM sampling, no turns, log1p counts, disentangling weight 0.1, no self-tuning)."""
     preset = summary["preset"]
     tc = next(iter(summary.get("train_config", {}).values()), {})
     return {"steps": tc.get("steps", preset.get("steps")), "n_samples": preset["n_samples"],
             "sampler": preset.get("sampler", "ddim"), "turns": preset.get("turns", False),
             "log1p": tc.get("log1p", True),
             "disentangle_weight": tc.get("disentangle_weight", 0.1),
-            "match_depth": preset.get("match_depth", False)}
+            "match_depth": preset.get("match_depth", False),
+            "consistency_weight": tc.get("consistency_weight", 0.0),
+            "patch_um": preset.get("patch_um"), "self_tune": preset.get("self_tune", 0),
+            "self_tune_lr": (preset.get("self_tune_lr", SELF_TUNE_LR) if preset.get("self_tune")
+                             else SELF_TUNE_LR)}  # a rate without self-tuning is no setting
 
 
 WORDS = {
@@ -62,6 +66,10 @@ WORDS = {
     "log1p": lambda v: "log1p counts" if v else "linear counts",
     "disentangle_weight": lambda v: f"disentangle weight {v:g}",
     "match_depth": lambda v: "`--match-depth`" if v else "",
+    "consistency_weight": lambda v: f"consistency weight {v:g}",
+    "patch_um": lambda v: f"{v:g} µm patches" if v else "",
+    "self_tune": lambda v: f"`--self-tune {v}`" if v else "no self-tuning",
+    "self_tune_lr": lambda v: f"self-tune lr {v:g}",
 }
 """How a setting that differs from today's preset is named in the headline."""
 
@@ -86,7 +94,7 @@ def preset_value(key: str, registered) -> object:
     """Today's value of the setting ``key`` for a registered preset (a training setting the
     preset leaves to the package: :class:`TrainConfig`'s default)."""
     value = getattr(registered, key)
-    return getattr(TrainConfig(), key) if value is None else value
+    return getattr(TrainConfig(), key, None) if value is None else value
 
 
 def rows_for(summary: dict, against: str | None = None) -> tuple[list[str], list[str]]:

@@ -13,6 +13,7 @@ from diffst.api import ABLATIONS, model_config_for
 from diffst.data.lr import simulate_lr
 from diffst.data.sample import SampleError
 from diffst.infer import blend_window, load_model, model_from_trainer, super_resolve, tile_origins
+from diffst.model.config import SchedulerConfig
 from diffst.model.diffst import DiffST
 from diffst.model.gene_graph import build_gene_graph, coexpression_intensity
 from diffst.train import TrainConfig, Trainer, curriculum_keep, safe_load
@@ -167,3 +168,29 @@ def test_tiling_covers_the_raster():
     assert starts[0] == 0 and starts[-1] + 10 >= 45 and all(s % 5 == 0 for s in starts)
     w = blend_window(10, 2)
     assert w.shape == (10, 10) and w.min() > 0 and w[5, 5] == 1
+
+
+def test_consistent_mse_ignores_per_spot_scale_but_not_the_pattern():
+    trainer = _trainer(steps=1)
+    batch = trainer.draw_batch()
+    rs = trainer.scheduler_config.residual_scale
+    tripled = (3 * batch.hr - batch.lr_up) / rs  # the truth's pattern, 3x its spot totals
+    assert float(trainer.consistent_mse(tripled, batch)) < 1e-5
+    flat = (batch.lr_up * 0 + 1 - batch.lr_up) / rs  # a constant map: the pattern is lost
+    assert float(trainer.consistent_mse(flat, batch)) > 1e-3
+
+
+def test_consistency_weight_enters_the_loss_and_needs_sample_prediction():
+    plain = _trainer(steps=1)
+    weighted = _trainer(steps=1)
+    weighted.tc = dataclasses.replace(weighted.tc, consistency_weight=1.0)
+    batch = plain.draw_batch()
+    gen = [torch.Generator().manual_seed(0) for _ in range(2)]
+    a = float(plain.loss(plain.model, batch, 1.0, gen[0]).detach())
+    b = float(weighted.loss(weighted.model, batch, 1.0, gen[1]).detach())
+    assert b > a
+    samples = [make_sample(seed=0)]
+    tc = TrainConfig(steps=1, batch_size=2, patch=10, work_um_per_px=2.0, consistency_weight=1.0)
+    with pytest.raises(ValueError, match="consistency_weight needs prediction='sample'"):
+        Trainer(samples, samples[0].genes, 5, tiny_config(), tc,
+                scheduler_config=SchedulerConfig(prediction="epsilon"))

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from diffst.calibration import Calibration, calibrate_prediction, describe
-from diffst.config import PATCH_PER_FACTOR, TOP_GENES, TrainConfig, default
+from diffst.config import PATCH_PER_FACTOR, SELF_TUNE_LR, TOP_GENES, TrainConfig, default
 from diffst.data.lr import simulate_lr
 from diffst.data.sample import SampleError, STSample
 from diffst.infer import SRResult, load_model, super_resolve
@@ -20,6 +20,7 @@ from diffst.metrics import evaluate as score_maps
 from diffst.metrics import summarize
 from diffst.model.config import SCHEDULER_KEYS, TRAINING_KEYS, DiffSTConfig, SchedulerConfig
 from diffst.pipeline import DiffSTPipeline
+from diffst.selftune import self_tune as self_tune_on
 from diffst.threads import use_default_threads
 from diffst.train import Trainer
 
@@ -304,6 +305,8 @@ def predict(
     turns: bool = False,
     calibration: str | Path | Calibration | None = "auto",
     calibrate_on: STSample | None = None,
+    self_tune: int = 0,
+    self_tune_lr: float = SELF_TUNE_LR,
 ) -> SRResult:
     """Super-resolve ``sample`` with the model file ``model``; optionally write ``out``.
 
@@ -339,6 +342,10 @@ def predict(
             records it in ``uns["diffst_calibration"]``.
         calibrate_on: a sample with HR truth the model did not train on, for split-conformal
             calibration (pooled by the factor and super-resolved with the same settings).
+        self_tune: first fine-tune (a copy of) the model for this many steps on ``sample``
+            itself, its measured map pooled once more by the factor -> the measured map
+            (:func:`diffst.selftune.self_tune`, learning rate ``self_tune_lr``); 0: off. The
+            model file is not changed.
     """
     from diffst.tilestore import remove_store
 
@@ -358,6 +365,13 @@ def predict(
         tiles = Path(resume_dir) if resume_dir is not None else default_resume_dir(out)
     if log is not None:
         log(_predict_plan(lm, sample, model, n_samples, steps, sampler))
+    if self_tune:
+        t0 = time.perf_counter()
+        lm = self_tune_on(lm, sample, self_tune, self_tune_lr, seed=seed, progress=progress,
+                          match_depth=match_depth)
+        if log is not None:
+            log(f"self-tuned on this slide: {self_tune} steps at lr {self_tune_lr:g} in "
+                f"{_duration(time.perf_counter() - t0)}")
     t0 = time.perf_counter()
     result = super_resolve(lm, sample, steps=steps, sampler=sampler, n_samples=n_samples,
                            batch_size=batch_size, seed=seed,

@@ -9,7 +9,14 @@ from pathlib import Path
 import click
 
 from diffst.cli_options import check_ranges, check_writable, reader_kwargs, reader_options
-from diffst.config import PATCH_PER_FACTOR, TOP_GENES, SchedulerConfig, TrainConfig, default
+from diffst.config import (
+    PATCH_PER_FACTOR,
+    SELF_TUNE_LR,
+    TOP_GENES,
+    SchedulerConfig,
+    TrainConfig,
+    default,
+)
 from diffst.data.sample import SampleError
 from diffst.model.config import PREDICTIONS, SAMPLERS
 
@@ -333,6 +340,13 @@ were done; Ctrl-C keeps them.
 @click.option("--calibrate-on", default=None, type=click.Path(exists=True),
               help="A sample with HR truth the model did not train on, for split-conformal "
                    "calibration of the intervals.")
+@click.option("--self-tune", default=0, show_default=True, type=click.IntRange(min=0),
+              help="First fine-tune the model this many steps on DATA itself (its spots "
+                   "pooled once more -> its spots; no finer truth needed). The model file is "
+                   "not changed.")
+@click.option("--self-tune-lr", default=SELF_TUNE_LR, show_default=True,
+              type=click.FloatRange(min=0.0, min_open=True),
+              help="Learning rate of --self-tune.")
 @reader_options
 @check_ranges(n_samples=1, steps=1, batch_size=1)
 @check_writable(files=("out",), folders=("report_dir", "resume_dir"))
@@ -340,7 +354,8 @@ were done; Ctrl-C keeps them.
 @_fail_nicely
 def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, consistency,
             no_consistency, report_dir, report_genes, resume, resume_dir, device, autocast,
-            seed, eta, match_depth, turns, calibration, calibrate_on) -> None:
+            seed, eta, match_depth, turns, calibration, calibrate_on, self_tune,
+            self_tune_lr) -> None:
     from diffst.api import predict as api_predict
     from diffst.tilestore import SamplingInterrupted
 
@@ -354,6 +369,7 @@ def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, 
             autocast=autocast, eta=eta, match_depth=match_depth, turns=turns,
             calibration=calibration,
             calibrate_on=_read(calibrate_on) if calibrate_on else None, log=_log,
+            self_tune=self_tune, self_tune_lr=self_tune_lr,
         )
     except SamplingInterrupted as exc:
         click.echo(f"\n{exc}", err=True)
@@ -434,6 +450,17 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
                    f"default, {default(TrainConfig, 'disentangle_weight'):g}).")
 @click.option("--sampler", default=None, type=click.Choice(list(SAMPLERS)),
               help="Override the preset's Diff-ST sampler (mean: one-step posterior mean).")
+@click.option("--consistency-weight", default=None, type=click.FloatRange(min=0.0),
+              help="Override the weight of Diff-ST's loss on the spot-consistent map (default: "
+                   f"the training default, {default(TrainConfig, 'consistency_weight'):g}).")
+@click.option("--patch-um", default=None, type=click.FloatRange(min=0.0, min_open=True),
+              help="Override the preset's training patch side in µm (rounded to whole LR "
+                   "cells): the context Diff-ST and the regression see.")
+@click.option("--self-tune", default=None, type=click.IntRange(min=0),
+              help="Fine-tune Diff-ST on each test slide's own LR map (pooled once more) for "
+                   "this many steps before super-resolving it (default: the preset's, 0).")
+@click.option("--self-tune-lr", default=None, type=click.FloatRange(min=0.0, min_open=True),
+              help=f"Learning rate of --self-tune (default {SELF_TUNE_LR:g}).")
 @click.option("--thin", default=1.0, show_default=True,
               type=click.FloatRange(min=0.0, max=1.0, min_open=True),
               help="Depth-shift test: thin the test sections' counts to this fraction "
@@ -443,7 +470,7 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
 @_fail_nicely
 def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, methods, ablations,
               steps, seeds, n_samples, match_depth, turns, log1p, disentangle_weight, sampler,
-              thin) -> None:
+              consistency_weight, patch_um, self_tune, self_tune_lr, thin) -> None:
     """Train and score Diff-ST and the baselines on held-out data; write tables and figures."""
     from diffst.benchmark import run_benchmark
 
@@ -458,7 +485,13 @@ def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, method
                    **({"sampler": sampler} if sampler else {}),
                    **({"log1p": log1p} if log1p is not None else {}),
                    **({"disentangle_weight": disentangle_weight}
-                      if disentangle_weight is not None else {})} or None, thin=thin,
+                      if disentangle_weight is not None else {}),
+                   **({"consistency_weight": consistency_weight}
+                      if consistency_weight is not None else {}),
+                   **({"patch_um": patch_um} if patch_um else {}),
+                   **({"self_tune": self_tune} if self_tune is not None else {}),
+                   **({"self_tune_lr": self_tune_lr} if self_tune_lr else {})} or None,
+        thin=thin,
     )
     click.echo(summary["table"])
 

@@ -56,6 +56,11 @@ class TrainConfig:
     (``benchmarks/results/validation/levers/``). Models record their scaling, so models
     trained with log1p keep working.
 
+    ``consistency_weight`` adds that weight times the masked MSE of the predicted clean map
+    *after* the spot-consistency step (each LR cell's truth total redistributed in proportion
+    to the prediction, :func:`diffst.consistency.redistribute`): the map users get and the
+    benchmark scores is the consistent one. Needs ``prediction="sample"``. 0 (default): off.
+
     ``compile`` wraps the training forward pass (:class:`diffst.train.DenoisingStep`) in
     ``torch.compile`` on CUDA; it is ignored on the CPU and by trainers that override
     :meth:`diffst.train.Trainer.loss`, and off by default: on an H200 it raised sustained
@@ -84,6 +89,7 @@ class TrainConfig:
     compile: bool = False
     disentangle_weight: float = 0.001
     log1p: bool = False
+    consistency_weight: float = 0.0
 
     def tile_fraction(self, step: int) -> float:
         """Fraction of cell tiles visible at ``step`` (curriculum, easy to hard)."""
@@ -96,6 +102,10 @@ class TrainConfig:
 
 
 LR_SCALINGS = ("none", "sqrt", "linear")
+SELF_TUNE_LR = 3e-5
+"""Default learning rate of :func:`diffst.selftune.self_tune` (AdamW, batch 8). Chosen on the
+HER2ST validation folds (``--stage validation``, x2): 30 steps at 3e-5 improved Diff-ST + C on
+every metric (seeds 0 and 1); 60 steps at 3e-5 and 100 at 1e-4 made it worse."""
 DATA_PIPELINES = ("device", "numpy")
 REFERENCE_BATCH = 8
 

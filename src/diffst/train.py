@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -27,8 +28,10 @@ from diffst.config import (  # noqa: F401 - TrainConfig etc.: re-exported
     REFERENCE_BATCH,
     TrainConfig,
 )
+from diffst.consistency import redistribute
 from diffst.data.device_patches import DevicePatchSampler
 from diffst.data.image import px_per_cell_for
+from diffst.data.lr import pool_sum
 from diffst.data.normalize import GeneScaler
 from diffst.data.patches import PatchBatch, PatchSampler, PreparedSample, prepare_training_sample
 from diffst.data.sample import SampleError, STSample
@@ -45,6 +48,9 @@ from diffst.pipeline import (  # noqa: F401 - MODEL_FORMAT, safe_load: re-export
 )
 
 CHECKPOINT_FORMAT = "diffst.checkpoint/1"
+CONSISTENT_EPS = 1e-3
+"""Added to the predicted map (scaled units) before the consistency step of
+:meth:`Trainer.consistent_mse`, so that no LR cell's predicted total is zero."""
 
 
 def batch_scaled_lr(lr: float, batch_size: int, rule: str = "sqrt",
@@ -117,7 +123,8 @@ class Trainer:
     def __init__(self, samples: list[STSample], genes: list[str], factor: int,
                  model_config: DiffSTConfig | None = None,
                  train_config: TrainConfig | None = None, spots_only: bool = False,
-                 scheduler_config: SchedulerConfig | None = None) -> None:
+                 scheduler_config: SchedulerConfig | None = None,
+                 start: DiffSTPipeline | None = None) -> None:
         tc = train_config or TrainConfig()
         if tc.patch is None:
             tc = replace(tc, patch=PATCH_PER_FACTOR * int(factor))
@@ -128,20 +135,28 @@ class Trainer:
         samples = check_training_samples(samples, self.genes, self.factor, self.tc.patch)
         self.k = px_per_cell_for(samples[0].cell_um, self.tc.work_um_per_px)
         self.cell_um = samples[0].cell_um
-        self.scaler = GeneScaler.fit([s.expr for s in samples], [s.mask for s in samples],
-                                     log1p=self.tc.log1p)
+        self.scaler = start.scaler if start is not None else GeneScaler.fit(
+            [s.expr for s in samples], [s.mask for s in samples], log1p=self.tc.log1p)
         self.counts_per_um2 = training_depth(samples)
         prepared = [prepare_training_sample(s, factor, self.scaler, self.k) for s in samples]
-        adjacency = build_gene_graph(
-            coexpression_intensity([p.hr for p in prepared], [p.mask for p in prepared])
-        )
-        mc = replace(model_config or DiffSTConfig(), n_genes=len(self.genes), factor=self.factor)
-        self.model_config = mc
-        self.scheduler_config = replace(scheduler_config or SchedulerConfig(),
-                                        residual_scale=residual_scale(prepared))
         self.device = resolve_device(self.tc.device)
         torch.manual_seed(self.tc.seed)
-        self.model = DiffST(mc, adjacency).to(self.device)
+        if start is None:
+            adjacency = build_gene_graph(
+                coexpression_intensity([p.hr for p in prepared], [p.mask for p in prepared])
+            )
+            mc = replace(model_config or DiffSTConfig(), n_genes=len(self.genes),
+                         factor=self.factor)
+            self.scheduler_config = replace(scheduler_config or SchedulerConfig(),
+                                            residual_scale=residual_scale(prepared))
+            self.model = DiffST(mc, adjacency).to(self.device)
+        else:  # fine-tuning: the start's weights, gene graph, scaling and diffusion variable
+            mc, self.scheduler_config = start.model.config, start.scheduler
+            self.model = copy.deepcopy(start.model).to(self.device).requires_grad_(True).train()
+        self.model_config = mc
+        if tc.consistency_weight and self.scheduler_config.prediction != "sample":
+            raise ValueError("consistency_weight needs prediction='sample' (the denoiser's clean "
+                             f"estimate), not {self.scheduler_config.prediction!r}")
         self.train_module: nn.Module | None = None
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
         lr = batch_scaled_lr(self.tc.lr, self.tc.batch_size, self.tc.lr_scaling)
@@ -195,9 +210,20 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tc.bf16):
             out, aux_loss = step(batch, keep, self.schedule.add_noise(z0, noise, t), t)
         target = self.schedule.training_target(z0, noise, t, sc.prediction)
-        w = batch.mask
-        mse = (((out.float() - target) ** 2) * w).sum() / (w.sum() * z0.shape[1]).clamp_min(1)
-        return mse + self.tc.disentangle_weight * aux_loss.float()
+        mse = masked_mse(out.float(), target, batch.mask)
+        loss = mse + self.tc.disentangle_weight * aux_loss.float()
+        if self.tc.consistency_weight:
+            loss = loss + self.tc.consistency_weight * self.consistent_mse(out.float(), batch)
+        return loss
+
+    def consistent_mse(self, z0_hat: torch.Tensor, batch: PatchBatch) -> torch.Tensor:
+        """Masked MSE (scaled units) of the clean HR map implied by the predicted residual
+        ``z0_hat`` ``(B, G, P, P)`` after the spot-consistency step, against ``batch.hr``."""
+        pred = batch.lr_up + z0_hat * self.scheduler_config.residual_scale
+        pred = F.relu(pred) + CONSISTENT_EPS  # positive LR totals: a bounded redistribution
+        totals = pool_sum(batch.hr * batch.mask, self.factor)
+        return masked_mse(redistribute(pred, totals, batch.mask, self.factor), batch.hr,
+                          batch.mask)
 
     def train_step(self) -> float:
         """One optimiser step on a fresh batch; returns the loss."""
@@ -308,6 +334,12 @@ class Trainer:
     def export_model(self, path: str | Path) -> Path:
         """Write :meth:`pipeline` as a model file (atomic)."""
         return self.pipeline().save(path)
+
+
+def masked_mse(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of ``(B, G, P, P)`` maps over the tissue ``mask`` ``(B, 1, P, P)``
+    and all genes."""
+    return (((x - y) ** 2) * mask).sum() / (mask.sum() * x.shape[1]).clamp_min(1)
 
 
 def training_depth(samples: list[STSample]) -> float:

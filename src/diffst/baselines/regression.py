@@ -28,7 +28,7 @@ from diffst.data.patches import PatchBatch, pad_prepared, prepare_inference_samp
 from diffst.data.sample import SampleError, STSample
 from diffst.infer import TileBlender, default_overlap, tile_batch, tissue_tile_origins
 from diffst.model.diffst import Condition, DiffST
-from diffst.train import Trainer, curriculum_keep
+from diffst.train import Trainer, curriculum_keep, masked_mse
 
 __all__ = ["HistologyRegression", "regress"]
 
@@ -57,7 +57,7 @@ class HistologyRegression(Trainer):
             out = regress(model, cond)
         z0 = (batch.hr - batch.lr_up) / self.scheduler_config.residual_scale
         w = batch.mask
-        mse = (((out.float() - z0) ** 2) * w).sum() / (w.sum() * z0.shape[1]).clamp_min(1)
+        mse = masked_mse(out.float(), z0, w)
         return mse + self.tc.disentangle_weight * cond.aux_loss.float()
 
     def export_model(self, path: str | Path) -> Path:

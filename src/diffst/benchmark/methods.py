@@ -20,6 +20,7 @@ from diffst.consistency import redistribute_np
 from diffst.data.lr import hr_mask_from_lr
 from diffst.data.sample import STSample
 from diffst.infer import super_resolve
+from diffst.selftune import self_tune
 from diffst.train import Trainer
 
 METHOD_LABELS: dict[str, str] = {
@@ -151,8 +152,12 @@ class DiffSTMethod:
         self.trainer.fit(progress=self.progress)
 
     def predict(self, lr: STSample, hr_mask: np.ndarray) -> np.ndarray:
-        """Mean of ``n_samples`` samples per tile (the preset's sampler), counts per HR cell."""
-        result = super_resolve(self.trainer.pipeline(), lr, sampler=self.preset.sampler,
+        """Mean of ``n_samples`` samples per tile (the preset's sampler), counts per HR cell;
+        with the preset's ``self_tune`` the model is first fine-tuned on ``lr`` itself."""
+        pipeline = self_tune(self.trainer.pipeline(), lr, self.preset.self_tune,
+                             self.preset.self_tune_lr, seed=self.seed, progress=self.progress,
+                             match_depth=self.preset.match_depth)
+        result = super_resolve(pipeline, lr, sampler=self.preset.sampler,
                                steps=self.preset.sample_steps, n_samples=self.preset.n_samples,
                                hr_mask=hr_mask, seed=self.seed, consistency="off",
                                progress=self.progress, match_depth=self.preset.match_depth,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 
 from diffst.api import default_work_um_per_px
+from diffst.config import SELF_TUNE_LR
 from diffst.data.sample import STSample
 from diffst.train import TrainConfig
 
@@ -21,6 +22,14 @@ PROVENANCE_V01 = (
     "(TESLA radius and sigma, iStar-like capacity) are the package defaults, not tuned on any "
     "test data"
 )
+SELF_TUNE_SPOTS = (
+    "; Diff-ST is fine-tuned for 30 steps (lr 3e-5) on each test slide's own spots pooled once "
+    "more before it super-resolves the slide (`--self-tune 30`; chosen on the HER2ST validation "
+    "folds, README 'Levers'; not validated on single-cell-scale data, so the `cells` presets "
+    "do not use it)"
+)
+SELF_TUNE_STEPS = 30
+"""Self-tuning steps of the ``spots`` presets (HER2ST validation folds, README 'Levers')."""
 
 
 @dataclass
@@ -39,6 +48,7 @@ class Preset:
             (test-time augmentation, :func:`diffst.infer.super_resolve`).
         log1p: Diff-ST (and the regression) learn log1p counts [TrainConfig].
         disentangle_weight: weight of Diff-ST's disentangling loss [TrainConfig].
+        consistency_weight: weight of Diff-ST's loss on the spot-consistent map [TrainConfig].
         sampler: :func:`diffst.diffusion.samplers.make_sampler` name (``ddim``; ``mean``: the
             one-step posterior-mean estimate, ``sample_steps`` unused).
         ablation_factors: ``"first"`` (ablations at the first factor only) or ``"all"``.
@@ -50,6 +60,9 @@ class Preset:
         figure_genes: genes shown per figure.
         match_depth: Diff-ST (and its ablations) sample with the input scaled to the training
             depth (:func:`diffst.infer.super_resolve`).
+        self_tune: steps of self-supervised fine-tuning of Diff-ST (and its ablations) on each
+            test slide's own LR map before it is super-resolved (:func:`diffst.selftune.
+            self_tune`, learning rate ``self_tune_lr``); 0: none.
         provenance: where these settings came from (printed with every table).
     """
 
@@ -76,6 +89,9 @@ class Preset:
     turns: bool = True
     log1p: bool | None = None
     disentangle_weight: float | None = None
+    consistency_weight: float | None = None
+    self_tune: int = 0
+    self_tune_lr: float = SELF_TUNE_LR
     provenance: str = PROVENANCE_V01
 
 
@@ -98,7 +114,8 @@ PRESETS: dict[tuple[str, str], Preset] = {
         patch_um=320.0),
     ("spots", "default"): Preset(
         "default", "spots", model=dict(tissue_px_per_cell=16), steps=600, batch_size=8,
-        lr=1e-3, ema_decay=0.995, patch_um=1600.0, n_genes=50),
+        lr=1e-3, ema_decay=0.995, patch_um=1600.0, n_genes=50, self_tune=SELF_TUNE_STEPS,
+        provenance=PROVENANCE_V01 + SELF_TUNE_SPOTS),
     # sized so that leave-one-section-out over 5 HER2ST sections x 2 factors x 3 seeds (60
     # trainings) fits about two hours on 2 shared CPU cores: a third of the training steps and
     # a 4 µm/px image (the data pipeline dominates a step at 2 µm/px)
@@ -109,14 +126,16 @@ PRESETS: dict[tuple[str, str], Preset] = {
     ("spots", "short"): Preset(
         "short", "spots", model=dict(tissue_px_per_cell=16), steps=200, batch_size=8,
         lr=1e-3, ema_decay=0.995, patch_um=1600.0, work_um_per_px=4.0, n_genes=50,
-        provenance=PROVENANCE_V01 + "; fewer steps and a coarser image for CPU time, not "
-        "for accuracy"),
+        self_tune=SELF_TUNE_STEPS,
+        provenance=PROVENANCE_V01 + SELF_TUNE_SPOTS + "; fewer steps and a coarser image for "
+        "CPU time, not for accuracy"),
     # the package's own training defaults (TrainConfig) and ablations at every factor
     ("cells", "full"): Preset(
         "full", "cells", ablation_factors="all"),
     ("spots", "full"): Preset(
         "full", "spots", model=dict(tissue_px_per_cell=16), patch_um=1600.0,
-        ablation_factors="all", n_genes=50),
+        ablation_factors="all", n_genes=50, self_tune=SELF_TUNE_STEPS,
+        provenance=PROVENANCE_V01 + SELF_TUNE_SPOTS),
 }
 """``(profile, name)`` -> :class:`Preset`."""
 
@@ -159,4 +178,6 @@ def train_config(preset: Preset, sample: STSample, factor: int, seed: int) -> Tr
         log1p=base.log1p if preset.log1p is None else preset.log1p,
         disentangle_weight=(base.disentangle_weight if preset.disentangle_weight is None
                             else preset.disentangle_weight),
+        consistency_weight=(base.consistency_weight if preset.consistency_weight is None
+                            else preset.consistency_weight),
     )

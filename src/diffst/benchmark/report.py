@@ -232,6 +232,10 @@ OVERRIDE_FLAGS = {
     "log1p": lambda v: "--log1p" if v else "--no-log1p",
     "disentangle_weight": lambda v: f"--disentangle-weight {v:g}",
     "match_depth": lambda v: "--match-depth" if v else "",
+    "consistency_weight": lambda v: f"--consistency-weight {v:g}",
+    "patch_um": lambda v: f"--patch-um {v:g}",
+    "self_tune": lambda v: f"--self-tune {v}",
+    "self_tune_lr": lambda v: f"--self-tune-lr {v:g}",
 }
 """Preset field -> the ``diffst benchmark`` option that sets it."""
 
@@ -421,7 +425,11 @@ def format_tables(summary: dict) -> str:
              + (" Diff-ST sampled with its input scaled to the training data's depth "
                 "(`--match-depth`)." if p.get("match_depth") else "")
              + (" Each Diff-ST sample saw the tile in another of its 8 orientations (rotations "
-                "and mirrorings, turned back; `--turns`)." if p.get("turns") else ""), "",
+                "and mirrorings, turned back; `--turns`)." if p.get("turns") else "")
+             + (f" Before super-resolving a test slide, Diff-ST was fine-tuned on that slide's "
+                f"own LR map (pooled once more -> the LR map; no truth) for "
+                f"{p['self_tune']} steps at lr {p.get('self_tune_lr', 0):g} "
+                f"(`--self-tune`)." if p.get("self_tune") else ""), "",
              "Numbers: mean ± sd over runs (test section x seed) of each run's mean over genes; "
              "metrics of `diffst.metrics` (truth min-max protocol: RMSE/SSIM/PSNR on maps "
              "scaled by the truth's min-max; PCC signed; RVD relative variance distance; "
