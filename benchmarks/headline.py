@@ -74,9 +74,10 @@ WORDS = {
 """How a setting that differs from today's preset is named in the headline."""
 
 
-def settings(summary: dict) -> str:
-    """Preset, test depth (when thinned) and every Diff-ST setting that differs from today's
-    preset of that name (older runs: what they used then), in words."""
+def settings(summary: dict, seed: bool = True) -> str:
+    """Preset, test depth (when thinned), every Diff-ST setting that differs from today's
+    preset of that name (older runs: what they used then) and a single seed other than 0, in
+    words."""
     depth = summary["protocol"].get("depth", 1.0)
     preset = summary["preset"]
     registered = PRESETS.get((preset["profile"], preset["name"]))
@@ -87,6 +88,8 @@ def settings(summary: dict) -> str:
                   if value != now[key] and WORDS[key](value)]
     if depth != 1.0:
         words.append(f"test depth {depth:.0%}")
+    if seed and summary["seeds"] != [0] and len(summary["seeds"]) == 1:  # not the usual 0
+        words.append(f"seed {summary['seeds'][0]}")
     return ", ".join(words)
 
 
@@ -146,7 +149,8 @@ def headline(folders: list[Path], against: str | None = None) -> str:
         lost = [v for v in verdicts if not v.endswith("won")]
         what = ("has the best mean of the methods + C" if against is None
                 else f"beats {other} on the mean")
-        words.append(f"- {summary['dataset']['name']} (preset {settings(summary)}, seeds "
+        run = settings(summary, seed=False)
+        words.append(f"- {summary['dataset']['name']} (preset {run}, seeds "
                      f"{', '.join(map(str, summary['seeds']))}): Diff-ST + C {what} "
                      f"in {len(won)} of {len(verdicts)} factor x metric cells"
                      + (f"; it does not in: {'; '.join(lost)}" if lost else "") + ".")
