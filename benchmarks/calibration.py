@@ -2,11 +2,16 @@
 
 Two test settings, each with a calibration region that is neither training nor test data:
 
-* ``sim``: a simulated tissue; the model (reduced Diff-ST, HR truth, factor 5) trains on the
-  left part, a middle strip is the calibration data and the right strip (pooled by 5) the test.
-* ``her2st`` (skipped when ``../shared/data/her2st`` is absent): a spots-only model (factor 2)
-  trains on sections C2-C4, C5 is the calibration section and C6 pooled 2x the test, scored
-  against C6's measured spots. ``--folds`` rotates the roles over more sections.
+* ``sim``: a simulated tissue; the model (HR truth, factor 5) trains on the left part, a
+  middle strip is the calibration data and the right strip (pooled by 5) the test.
+* ``her2st`` (skipped when ``../shared/data/her2st`` is absent): a model (factor 2, spot
+  pairs) trains on sections C2-C4, C5 is the calibration section and C6 pooled 2x the test,
+  scored against C6's measured spots. ``--folds`` rotates the roles over more sections.
+
+Both models are trained as the accuracy benchmark's ``short`` preset trains Diff-ST (network,
+steps, batch, learning rate, image resolution; ``diffst.benchmark.presets``), so the intervals
+are those of the maps whose accuracy the README reports (without the benchmark's self-tuning on
+the test slide).
 
 For every sampler variant (deterministic DDIM with K draws, stochastic DDIM ``eta=1``, more
 draws, and ``meanturns``: K one-step posterior-mean estimates, one per tile orientation, whose
@@ -16,7 +21,8 @@ and these intervals are scored on the test truth:
 * ``raw``: ``mean +- z_L std`` of the draws (Gaussian reading of the sampler spread); ``raw_q``
   is the sampler's own ``[q05, q95]`` (90 % only).
 * ``split``: split-conformal per-gene multipliers of the spread from the calibration region
-  (``split3``: with 3 expression-level bins per gene).
+  (``split3``: with 3 expression-level bins per gene); what the width follows (the sampler's
+  spread or ``sqrt(mean)``) and its floor are chosen on the calibration region and recorded.
 * ``self``: self-calibration on the test input itself (its LR cells pooled once more and
   super-resolved back; for these models that is one scale off their training scale).
 * ``naive``: bicubic interpolation with a constant per-gene width, the split-conformal quantile
@@ -26,8 +32,7 @@ Reported (printed, ``summary.json``, ``per_gene.csv``, ``table.md``): coverage a
 50/80/90/95 % and mean interval width (counts per HR cell) overall and per gene, plus
 ``reliability.png`` (empirical vs nominal coverage at 10 %, 20 %, ..., 90 %, 95 %).
 
-Defaults keep a run near 10 minutes on one CPU thread (150 training steps: the numbers show the
-calibration mechanics on a briefly trained model, not a converged one)::
+Defaults keep a run near 10 minutes on one CPU thread::
 
     python benchmarks/calibration.py --out benchmarks/results/calibration
     python benchmarks/calibration.py --quick --out /tmp/cal      # smoke test
@@ -48,7 +53,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import shown_path  # noqa: E402
-from whole_slide import HER2ST, train  # noqa: E402
+from whole_slide import HER2ST  # noqa: E402
 
 REPORT_LEVELS = (0.5, 0.8, 0.9, 0.95)
 CURVE_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
@@ -60,7 +65,7 @@ class Settings:
     """Benchmark knobs (see ``--help``)."""
 
     out: Path
-    train_steps: int = 150
+    preset: str = "short"
     sample_steps: int = 10
     n_samples: int = 8
     sim_size_um: float = 1200.0
@@ -102,7 +107,8 @@ def intervals(setting: dict, sr: dict) -> dict[str, dict[float, tuple]]:
     bic = setting["test_bicubic"]
     out["naive"] = {lv: naive_cal.interval(bic, bic, test.mask, lv) for lv in CURVE_LEVELS}
     out["raw_q"] = {0.9: (res.q05[:, :h, :w], res.q95[:, :h, :w])}
-    setting["cals"][sr["name"]] = {k: {**v.source, "floor_frac": v.floor_frac}
+    setting["cals"][sr["name"]] = {k: {**v.source, "floor_frac": v.floor_frac,
+                                       "spread": v.spread}
                                    for k, v in cals.items()}
     return out
 
@@ -188,6 +194,21 @@ def run_setting(name: str, lm, test, cal, cfg: Settings) -> dict:
     return out
 
 
+def train_like_benchmark(samples: list, genes: list[str], factor: int, profile: str,
+                         cfg: Settings, out: Path) -> Path:
+    """Train Diff-ST with the accuracy benchmark's preset ``cfg.preset`` for ``profile`` (the
+    HER2ST spot pairs are its HR truth pooled by ``factor``, as there); export to ``out``."""
+    from diffst.api import model_config_for
+    from diffst.benchmark.presets import get_preset, train_config
+    from diffst.train import Trainer
+
+    preset = get_preset(cfg.preset, profile)
+    tc = train_config(preset, samples[0], factor, seed=0)
+    trainer = Trainer(samples, genes, factor, model_config_for(None, **preset.model), tc)
+    trainer.fit(progress=False)
+    return trainer.export_model(out)
+
+
 def simulated_setting(cfg: Settings) -> dict:
     from diffst.data.simulate import simulate_tissue
     from diffst.demo import split_holdout
@@ -199,7 +220,7 @@ def simulated_setting(cfg: Settings) -> dict:
     test = replace(test, name=f"{tissue.name}_right_strip", meta=dict(test.meta))
     cal = replace(cal, name=f"{tissue.name}_middle_strip", meta=dict(cal.meta))
     t0 = time.perf_counter()
-    model = train([train_part], tissue.genes, 5, cfg.train_steps, cfg.out / "sim_x5.pt")
+    model = train_like_benchmark([train_part], tissue.genes, 5, "cells", cfg, cfg.out / "sim_x5.pt")
     row = run_setting("simulated: train left 40 %, calibrate middle 30 %, test right 30 %",
                       load_model(model, "cpu"), test, cal, cfg)
     row["train_s"] = time.perf_counter() - t0 - row["total_s"]
@@ -220,8 +241,8 @@ def her2st_folds(cfg: Settings) -> dict:
         train_secs = [sections[n] for n in train_names]
         genes = shared_top_genes(train_secs, cfg.her2st_genes)
         t0 = time.perf_counter()
-        model = train(train_secs, genes, 2, cfg.train_steps,
-                      cfg.out / f"her2st_x2_test{test_name}.pt", spots_only=True)
+        model = train_like_benchmark(train_secs, genes, 2, "spots", cfg,
+                                     cfg.out / f"her2st_x2_test{test_name}.pt")
         train_s = time.perf_counter() - t0
         row = run_setting(f"HER2ST: train {'+'.join(train_names)}, calibrate {cal_name}, "
                           f"test {test_name} pooled 2x", load_model(model, "cpu"),
@@ -346,7 +367,6 @@ def reliability_png(report: dict, path: Path, size: int = 300) -> Path:
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", default="bench_calibration", type=Path)
-    p.add_argument("--train-steps", type=int, default=150)
     p.add_argument("--samples", type=int, default=8, help="K samples per tile (base variant)")
     p.add_argument("--sample-steps", type=int, default=10, help="DDIM steps")
     p.add_argument("--folds", type=int, default=1, help="HER2ST held-out sections (1-3)")
@@ -357,10 +377,10 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     torch.set_num_threads(a.threads)
-    cfg = Settings(out=a.out, train_steps=a.train_steps, sample_steps=a.sample_steps,
+    cfg = Settings(out=a.out, sample_steps=a.sample_steps,
                    n_samples=a.samples, folds=max(1, min(a.folds, 3)), threads=a.threads)
     if a.quick:
-        cfg.train_steps, cfg.sample_steps, cfg.n_samples = 10, 3, 4
+        cfg.preset, cfg.sample_steps, cfg.n_samples = "quick", 3, 4
         cfg.sim_size_um, cfg.sim_genes, cfg.her2st_genes = 800.0, 6, 6
     cfg.out.mkdir(parents=True, exist_ok=True)
     parts = {x.strip() for x in a.parts.split(",") if x.strip()}

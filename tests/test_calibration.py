@@ -72,8 +72,9 @@ def test_known_distribution_gets_nominal_coverage_per_gene():
 def test_auto_floor_ignores_an_uninformative_spread():
     truth, mean, _, mask = _gaussian_maps(4)
     noise = np.random.default_rng(5).uniform(0.01, 3.0, truth.shape)  # unrelated to the error
-    auto = fit_calibration(truth, mean, noise, mask, ["a", "b", "c"])
-    fixed = fit_calibration(truth, mean, noise, mask, ["a", "b", "c"], floor_frac=0.1)
+    kw = dict(spread_kind="sample")
+    auto = fit_calibration(truth, mean, noise, mask, ["a", "b", "c"], **kw)
+    fixed = fit_calibration(truth, mean, noise, mask, ["a", "b", "c"], floor_frac=0.1, **kw)
     assert auto.floor_frac >= 3.0
     t2, m2, _, _ = _gaussian_maps(6)
     widths = {}
@@ -84,6 +85,27 @@ def test_auto_floor_ignores_an_uninformative_spread():
     assert widths["auto"] < 0.8 * widths["fixed"]
 
 
+def test_auto_spread_follows_what_predicts_the_error():
+    rng = np.random.default_rng(7)
+    mean = rng.uniform(0.5, 60.0, (2, 120, 120))
+    mask = np.ones((120, 120), bool)
+    noise = rng.uniform(0.01, 3.0, mean.shape)  # a sampler spread unrelated to the error
+    counts = rng.poisson(mean).astype(float)
+    cal = fit_calibration(counts, mean, noise, mask, ["a", "b"])
+    assert cal.spread == "poisson"
+    assert Calibration.from_record(cal.record()).spread == "poisson"
+    sample = fit_calibration(counts, mean, noise, mask, ["a", "b"], spread_kind="sample")
+    test = rng.poisson(mean).astype(float)
+    widths = {}
+    for name, c in (("auto", cal), ("sample", sample)):
+        lo, hi = c.interval(mean, noise, mask, 0.9)
+        assert abs(coverage(test, lo, hi, mask) - 0.9) < 0.02
+        widths[name] = float((hi - lo)[:, mask].mean())
+    assert widths["auto"] < 0.97 * widths["sample"]  # same coverage, narrower on average
+    truth, gmean, spread, gmask = _gaussian_maps(4)  # here the sampler spread is the truth's
+    assert fit_calibration(truth, gmean, spread, gmask, ["a", "b", "c"]).spread == "sample"
+
+
 def test_expression_level_bins_fix_level_dependent_miscalibration():
     rng = np.random.default_rng(2)
     size = 150
@@ -91,17 +113,19 @@ def test_expression_level_bins_fix_level_dependent_miscalibration():
     truth = mean + np.sqrt(mean) * rng.standard_normal(mean.shape)  # error grows with level
     spread = np.ones_like(mean)  # ... but the reported spread does not
     mask = np.ones((size, size), bool)
-    one = fit_calibration(truth, mean, spread, mask, ["g"], n_bins=1)
-    three = fit_calibration(truth, mean, spread, mask, ["g"], n_bins=3)
+    one = fit_calibration(truth, mean, spread, mask, ["g"], n_bins=1, spread_kind="sample")
+    three = fit_calibration(truth, mean, spread, mask, ["g"], n_bins=3, spread_kind="sample")
+    pois = fit_calibration(truth, mean, spread, mask, ["g"], n_bins=1)  # auto: sqrt(mean)
     assert three.n_scores.min() > 0 and three.edges.shape == (1, 2)
     t2 = mean + np.sqrt(mean) * rng.standard_normal(mean.shape)
     low = mean[0] < np.quantile(mean, 1 / 3)
     cov = {}
-    for name, cal in (("one", one), ("three", three)):
+    for name, cal in (("one", one), ("three", three), ("pois", pois)):
         lo, hi = cal.interval(mean, spread, mask, 0.9)
         cov[name] = coverage(t2, lo, hi, low)
     assert cov["one"] > 0.97  # a gene-wide width is far too wide for low-level cells
     assert abs(cov["three"] - 0.9) < 0.03
+    assert pois.spread == "poisson" and abs(cov["pois"] - 0.9) < 0.05  # its floor adds a little
 
 
 def test_interval_is_non_negative_zero_off_tissue_and_round_trips(tmp_path):
@@ -144,7 +168,7 @@ def test_predict_self_calibrates_a_spots_only_model_and_records_it(spots_model, 
     assert rec["output_level"] == 0.9 and rec["levels"] == list(LEVELS)
     np.testing.assert_array_equal(res.mean, raw.mean)
     assert not np.allclose(res.q95, raw.q95)
-    # the calibrated bound is mean + c (std + floor) with the stored multipliers
+    # the calibrated bound is mean + c (spread + floor) with the stored multipliers
     cal = Calibration.from_record(rec)
     np.testing.assert_allclose(res.q95, cal.interval(raw.mean, raw.std, raw.mask)[1])
     adata = ad.read_h5ad(out)

@@ -19,6 +19,13 @@ exchangeable with the test cells this covers the truth with probability at least
 most ``L + 1/(n+1)`` without ties) per gene; choosing ``floor_frac`` on the same data weakens
 this slightly, which is why the benchmark scores coverage on separate test data.
 
+What the width follows. ``sd`` above is either the sampler's spread (``sample``) or
+``sqrt(m)`` (``poisson``: count noise, whose variance grows with the expected count); by
+default the one giving the narrower 90 % intervals on the calibration data is used (chosen like
+the floor, and recorded). The spread of one-step posterior-mean estimates covers only the tile
+orientations and start noise, and on real spots ``sqrt(m)`` often tells more about where the
+errors are large.
+
 Per expression level. Optionally (``n_bins > 1``) the cells of each gene are split by the level
 of the predicted mean relative to the gene's average over tissue (bin edges are quantiles of
 that ratio on the calibration data) and each bin gets its own multipliers; bins with fewer than
@@ -73,6 +80,10 @@ FORMAT = "diffst-calibration-1"
 FLOOR_GRID = (0.1, 0.3, 1.0, 3.0, 10.0)
 """Candidate spread floors (fractions of a gene's average spread) for ``floor_frac="auto"``."""
 
+SPREADS = ("sample", "poisson")
+"""What an interval's width follows: ``sample``, the spread (std) of the sampler's draws, or
+``poisson``, ``sqrt(mean)``: count noise, whose variance grows with the expected count."""
+
 
 @dataclass
 class Calibration:
@@ -88,6 +99,8 @@ class Calibration:
         n_scores: ``(G, B)`` calibration scores behind each multiplier (0: gene-wide fallback).
         floor_frac: the spread floor as a fraction of the gene's average spread.
         source: provenance (calibration data, cell size, sampler settings).
+        spread: what the width follows (:data:`SPREADS`; files from before it existed:
+            ``sample``).
     """
 
     method: str
@@ -98,6 +111,7 @@ class Calibration:
     n_scores: np.ndarray
     floor_frac: float = 1.0
     source: dict = field(default_factory=dict)
+    spread: str = "sample"
 
     def multiplier(self, level: float) -> np.ndarray:
         """``(G, B)`` multipliers for one of :attr:`levels`."""
@@ -109,14 +123,16 @@ class Calibration:
     def interval(self, mean: np.ndarray, spread: np.ndarray, mask: np.ndarray,
                  level: float = OUTPUT_LEVEL,
                  genes: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Calibrated ``(lo, hi)`` ``(G, H, W)`` around ``mean`` with spread ``spread``.
+        """Calibrated ``(lo, hi)`` ``(G, H, W)`` around ``mean`` with the sampler's spread
+        ``spread`` (its std; used when :attr:`spread` is ``sample``).
 
         ``genes`` (default :attr:`genes`) orders the maps; every one must be calibrated. Cells
         off ``mask`` get 0.
         """
         idx = self._gene_index(genes)
         mult = self.multiplier(level)[idx]  # (G, B)
-        width = _scaled_spread(spread, mask, self.floor_frac, self.method)
+        width = _scaled_spread(spread_map(self.spread, mean, spread), mask, self.floor_frac,
+                               self.method)
         bins = _bin_index(_relative_level(mean, mask), self.edges[idx])
         c = np.take_along_axis(mult, bins.reshape(len(idx), -1), axis=1).reshape(mean.shape)
         half = c * width
@@ -138,7 +154,7 @@ class Calibration:
         """A JSON-able summary (method, levels, provenance, per-gene multipliers)."""
         return {"format": FORMAT, "method": self.method, "output_level": level,
                 "levels": list(self.levels), "genes": list(self.genes),
-                "floor_frac": self.floor_frac, "source": self.source,
+                "floor_frac": self.floor_frac, "spread": self.spread, "source": self.source,
                 "multipliers": self.multipliers.tolist(), "edges": self.edges.tolist(),
                 "n_scores": self.n_scores.tolist()}
 
@@ -152,7 +168,7 @@ class Calibration:
                    np.asarray(rec["multipliers"], np.float64),
                    np.asarray(rec["edges"], np.float64).reshape(len(rec["genes"]), -1),
                    np.asarray(rec["n_scores"], np.int64), float(rec["floor_frac"]),
-                   dict(rec.get("source", {})))
+                   dict(rec.get("source", {})), str(rec.get("spread", "sample")))
 
     def save(self, path: str | Path) -> Path:
         """Write the calibration as JSON (atomically)."""
@@ -180,6 +196,16 @@ def conformal_quantile(scores: np.ndarray, level: float) -> float:
         raise ValueError("no calibration scores")
     k = math.ceil((s.size + 1) * level)
     return float(s[min(max(k, 1), s.size) - 1])
+
+
+def spread_map(kind: str, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """The ``(G, H, W)`` spread an interval's width follows (:data:`SPREADS`): ``std`` of the
+    draws, or ``sqrt(mean)`` (counts per cell)."""
+    if kind == "poisson":
+        return np.sqrt(np.maximum(np.asarray(mean, np.float64), 0.0))
+    if kind == "sample":
+        return np.asarray(std, np.float64)
+    raise ValueError(f"unknown spread {kind!r}: choose from {SPREADS}")
 
 
 def _scaled_spread(spread: np.ndarray, mask: np.ndarray, floor_frac: float,
@@ -212,7 +238,7 @@ def fit_calibration(truth: np.ndarray, mean: np.ndarray, spread: np.ndarray, mas
                     genes: list[str], *, method: str = "split-conformal",
                     levels: tuple[float, ...] = LEVELS, n_bins: int = 1,
                     min_per_bin: int = 200, floor_frac: float | str = "auto",
-                    source: dict | None = None) -> Calibration:
+                    source: dict | None = None, spread_kind: str = "auto") -> Calibration:
     """Fit multipliers from maps with truth.
 
     Args:
@@ -226,13 +252,21 @@ def fit_calibration(truth: np.ndarray, mean: np.ndarray, spread: np.ndarray, mas
             spread says little about where errors are large and the width becomes nearly
             constant per gene). Choosing it on the calibration data costs a little of the
             finite-sample guarantee; the benchmark measures coverage on separate test data.
+        spread_kind: what the width follows (:data:`SPREADS`), or ``"auto"``: the one with
+            the narrower :data:`OUTPUT_LEVEL` intervals on the calibration data (each with its
+            best floor when ``floor_frac`` is ``"auto"``), chosen like the floor.
     """
     if not mask.any():
         raise SampleError("calibration data have no tissue cells")
-    if floor_frac == "auto":
-        floor_frac = _best_floor(truth, mean, spread, mask, method)
-    floor_frac = float(floor_frac)
-    width = _scaled_spread(spread, mask, floor_frac, method)
+    kinds = SPREADS if spread_kind == "auto" else (spread_kind,)
+    choices = []
+    for kind in kinds:
+        sd = spread_map(kind, mean, spread)
+        frac = _best_floor(truth, mean, sd, mask, method) if floor_frac == "auto" else floor_frac
+        choices.append((_relative_width(truth, mean, sd, mask, method, float(frac)), kind,
+                        float(frac)))
+    _, spread_kind, floor_frac = min(choices)
+    width = _scaled_spread(spread_map(spread_kind, mean, spread), mask, floor_frac, method)
     scores = np.abs(np.asarray(truth, np.float64) - mean) / width
     rel = _relative_level(mean, mask)
     g_n, n_lv = len(genes), len(levels)
@@ -253,7 +287,7 @@ def fit_calibration(truth: np.ndarray, mean: np.ndarray, spread: np.ndarray, mas
             else:
                 mult[g, j] = gene_wide
     return Calibration(method, list(genes), [float(lv) for lv in levels], mult, edges, counts,
-                       floor_frac, dict(source or {}))
+                       floor_frac, dict(source or {}), spread_kind)
 
 
 def _best_floor(truth: np.ndarray, mean: np.ndarray, spread: np.ndarray, mask: np.ndarray,
@@ -262,17 +296,20 @@ def _best_floor(truth: np.ndarray, mean: np.ndarray, spread: np.ndarray, mask: n
     (widths relative to each gene's mean absolute error, so genes weigh alike)."""
     if method == "constant":
         return FLOOR_GRID[0]
+    widths = [_relative_width(truth, mean, spread, mask, method, frac) for frac in FLOOR_GRID]
+    return FLOOR_GRID[int(np.argmin(widths))]
+
+
+def _relative_width(truth: np.ndarray, mean: np.ndarray, spread: np.ndarray, mask: np.ndarray,
+                    method: str, floor_frac: float) -> float:
+    """Mean :data:`OUTPUT_LEVEL` interval width on the calibration data, relative to each
+    gene's mean absolute error (so genes weigh alike), averaged over genes."""
     err = np.abs(np.asarray(truth, np.float64) - mean)[:, mask]
     scale = np.maximum(err.mean(axis=1), 1e-12)
-    best, best_width = FLOOR_GRID[0], np.inf
-    for frac in FLOOR_GRID:
-        width = _scaled_spread(spread, mask, frac, method)[:, mask]
-        c = np.array([conformal_quantile(e / w, OUTPUT_LEVEL) for e, w in zip(err, width,
-                                                                              strict=True)])
-        rel = float(((c[:, None] * width).mean(axis=1) / scale).mean())
-        if rel < best_width:
-            best, best_width = frac, rel
-    return best
+    width = _scaled_spread(spread, mask, floor_frac, method)[:, mask]
+    c = np.array([conformal_quantile(e / w, OUTPUT_LEVEL) for e, w in zip(err, width,
+                                                                          strict=True)])
+    return float(((c[:, None] * width).mean(axis=1) / scale).mean())
 
 
 def coverage(truth: np.ndarray, lo: np.ndarray, hi: np.ndarray, mask: np.ndarray,
@@ -393,8 +430,10 @@ def describe(record: dict) -> str:
         how = f"split-conformal calibration on '{src.get('data')}' (HR truth)"
     else:
         how = f"{method} calibration"
-    return (f"calibrated: q05/q95 bound the {level} interval mean +- c_g (std + floor) with "
-            f"per-gene multipliers c_g from {how}")
+    spread = ("sqrt(mean)" if record.get("spread") == "poisson"
+              else "std of the draws")
+    return (f"calibrated: q05/q95 bound the {level} interval mean +- c_g (s + floor), s = "
+            f"{spread}, with per-gene multipliers c_g from {how}")
 
 
 def calibrate_prediction(lm: DiffSTPipeline, lr: STSample, result: SRResult,
