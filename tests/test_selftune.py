@@ -103,3 +103,24 @@ def test_self_tune_with_match_depth_tunes_on_the_training_depth():
     assert all(torch.allclose(v, b[k], atol=1e-5) for k, v in a.items())
     c = self_tune(pipe, quarter, steps=2, lr=1e-2, batch_size=2).model.state_dict()
     assert not all(torch.allclose(v, b[k], atol=1e-5) for k, v in c.items())
+
+
+def test_predict_cli_self_tune_option(tmp_path):
+    from click.testing import CliRunner
+
+    from diffst.api import train_model
+    from diffst.cli import main
+
+    spots = make_sample(seed=4, size=20)
+    model = train_model([spots], 5, tmp_path / "own.pt", steps=2, batch_size=2, patch=10,
+                        work_um_per_px=2.0, spots_only=True, model_config=tiny_config(),
+                        progress=False)
+    data = str(spots.save_npz(tmp_path / "s.npz"))
+    args = ["predict", data, "--model", str(model), "--samples", "2", "--steps", "2",
+            "--calibration", "none"]
+    runner = CliRunner()
+    done = runner.invoke(main, [*args, "--out", str(tmp_path / "t.npz"), "--self-tune", "2"])
+    assert done.exit_code == 0, done.output
+    assert "self-tuned on this slide: 2 steps at lr 3e-05" in done.output
+    done = runner.invoke(main, [*args, "--out", str(tmp_path / "u.npz"), "--self-tune", "-1"])
+    assert done.exit_code != 0 and "--self-tune" in done.output
