@@ -118,6 +118,10 @@ class Trainer:
     a :class:`DenoisingStep` of ``model``), is what :meth:`train_step` passes to :meth:`loss`
     instead of ``model``. ``model`` always stays the plain denoiser that EMA, checkpoints and
     exports use.
+
+    With ``start`` (a trained :class:`~diffst.pipeline.DiffSTPipeline`) training continues
+    from its weights, gene graph, gene scaler and scheduler (``model_config`` and
+    ``scheduler_config`` are then ignored): fine-tuning, e.g. :func:`diffst.selftune.self_tune`.
     """
 
     def __init__(self, samples: list[STSample], genes: list[str], factor: int,
