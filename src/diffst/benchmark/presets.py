@@ -23,13 +23,12 @@ PROVENANCE_V01 = (
     "test data"
 )
 SELF_TUNE_SPOTS = (
-    "; Diff-ST is fine-tuned for 30 steps (lr 3e-5) on each test slide's own spots pooled once "
-    "more before it super-resolves the slide (`--self-tune 30`; chosen on the HER2ST validation "
-    "folds, README 'Levers'; not validated on single-cell-scale data, so the `cells` presets "
-    "do not use it)"
+    "; self-tuning on each test slide (`--self-tune 30`, lr 3e-5) was chosen on the HER2ST "
+    "validation folds (README 'More levers'; not validated on single-cell-scale data, so the "
+    "`cells` presets do not use it)"
 )
 SELF_TUNE_STEPS = 30
-"""Self-tuning steps of the ``spots`` presets (HER2ST validation folds, README 'Levers')."""
+"""Self-tuning steps of the ``spots`` presets (HER2ST validation folds, README 'More levers')."""
 
 
 @dataclass
