@@ -59,10 +59,12 @@ def test_self_tune_changes_a_copy_and_keeps_the_geometry():
 def test_self_tune_names_the_slide_without_the_models_genes():
     pipe = _pipeline()
     slide = simulate_lr(make_sample(seed=4, size=50), 5).select_genes(["G0", "G1"])
-    with pytest.raises(SampleError, match="toy4.*lacks the model's genes"):
+    with pytest.raises(SampleError, match="toy4.*genes not in the data"):
         self_tune(pipe, slide, steps=2)
     with pytest.raises(ValueError, match=">= 0"):
         self_tune(pipe, slide, steps=-1)
+    with pytest.raises(SampleError, match="toy4.*LR cells are 8 µm"):  # checked before tuning
+        self_tune(pipe, make_sample(seed=4, size=50), steps=2)
 
 
 def test_self_tune_names_a_slide_too_small_for_its_patches():

@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from diffst.config import SELF_TUNE_LR, TrainConfig
 from diffst.data.sample import SampleError, STSample
-from diffst.infer import depth_ratio
+from diffst.infer import check_model_fits, depth_ratio
 from diffst.pipeline import DiffSTPipeline
 from diffst.train import Trainer
 
@@ -27,8 +27,9 @@ def self_tune(pipeline: DiffSTPipeline, sample: STSample, steps: int, lr: float 
 
     Args:
         pipeline: a trained model; it is not changed.
-        sample: the slide to be super-resolved (its measured map and H&E image), with the
-            pipeline's genes and at least ``factor`` cells on a side.
+        sample: the slide to be super-resolved (its measured map and H&E image): the
+            pipeline's genes and cell size (:func:`diffst.infer.check_model_fits`), at least
+            ``factor`` cells on a side.
         steps: optimiser steps (batches of ``batch_size`` patches of ``pipeline.patch`` cells
             of the sample's size); 0 returns ``pipeline`` unchanged.
         lr: AdamW learning rate.
@@ -44,10 +45,7 @@ def self_tune(pipeline: DiffSTPipeline, sample: STSample, steps: int, lr: float 
         raise ValueError(f"self_tune steps must be >= 0, got {steps}")
     if steps == 0:
         return pipeline
-    missing = [g for g in pipeline.genes if g not in sample.genes]
-    if missing:
-        raise SampleError(f"sample '{sample.name}' lacks the model's genes {missing[:5]}; "
-                          "self-tuning needs every modelled gene")
+    sample = check_model_fits(pipeline, sample)  # the model's genes, in its order; cell size
     if match_depth:
         sample = replace(sample, expr=sample.expr * depth_ratio(pipeline, sample))
     tc = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, patch=pipeline.patch,
