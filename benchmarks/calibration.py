@@ -196,17 +196,15 @@ def run_setting(name: str, lm, test, cal, cfg: Settings) -> dict:
 
 def train_like_benchmark(samples: list, genes: list[str], factor: int, profile: str,
                          cfg: Settings, out: Path) -> Path:
-    """Train Diff-ST with the accuracy benchmark's preset ``cfg.preset`` for ``profile`` (the
-    HER2ST spot pairs are its HR truth pooled by ``factor``, as there); export to ``out``."""
-    from diffst.api import model_config_for
-    from diffst.benchmark.presets import get_preset, train_config
-    from diffst.train import Trainer
+    """Train Diff-ST as the accuracy benchmark does (:class:`diffst.benchmark.methods.
+    DiffSTMethod`, preset ``cfg.preset`` for ``profile``, seed 0; the HER2ST spot pairs are its
+    HR truth pooled by ``factor``, as there); export to ``out``."""
+    from diffst.benchmark.methods import DiffSTMethod
+    from diffst.benchmark.presets import get_preset
 
-    preset = get_preset(cfg.preset, profile)
-    tc = train_config(preset, samples[0], factor, seed=0)
-    trainer = Trainer(samples, genes, factor, model_config_for(None, **preset.model), tc)
-    trainer.fit(progress=False)
-    return trainer.export_model(out)
+    method = DiffSTMethod(get_preset(cfg.preset, profile), seed=0)
+    method.fit(samples, genes, factor)
+    return method.trainer.export_model(out)
 
 
 def simulated_setting(cfg: Settings) -> dict:
