@@ -259,13 +259,12 @@ def fit_calibration(truth: np.ndarray, mean: np.ndarray, spread: np.ndarray, mas
     if not mask.any():
         raise SampleError("calibration data have no tissue cells")
     kinds = SPREADS if spread_kind == "auto" else (spread_kind,)
-    choices = []
-    for kind in kinds:
-        sd = spread_map(kind, mean, spread)
-        frac = _best_floor(truth, mean, sd, mask, method) if floor_frac == "auto" else floor_frac
-        choices.append((_relative_width(truth, mean, sd, mask, method, float(frac)), kind,
-                        float(frac)))
-    _, spread_kind, floor_frac = min(choices)
+    fracs = FLOOR_GRID if floor_frac == "auto" else (float(floor_frac),)
+    # (relative width, spread, floor) of every candidate; the narrowest wins
+    _, spread_kind, floor_frac = min(
+        (_relative_width(truth, mean, spread_map(kind, mean, spread), mask, method, frac), kind,
+         frac)
+        for kind in kinds for frac in (fracs if method != "constant" else fracs[:1]))
     width = _scaled_spread(spread_map(spread_kind, mean, spread), mask, floor_frac, method)
     scores = np.abs(np.asarray(truth, np.float64) - mean) / width
     rel = _relative_level(mean, mask)
@@ -288,16 +287,6 @@ def fit_calibration(truth: np.ndarray, mean: np.ndarray, spread: np.ndarray, mas
                 mult[g, j] = gene_wide
     return Calibration(method, list(genes), [float(lv) for lv in levels], mult, edges, counts,
                        floor_frac, dict(source or {}), spread_kind)
-
-
-def _best_floor(truth: np.ndarray, mean: np.ndarray, spread: np.ndarray, mask: np.ndarray,
-                method: str) -> float:
-    """The :data:`FLOOR_GRID` value with the narrowest :data:`OUTPUT_LEVEL` intervals
-    (widths relative to each gene's mean absolute error, so genes weigh alike)."""
-    if method == "constant":
-        return FLOOR_GRID[0]
-    widths = [_relative_width(truth, mean, spread, mask, method, frac) for frac in FLOOR_GRID]
-    return FLOOR_GRID[int(np.argmin(widths))]
 
 
 def _relative_width(truth: np.ndarray, mean: np.ndarray, spread: np.ndarray, mask: np.ndarray,
