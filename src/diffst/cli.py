@@ -474,23 +474,17 @@ def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, method
     """Train and score Diff-ST and the baselines on held-out data; write tables and figures."""
     from diffst.benchmark import run_benchmark
 
+    # preset fields given on the command line (every option is None when not given; the
+    # ranges exclude 0 where 0 is no setting, so None is the only "not given")
+    given = dict(steps=steps, n_samples=n_samples, match_depth=match_depth or None, turns=turns,
+                 sampler=sampler, log1p=log1p, disentangle_weight=disentangle_weight,
+                 consistency_weight=consistency_weight, patch_um=patch_um, self_tune=self_tune,
+                 self_tune_lr=self_tune_lr)
     summary = run_benchmark(
         dataset, _int_list(factors, "--factors") if factors else None, split, preset, out_dir,
         methods=methods.split(",") if methods else None, ablations=ablations,
         seeds=_int_list(seeds, "--seeds"), stage=stage, data_root=data_root,
-        overrides={**({"steps": steps} if steps else {}),
-                   **({"n_samples": n_samples} if n_samples else {}),
-                   **({"match_depth": True} if match_depth else {}),
-                   **({"turns": turns} if turns is not None else {}),
-                   **({"sampler": sampler} if sampler else {}),
-                   **({"log1p": log1p} if log1p is not None else {}),
-                   **({"disentangle_weight": disentangle_weight}
-                      if disentangle_weight is not None else {}),
-                   **({"consistency_weight": consistency_weight}
-                      if consistency_weight is not None else {}),
-                   **({"patch_um": patch_um} if patch_um else {}),
-                   **({"self_tune": self_tune} if self_tune is not None else {}),
-                   **({"self_tune_lr": self_tune_lr} if self_tune_lr else {})} or None,
+        overrides={key: value for key, value in given.items() if value is not None} or None,
         thin=thin,
     )
     click.echo(summary["table"])
