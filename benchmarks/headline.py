@@ -55,7 +55,8 @@ def run_settings(summary: dict) -> dict:
             "consistency_weight": tc.get("consistency_weight", 0.0),
             "patch_um": preset.get("patch_um"), "self_tune": preset.get("self_tune", 0),
             "self_tune_lr": (preset.get("self_tune_lr", SELF_TUNE_LR) if preset.get("self_tune")
-                             else SELF_TUNE_LR)}  # a rate without self-tuning is no setting
+                             else SELF_TUNE_LR),  # a rate without self-tuning is no setting
+            "paper_variants": tuple(preset.get("paper_variants", ()))}
 
 
 WORDS = {
@@ -70,6 +71,7 @@ WORDS = {
     "patch_um": lambda v: f"{v:g} µm patches" if v else "",
     "self_tune": lambda v: f"`--self-tune {v}`" if v else "no self-tuning",
     "self_tune_lr": lambda v: f"self-tune lr {v:g}",
+    "paper_variants": lambda v: (f"the paper's {', '.join(v)}" if v else "diffst's parts"),
 }
 """How a setting that differs from today's preset is named in the headline."""
 

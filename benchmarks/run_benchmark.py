@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from diffst.benchmark import METHOD_LABELS, run_benchmark
+from diffst.benchmark import METHOD_LABELS, PRESET_NAMES, run_benchmark
 from diffst.threads import apply_threads
 
 
@@ -38,7 +38,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="holdout | loo (leave-one-section-out) | seeds (simulated) | a section")
     p.add_argument("--stage", default="test", choices=["test", "validation"],
                    help="'validation' holds out inner sections/strips/seeds, never the test ones")
-    p.add_argument("--preset", default="default", choices=["quick", "short", "default", "full"])
+    p.add_argument("--preset", default="default", choices=list(PRESET_NAMES))
     p.add_argument("--out", default="benchmark_out", help="output folder")
     p.add_argument("--methods", default=None,
                    help=f"comma-separated subset of {','.join(METHOD_LABELS)}")

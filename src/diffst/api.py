@@ -12,7 +12,14 @@ import numpy as np
 import pandas as pd
 
 from diffst.calibration import Calibration, calibrate_prediction, describe
-from diffst.config import PATCH_PER_FACTOR, SELF_TUNE_LR, TOP_GENES, TrainConfig, default
+from diffst.config import (
+    PATCH_PER_FACTOR,
+    SELF_TUNE_LR,
+    TOP_GENES,
+    TrainConfig,
+    default,
+    paper_variant,
+)
 from diffst.data.lr import simulate_lr
 from diffst.data.sample import SampleError, STSample
 from diffst.infer import SRResult, load_model, super_resolve
@@ -206,6 +213,7 @@ def train_model(
     disentangle_weight: float = default(TrainConfig, "disentangle_weight"),
     prediction: str | None = None,
     scheduler_config: SchedulerConfig | None = None,
+    paper_variants: list[str] | tuple[str, ...] = (),
     progress: bool = True,
     trainer_cls: type[Trainer] = Trainer,
     trainer_kwargs: dict | None = None,
@@ -229,6 +237,9 @@ def train_model(
             parts switched off).
         prediction, scheduler_config: the denoiser's prediction target (default
             :class:`SchedulerConfig`'s), or the whole scheduler config.
+        paper_variants: parts switched to the Diff-ST paper's variant
+            (:data:`diffst.config.PAPER_PARTS`, :func:`diffst.config.paper_variant`); they
+            override the matching fields of ``model_config``, the scheduler and training.
         checkpoint: resumable checkpoint path; when it exists training resumes from it.
         bf16: bfloat16 autocast (faster on GPUs and CPUs with bf16 instructions).
         log1p: learn log1p counts instead of counts (see :class:`TrainConfig`).
@@ -249,10 +260,13 @@ def train_model(
     sc = scheduler_config or SchedulerConfig()
     if prediction is not None:
         sc = replace(sc, prediction=prediction)
+    model_variant, scheduler_variant, train_variant = paper_variant(paper_variants)
+    cfg, sc = replace(cfg, **model_variant), replace(sc, **scheduler_variant)
     tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, bf16=bf16,
                      device=device, log1p=log1p, disentangle_weight=disentangle_weight,
                      patch=patch or PATCH_PER_FACTOR * factor,
-                     work_um_per_px=work_um_per_px or default_work_um_per_px(samples[0]))
+                     work_um_per_px=work_um_per_px or default_work_um_per_px(samples[0]),
+                     **train_variant)
     trainer = trainer_cls(samples, gene_list, factor, cfg, tc, spots_only=spots_only,
                           scheduler_config=sc, **(trainer_kwargs or {}))
     say = log or (lambda _msg: None)

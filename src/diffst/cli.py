@@ -10,6 +10,7 @@ import click
 
 from diffst.cli_options import check_ranges, check_writable, reader_kwargs, reader_options
 from diffst.config import (
+    PAPER_PARTS,
     PATCH_PER_FACTOR,
     SELF_TUNE_LR,
     TOP_GENES,
@@ -224,6 +225,11 @@ that resumes.
 @click.option("--prediction", default=default(SchedulerConfig, "prediction"), show_default=True,
               type=click.Choice(list(PREDICTIONS)),
               help="What the denoiser predicts (the paper uses epsilon; see README).")
+@click.option("--paper-variant", "paper_variants", multiple=True,
+              type=click.Choice(list(PAPER_PARTS)),
+              help="Use the Diff-ST paper's variant of a part (repeatable; README 'Where diffst "
+                   "differs from the paper'). 'loss' means noise prediction with learned "
+                   "variance: sample such a model with --sampler ddim.")
 @click.option("--bf16", is_flag=True, help="bfloat16 autocast (GPUs, CPUs with bf16 support).")
 @click.option("--log1p/--no-log1p", default=default(TrainConfig, "log1p"), show_default=True,
               help="Learn log1p counts instead of counts (min-max scaled per gene either way).")
@@ -242,8 +248,8 @@ that resumes.
 @threads_option
 @_fail_nicely
 def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate, patch,
-          work_um_per_px, checkpoint, spots_only, hr_truth, ablate, prediction, bf16, log1p,
-          disentangle_weight, device, seed) -> None:
+          work_um_per_px, checkpoint, spots_only, hr_truth, ablate, prediction, paper_variants,
+          bf16, log1p, disentangle_weight, device, seed) -> None:
     from diffst.api import TrainingInterrupted, model_config_for, spot_data_message, train_model
 
     if spots_only and hr_truth:
@@ -263,7 +269,8 @@ def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate,
             samples, factor, out, genes=gene_list, top_genes=top_genes, steps=steps,
             batch_size=batch_size, lr=learning_rate, patch=patch, work_um_per_px=work_um_per_px,
             checkpoint=checkpoint, spots_only=spots_only, seed=seed,
-            model_config=model_config_for(list(ablate)), prediction=prediction, bf16=bf16,
+            model_config=model_config_for(list(ablate)), prediction=prediction,
+            paper_variants=paper_variants, bf16=bf16,
             log1p=log1p, disentangle_weight=disentangle_weight, device=device, log=_log,
             save_on_interrupt=True,
         )
@@ -423,7 +430,7 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
               type=click.Choice(["test", "validation"]),
               help="'validation' never touches the test sections: choose settings there.")
 @click.option("--preset", default="default", show_default=True,
-              type=click.Choice(["quick", "short", "default", "full"]),
+              type=click.Choice(["quick", "short", "default", "full", "paper"]),
               help="Training budget: quick (smoke test, minutes), short (the README's "
                    "tables on 2 CPU cores), default, full (longer training).")
 @click.option("--out", "out_dir", default="benchmark_out", show_default=True,
@@ -461,6 +468,9 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
                    "this many steps before super-resolving it (default: the preset's, 0).")
 @click.option("--self-tune-lr", default=None, type=click.FloatRange(min=0.0, min_open=True),
               help=f"Learning rate of --self-tune (default {SELF_TUNE_LR:g}).")
+@click.option("--paper-variant", "paper_variants", default=None,
+              help="Comma-separated parts switched to the Diff-ST paper's variant (of "
+                   f"{', '.join(PAPER_PARTS)}; the `paper` preset switches all).")
 @click.option("--thin", default=1.0, show_default=True,
               type=click.FloatRange(min=0.0, max=1.0, min_open=True),
               help="Depth-shift test: thin the test sections' counts to this fraction "
@@ -470,16 +480,22 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
 @_fail_nicely
 def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, methods, ablations,
               steps, seeds, n_samples, match_depth, turns, log1p, disentangle_weight, sampler,
-              consistency_weight, patch_um, self_tune, self_tune_lr, thin) -> None:
+              consistency_weight, patch_um, self_tune, self_tune_lr, paper_variants,
+              thin) -> None:
     """Train and score Diff-ST and the baselines on held-out data; write tables and figures."""
     from diffst.benchmark import run_benchmark
 
     # preset fields given on the command line (every option is None when not given; the
     # ranges exclude 0 where 0 is no setting, so None is the only "not given")
+    parts = tuple(paper_variants.split(",")) if paper_variants else None
+    if parts and set(parts) - set(PAPER_PARTS):
+        raise click.BadParameter(f"{paper_variants!r}: choose parts from {', '.join(PAPER_PARTS)}",
+                                 param_hint="--paper-variant")
     given = dict(steps=steps, n_samples=n_samples, match_depth=match_depth or None, turns=turns,
                  sampler=sampler, log1p=log1p, disentangle_weight=disentangle_weight,
                  consistency_weight=consistency_weight, patch_um=patch_um, self_tune=self_tune,
-                 self_tune_lr=self_tune_lr)
+                 self_tune_lr=self_tune_lr,
+                 paper_variants=parts)
     summary = run_benchmark(
         dataset, _int_list(factors, "--factors") if factors else None, split, preset, out_dir,
         methods=methods.split(",") if methods else None, ablations=ablations,

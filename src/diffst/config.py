@@ -61,6 +61,16 @@ class TrainConfig:
     to the prediction, :func:`diffst.consistency.redistribute`): the map users get and the
     benchmark scores is the consistent one. Needs ``prediction="sample"``. 0 (default): off.
 
+    ``curriculum_order``: which ranked cell tiles the curriculum shows first: ``"descending"``
+    (default: the highest-entropy, most informative tiles) or ``"ascending"`` (the paper's
+    easy-to-hard order: the lowest-entropy tiles first; :func:`diffst.train.curriculum_keep`).
+
+    ``loss`` is the denoising loss on the prediction target: ``"mse"`` (default) or
+    ``"charbonnier"`` (``sqrt(d^2 + 1e-6)``, the paper's). For a model that learns its variance
+    (``DiffSTConfig.learn_variance``) ``vlb_weight`` times the variational bound term (a KL per
+    step, nats per value, times the number of diffusion steps, as Nichol & Dhariwal 2021's
+    hybrid loss; :mod:`diffst.diffusion.vlb`) is added; it trains the variance only.
+
     ``compile`` wraps the training forward pass (:class:`diffst.train.DenoisingStep`) in
     ``torch.compile`` on CUDA; it is ignored on the CPU and by trainers that override
     :meth:`diffst.train.Trainer.loss`, and off by default: on an H200 it raised sustained
@@ -90,6 +100,9 @@ class TrainConfig:
     disentangle_weight: float = 0.001
     log1p: bool = False
     consistency_weight: float = 0.0
+    curriculum_order: str = "descending"
+    loss: str = "mse"
+    vlb_weight: float = 0.001
 
     def tile_fraction(self, step: int) -> float:
         """Fraction of cell tiles visible at ``step`` (curriculum, easy to hard)."""
@@ -102,6 +115,11 @@ class TrainConfig:
 
 
 LR_SCALINGS = ("none", "sqrt", "linear")
+CURRICULUM_ORDERS = ("descending", "ascending")
+LOSSES = ("mse", "charbonnier")
+PAPER_PARTS = ("modulation", "curriculum", "graph", "loss")
+"""Parts whose Diff-ST paper variant :func:`paper_variant` can switch on (README table
+"Where diffst differs from the paper")."""
 SELF_TUNE_LR = 3e-5
 """Default learning rate of :func:`diffst.selftune.self_tune` (AdamW, batch 8). Chosen on the
 HER2ST validation folds (``--stage validation``, x2): 30 steps at 3e-5 improved Diff-ST + C on
@@ -120,3 +138,30 @@ def default(cls: type, name: str):
 
 __all__ = ["DATA_PIPELINES", "LR_SCALINGS", "PATCH_PER_FACTOR", "REFERENCE_BATCH", "TOP_GENES",
            "DiffSTConfig", "SchedulerConfig", "TrainConfig", "default"]
+
+
+def paper_variant(parts: tuple[str, ...] | list[str]) -> tuple[dict, dict, dict]:
+    """Settings that switch the named :data:`PAPER_PARTS` to the Diff-ST paper's variant.
+
+    Returns ``(model, scheduler, train)`` keyword overrides for :class:`DiffSTConfig`,
+    :class:`SchedulerConfig` and :class:`TrainConfig`: ``modulation`` -> window-wise
+    cross-modal affinity; ``curriculum`` -> tiles in ascending entropy; ``graph`` -> the fused
+    expression-ratio gene graph; ``loss`` -> noise prediction with learned variance,
+    Charbonnier loss plus the VLB term (sample it with a multi-step sampler, e.g. DDIM: the
+    one-step ``mean`` sampler divides the noise estimate by ``sqrt(abar_T)``).
+    """
+    unknown = sorted(set(parts) - set(PAPER_PARTS))
+    if unknown:
+        raise ValueError(f"unknown paper variant parts {unknown}: choose from {list(PAPER_PARTS)}")
+    model, scheduler, train = {}, {}, {}
+    if "modulation" in parts:
+        model["modulation"] = "window"
+    if "graph" in parts:
+        model["graph_edges"] = "paper"
+    if "curriculum" in parts:
+        train["curriculum_order"] = "ascending"
+    if "loss" in parts:
+        model["learn_variance"] = True
+        scheduler["prediction"] = "epsilon"
+        train["loss"] = "charbonnier"
+    return model, scheduler, train

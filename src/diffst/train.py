@@ -22,7 +22,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from diffst.config import (  # noqa: F401 - TrainConfig etc.: re-exported
+    CURRICULUM_ORDERS,
     DATA_PIPELINES,
+    LOSSES,
     LR_SCALINGS,
     PATCH_PER_FACTOR,
     REFERENCE_BATCH,
@@ -36,9 +38,10 @@ from diffst.data.normalize import GeneScaler
 from diffst.data.patches import PatchBatch, PatchSampler, PreparedSample, prepare_training_sample
 from diffst.data.sample import SampleError, STSample
 from diffst.diffusion.schedule import NoiseSchedule
+from diffst.diffusion.vlb import vlb_terms
 from diffst.model.config import DiffSTConfig, SchedulerConfig
 from diffst.model.diffst import DiffST
-from diffst.model.gene_graph import build_gene_graph, coexpression_intensity
+from diffst.model.gene_graph import gene_adjacency
 from diffst.pipeline import (  # noqa: F401 - MODEL_FORMAT, safe_load: re-exported
     MODEL_FORMAT,
     DiffSTPipeline,
@@ -48,6 +51,8 @@ from diffst.pipeline import (  # noqa: F401 - MODEL_FORMAT, safe_load: re-export
 )
 
 CHECKPOINT_FORMAT = "diffst.checkpoint/1"
+CHARBONNIER_EPS = 1e-3
+"""``eps`` of the Charbonnier loss ``sqrt(d^2 + eps^2)`` (``TrainConfig(loss="charbonnier")``)."""
 CONSISTENT_EPS = 1e-3
 """Added to the predicted map (scaled units) before the consistency step of
 :meth:`Trainer.consistent_mse`, so that no LR cell's predicted total is zero."""
@@ -105,10 +110,11 @@ class DenoisingStep(nn.Module):
 
     def forward(self, batch: PatchBatch, keep: torch.Tensor, z_t: torch.Tensor,
                 t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, G, P, P)`` denoiser output for noisy residuals ``z_t`` at steps ``t`` ``(B,)``,
-        and the scalar disentangling loss; ``keep`` ``(B, N)`` marks the visible cell tiles."""
+        """``(B, G, P, P)`` denoiser output for noisy residuals ``z_t`` at steps ``t`` ``(B,)``
+        (``(B, 2G, P, P)`` with the variance values for a model that learns its variance), and
+        the scalar disentangling loss; ``keep`` ``(B, N)`` marks the visible cell tiles."""
         cond = self.model.encode_batch(batch, keep)
-        return self.model(z_t, t, cond), cond.aux_loss
+        return self.model(z_t, t, cond, variance=True), cond.aux_loss
 
 
 class Trainer:
@@ -146,11 +152,10 @@ class Trainer:
         self.device = resolve_device(self.tc.device)
         torch.manual_seed(self.tc.seed)
         if start is None:
-            adjacency = build_gene_graph(
-                coexpression_intensity([p.hr for p in prepared], [p.mask for p in prepared])
-            )
             mc = replace(model_config or DiffSTConfig(), n_genes=len(self.genes),
                          factor=self.factor)
+            adjacency = gene_adjacency([p.hr for p in prepared], [p.mask for p in prepared],
+                                       mc.graph_edges)
             self.scheduler_config = replace(scheduler_config or SchedulerConfig(),
                                             residual_scale=residual_scale(prepared))
             self.model = DiffST(mc, adjacency).to(self.device)
@@ -158,6 +163,7 @@ class Trainer:
             mc, self.scheduler_config = start.model.config, start.scheduler
             self.model = copy.deepcopy(start.model).to(self.device).requires_grad_(True).train()
         self.model_config = mc
+        check_choices(tc)
         if tc.consistency_weight and self.scheduler_config.prediction != "sample":
             raise ValueError("consistency_weight needs prediction='sample' (the denoiser's clean "
                              f"estimate), not {self.scheduler_config.prediction!r}")
@@ -202,7 +208,7 @@ class Trainer:
         """
         sc = self.scheduler_config
         b = batch.hr.shape[0]
-        keep = curriculum_keep(batch.tile_valid, tile_fraction)
+        keep = curriculum_keep(batch.tile_valid, tile_fraction, self.tc.curriculum_order)
         step = DenoisingStep(model) if isinstance(model, DiffST) else model
         z0 = (batch.hr - batch.lr_up) / sc.residual_scale
         if generator is None and z0.is_cuda:  # no host RNG and copy per step on a GPU
@@ -211,13 +217,24 @@ class Trainer:
         else:  # CPU: the host RNG, so a fixed seed gives the same losses as before
             t = torch.randint(0, sc.num_train_timesteps, (b,), generator=generator).to(z0.device)
             noise = torch.randn(z0.shape, generator=generator).to(z0.device)
+        z_t = self.schedule.add_noise(z0, noise, t)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tc.bf16):
-            out, aux_loss = step(batch, keep, self.schedule.add_noise(z0, noise, t), t)
+            out, aux_loss = step(batch, keep, z_t, t)
+        g = len(self.genes)
+        out, var_values = out[:, :g].float(), out[:, g:].float()
         target = self.schedule.training_target(z0, noise, t, sc.prediction)
-        mse = masked_mse(out.float(), target, batch.mask)
-        loss = mse + self.tc.disentangle_weight * aux_loss.float()
+        if self.tc.loss == "charbonnier":
+            fit = masked_mean(((out - target) ** 2 + CHARBONNIER_EPS ** 2).sqrt(), batch.mask)
+        else:
+            fit = masked_mse(out, target, batch.mask)
+        loss = fit + self.tc.disentangle_weight * aux_loss.float()
+        if self.model_config.learn_variance:
+            eps_hat = self.schedule.to_epsilon(out, z_t, t, sc.prediction)
+            bound = vlb_terms(self.schedule, z0, z_t, t, eps_hat, var_values)
+            loss = loss + (self.tc.vlb_weight * sc.num_train_timesteps
+                           * masked_mean(bound, batch.mask))
         if self.tc.consistency_weight:
-            loss = loss + self.tc.consistency_weight * self.consistent_mse(out.float(), batch)
+            loss = loss + self.tc.consistency_weight * self.consistent_mse(out, batch)
         return loss
 
     def consistent_mse(self, z0_hat: torch.Tensor, batch: PatchBatch) -> torch.Tensor:
@@ -340,10 +357,25 @@ class Trainer:
         return self.pipeline().save(path)
 
 
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``(B, G, P, P)`` values over the tissue ``mask`` ``(B, 1, P, P)`` and all
+    genes."""
+    return (values * mask).sum() / (mask.sum() * values.shape[1]).clamp_min(1)
+
+
 def masked_mse(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean squared difference of ``(B, G, P, P)`` maps over the tissue ``mask`` ``(B, 1, P, P)``
     and all genes."""
-    return (((x - y) ** 2) * mask).sum() / (mask.sum() * x.shape[1]).clamp_min(1)
+    return masked_mean((x - y) ** 2, mask)
+
+
+def check_choices(tc: TrainConfig) -> None:
+    """Refuse unknown ``curriculum_order`` and ``loss`` names of a :class:`TrainConfig`."""
+    if tc.curriculum_order not in CURRICULUM_ORDERS:
+        raise ValueError(f"curriculum_order must be one of {CURRICULUM_ORDERS}, "
+                         f"got {tc.curriculum_order!r}")
+    if tc.loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {tc.loss!r}")
 
 
 def training_depth(samples: list[STSample]) -> float:
@@ -354,13 +386,21 @@ def training_depth(samples: list[STSample]) -> float:
     return counts / max(area, 1e-12)
 
 
-def curriculum_keep(valid: torch.Tensor, fraction: float) -> torch.Tensor:
-    """``(B, N)`` mask of visible tiles: the first ``ceil(fraction * N)`` ranked tiles."""
+def curriculum_keep(valid: torch.Tensor, fraction: float,
+                    order: str = "descending") -> torch.Tensor:
+    """``(B, N)`` mask of visible tiles, ``ceil(fraction * N)`` of them (at least one).
+
+    Tiles are ranked by descending entropy with the padding (``valid`` False) last.
+    ``order="descending"``: the first ranked tiles are visible; ``"ascending"``: the last
+    valid ones, i.e. the lowest-entropy tiles first (easy to hard).
+    """
     n = valid.shape[1]
     visible = max(1, math.ceil(fraction * n))
-    keep = torch.zeros_like(valid)
-    keep[:, :visible] = True
-    return keep & valid
+    rank = torch.arange(n, device=valid.device).expand_as(valid)
+    if order == "ascending":
+        n_valid = valid.sum(1, keepdim=True)
+        return (rank >= n_valid - visible) & valid
+    return (rank < visible) & valid
 
 
 def _plain(d: dict) -> dict:

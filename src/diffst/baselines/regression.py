@@ -51,7 +51,7 @@ class HistologyRegression(Trainer):
     def loss(self, model: DiffST, batch: PatchBatch, tile_fraction: float,
              generator: torch.Generator | None = None) -> torch.Tensor:
         """Masked MSE of the predicted scaled residual plus the disentangling loss."""
-        keep = curriculum_keep(batch.tile_valid, tile_fraction)
+        keep = curriculum_keep(batch.tile_valid, tile_fraction, self.tc.curriculum_order)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tc.bf16):
             cond = model.encode_batch(batch, keep)
             out = regress(model, cond)

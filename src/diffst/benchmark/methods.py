@@ -16,10 +16,12 @@ from diffst.api import ABLATIONS, model_config_for
 from diffst.baselines import BASELINES, IStarLike
 from diffst.baselines.regression import HistologyRegression
 from diffst.benchmark.presets import Preset, train_config
+from diffst.config import paper_variant
 from diffst.consistency import redistribute_np
 from diffst.data.lr import hr_mask_from_lr
 from diffst.data.sample import STSample
 from diffst.infer import super_resolve
+from diffst.model.config import SchedulerConfig
 from diffst.selftune import self_tune
 from diffst.train import Trainer
 
@@ -142,13 +144,16 @@ class DiffSTMethod:
     def __init__(self, preset: Preset, seed: int, ablate: list[str] | None = None,
                  progress: bool = False) -> None:
         self.preset, self.seed, self.progress = preset, seed, progress
-        self.model_config = model_config_for(ablate, **preset.model)
+        model, scheduler, _ = paper_variant(preset.paper_variants)
+        self.model_config = model_config_for(ablate, **{**preset.model, **model})
+        self.scheduler_config = SchedulerConfig(**scheduler)
         self.trainer: Trainer | None = None
 
     def fit(self, train: list[STSample], genes: list[str], factor: int) -> None:
         """Train on the HR training samples."""
         tc = train_config(self.preset, train[0], factor, self.seed)
-        self.trainer = Trainer(train, genes, factor, self.model_config, tc)
+        self.trainer = Trainer(train, genes, factor, self.model_config, tc,
+                               scheduler_config=self.scheduler_config)
         self.trainer.fit(progress=self.progress)
 
     def predict(self, lr: STSample, hr_mask: np.ndarray) -> np.ndarray:
@@ -171,7 +176,8 @@ class RegressionMethod(DiffSTMethod):
     def fit(self, train: list[STSample], genes: list[str], factor: int) -> None:
         """Train on the HR training samples."""
         tc = train_config(self.preset, train[0], factor, self.seed)
-        self.trainer = HistologyRegression(train, genes, factor, self.model_config, tc)
+        self.trainer = HistologyRegression(train, genes, factor, self.model_config, tc,
+                                           scheduler_config=self.scheduler_config)
         self.trainer.fit(progress=self.progress)
 
     def predict(self, lr: STSample, hr_mask: np.ndarray) -> np.ndarray:

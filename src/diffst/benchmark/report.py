@@ -236,6 +236,7 @@ OVERRIDE_FLAGS = {
     "patch_um": lambda v: f"--patch-um {v:g}",
     "self_tune": lambda v: f"--self-tune {v}",
     "self_tune_lr": lambda v: f"--self-tune-lr {v:g}",
+    "paper_variants": lambda v: f"--paper-variant {','.join(v)}" if v else "",
 }
 """Preset field -> the ``diffst benchmark`` option that sets it."""
 
@@ -429,7 +430,10 @@ def format_tables(summary: dict) -> str:
              + (f" Before super-resolving a test slide, Diff-ST was fine-tuned on that slide's "
                 f"own LR map (pooled once more -> the LR map; no truth) for "
                 f"{p['self_tune']} steps at lr {p.get('self_tune_lr', 0):g} "
-                f"(`--self-tune`)." if p.get("self_tune") else ""), "",
+                f"(`--self-tune`)." if p.get("self_tune") else "")
+             + (f" Parts switched to the Diff-ST paper's variant (`--paper-variant`, README "
+                f"'Where diffst differs from the paper'): {', '.join(p['paper_variants'])}."
+                if p.get("paper_variants") else ""), "",
              "Numbers: mean ± sd over runs (test section x seed) of each run's mean over genes; "
              "metrics of `diffst.metrics` (truth min-max protocol: RMSE/SSIM/PSNR on maps "
              "scaled by the truth's min-max; PCC signed; RVD relative variance distance; "

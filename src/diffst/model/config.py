@@ -13,9 +13,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 PREDICTIONS = ("epsilon", "v", "sample")
+"""What a denoiser may output (:attr:`SchedulerConfig.prediction`)."""
 SAMPLERS = ("ddim", "ddpm", "dpmpp", "mean")
 """Sampler names :func:`diffst.diffusion.samplers.make_sampler` accepts."""
-"""What a denoiser may output (:attr:`SchedulerConfig.prediction`)."""
+MODULATIONS = ("cell", "window")
+"""Kinds of cross-modal adaptive modulation (:attr:`DiffSTConfig.modulation`)."""
+GRAPH_EDGES = ("cosine", "paper")
+"""Edge weights of the CIGC-Graph (:attr:`DiffSTConfig.graph_edges`)."""
 SCHEDULE_KINDS = ("linear", "scaled_linear")
 """Beta schedules of :class:`diffst.diffusion.schedule.NoiseSchedule`."""
 
@@ -43,6 +47,18 @@ class DiffSTConfig:
     ``use_disentangle`` (multi-modal disentangling), ``use_modulation`` (cross-modal adaptive
     modulation), ``use_dynamic_attention`` (dynamic cross-attention over histology scales) and
     ``use_gene_graph`` (CIGC-Graph).
+
+    Variants of the parts (the defaults are diffst's; the others are our reading of the Diff-ST
+    paper's description, ``--preset paper``):
+    ``modulation`` ``"cell"`` (an affinity gate per raster cell on a FiLM scale/shift) or
+    ``"window"`` (window-wise cross-modal affinity: within each LR cell's window of HR cells,
+    ST features attend to histology features, :class:`~diffst.model.modulation.
+    WindowModulation`); ``graph_edges`` ``"cosine"`` (co-expression intensity, top-8
+    partners) or ``"paper"`` (shared-expression ratio, max-symmetrised, fused 0.98/0.02 with the
+    co-expression intensity, all pairs; :func:`diffst.model.gene_graph.gene_adjacency`);
+    ``learn_variance``: the U-Net also outputs, per gene and cell, the interpolation between
+    the DDPM's two variance bounds (Nichol & Dhariwal 2021), trained by the VLB term of
+    :class:`diffst.config.TrainConfig` (``vlb_weight``); samplers use the mean prediction only.
     """
 
     n_genes: int = 20
@@ -62,9 +78,18 @@ class DiffSTConfig:
     use_modulation: bool = True
     use_dynamic_attention: bool = True
     use_gene_graph: bool = True
+    modulation: str = "cell"
+    graph_edges: str = "cosine"
+    learn_variance: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mults", tuple(self.channel_mults))
+        if self.modulation not in MODULATIONS:
+            raise ValueError(f"model config: modulation must be one of {MODULATIONS}, got "
+                             f"{self.modulation!r}")
+        if self.graph_edges not in GRAPH_EDGES:
+            raise ValueError(f"model config: graph_edges must be one of {GRAPH_EDGES}, got "
+                             f"{self.graph_edges!r}")
         for name in _POSITIVE:
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value or value < 1:

@@ -35,7 +35,7 @@ from diffst.model.config import DiffSTConfig
 from diffst.model.disentangle import Disentangler
 from diffst.model.gene_graph import GeneGraphLayer
 from diffst.model.histology import CellTileEncoder, TissueEncoder, _conv_block
-from diffst.model.modulation import CrossModalModulation
+from diffst.model.modulation import CrossModalModulation, WindowModulation
 from diffst.model.unet import ConditionalUNet
 
 
@@ -85,11 +85,16 @@ class DiffST(nn.Module):
             c, config.attn_dim, config.attn_heads, enabled=config.use_dynamic_attention
         )
         self.disentangler = Disentangler(c, enabled=config.use_disentangle)
-        self.modulation = CrossModalModulation(c, enabled=config.use_modulation)
+        self.modulation = (
+            WindowModulation(c, config.factor, enabled=config.use_modulation)
+            if config.modulation == "window"
+            else CrossModalModulation(c, enabled=config.use_modulation)
+        )
         self.fuse = nn.Conv2d(2 * c, config.cond_channels, 1)
         self.unet = ConditionalUNet(
-            in_ch=2 * g, out_ch=g, cond_ch=config.cond_channels, channels=c,
-            mults=tuple(config.channel_mults), time_dim=config.time_dim,
+            in_ch=2 * g, out_ch=2 * g if config.learn_variance else g,
+            cond_ch=config.cond_channels, channels=c, mults=tuple(config.channel_mults),
+            time_dim=config.time_dim,
         )
 
     def encode(
@@ -131,7 +136,14 @@ class DiffST(nn.Module):
         return self.encode(batch.lr, batch.lr_up, batch.mask, batch.tissue_image, batch.tiles,
                            batch.tile_centres, tile_keep)
 
-    def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
+    def forward(self, z_t: torch.Tensor, t: torch.Tensor, cond: Condition,
+                variance: bool = False) -> torch.Tensor:
         """The prediction ``(B, G, P, P)`` for the noisy residual ``z_t`` at steps ``t``: the
-        clean residual, the noise or the velocity, as the scheduler config's ``prediction``."""
-        return self.unet(torch.cat([z_t, cond.lr_refined], 1), t, cond.features)
+        clean residual, the noise or the velocity, as the scheduler config's ``prediction``.
+
+        With ``variance`` and a model that learns its variance (``config.learn_variance``), the
+        output is ``(B, 2G, P, P)``: the prediction, then the variance interpolation values
+        (about ``[-1, 1]``, :func:`diffst.diffusion.vlb.learned_log_variance`).
+        """
+        out = self.unet(torch.cat([z_t, cond.lr_refined], 1), t, cond.features)
+        return out if variance else out[:, : self.config.n_genes]
