@@ -56,7 +56,8 @@ def run_settings(summary: dict) -> dict:
             "patch_um": preset.get("patch_um"), "self_tune": preset.get("self_tune", 0),
             "self_tune_lr": (preset.get("self_tune_lr", SELF_TUNE_LR) if preset.get("self_tune")
                              else SELF_TUNE_LR),  # a rate without self-tuning is no setting
-            "paper_variants": tuple(preset.get("paper_variants", ()))}
+            "paper_variants": tuple(preset.get("paper_variants", ())),
+            "lr_schedule": tc.get("lr_schedule", "constant")}
 
 
 WORDS = {
@@ -72,6 +73,7 @@ WORDS = {
     "self_tune": lambda v: f"`--self-tune {v}`" if v else "no self-tuning",
     "self_tune_lr": lambda v: f"self-tune lr {v:g}",
     "paper_variants": lambda v: (f"the paper's {', '.join(v)}" if v else "diffst's parts"),
+    "lr_schedule": lambda v: f"{v} lr schedule",
 }
 """How a setting that differs from today's preset is named in the headline."""
 

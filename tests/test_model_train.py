@@ -194,3 +194,24 @@ def test_consistency_weight_enters_the_loss_and_needs_sample_prediction():
     with pytest.raises(ValueError, match="consistency_weight needs prediction='sample'"):
         Trainer(samples, samples[0].genes, 5, tiny_config(), tc,
                 scheduler_config=SchedulerConfig(prediction="epsilon"))
+
+
+def test_cosine_lr_schedule_decays_to_zero_and_constant_keeps_the_rate():
+    tc = TrainConfig(steps=10, lr_schedule="cosine")
+    assert tc.lr_factor(0) == 1.0 and abs(tc.lr_factor(5) - 0.5) < 1e-12
+    assert tc.lr_factor(10) == 0.0 and tc.lr_factor(20) == 0.0
+    assert TrainConfig(steps=10).lr_factor(7) == 1.0
+    trainer = _trainer(steps=4)
+    trainer.tc = dataclasses.replace(trainer.tc, lr_schedule="cosine")
+    rates = []
+    for _ in range(4):
+        trainer.train_step()
+        rates.append(trainer.opt.param_groups[0]["lr"])
+    expected = [trainer.base_lr * trainer.tc.lr_factor(step) for step in range(4)]
+    np.testing.assert_allclose(rates, expected)
+    assert rates[0] > rates[1] > rates[2] > rates[3] > 0
+    with pytest.raises(ValueError, match="lr_schedule must be one of"):
+        samples = [make_sample(seed=0)]
+        Trainer(samples, samples[0].genes, 5, tiny_config(),
+                TrainConfig(steps=1, batch_size=2, patch=10, work_um_per_px=2.0,
+                            lr_schedule="step"))

@@ -10,6 +10,7 @@ import click
 
 from diffst.cli_options import check_ranges, check_writable, reader_kwargs, reader_options
 from diffst.config import (
+    LR_SCHEDULES,
     PAPER_PARTS,
     PATCH_PER_FACTOR,
     SELF_TUNE_LR,
@@ -468,6 +469,10 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
                    "this many steps before super-resolving it (default: the preset's, 0).")
 @click.option("--self-tune-lr", default=None, type=click.FloatRange(min=0.0, min_open=True),
               help=f"Learning rate of --self-tune (default {SELF_TUNE_LR:g}).")
+@click.option("--lr-schedule", default=None, type=click.Choice(list(LR_SCHEDULES)),
+              help="Override the learning-rate schedule of Diff-ST's (and the regression's) "
+                   "training (default: the training default, "
+                   f"{default(TrainConfig, 'lr_schedule')}).")
 @click.option("--paper-variant", "paper_variants", default=None,
               help="Comma-separated parts switched to the Diff-ST paper's variant (of "
                    f"{', '.join(PAPER_PARTS)}; the `paper` preset switches all).")
@@ -480,8 +485,8 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
 @_fail_nicely
 def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, methods, ablations,
               steps, seeds, n_samples, match_depth, turns, log1p, disentangle_weight, sampler,
-              consistency_weight, patch_um, self_tune, self_tune_lr, paper_variants,
-              thin) -> None:
+              consistency_weight, patch_um, self_tune, self_tune_lr, lr_schedule,
+              paper_variants, thin) -> None:
     """Train and score Diff-ST and the baselines on held-out data; write tables and figures."""
     from diffst.benchmark import run_benchmark
 
@@ -494,8 +499,7 @@ def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, method
     given = dict(steps=steps, n_samples=n_samples, match_depth=match_depth or None, turns=turns,
                  sampler=sampler, log1p=log1p, disentangle_weight=disentangle_weight,
                  consistency_weight=consistency_weight, patch_um=patch_um, self_tune=self_tune,
-                 self_tune_lr=self_tune_lr,
-                 paper_variants=parts)
+                 self_tune_lr=self_tune_lr, lr_schedule=lr_schedule, paper_variants=parts)
     summary = run_benchmark(
         dataset, _int_list(factors, "--factors") if factors else None, split, preset, out_dir,
         methods=methods.split(",") if methods else None, ablations=ablations,

@@ -10,6 +10,7 @@ This module does not import torch, so the command line starts fast.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 from diffst.model.config import DiffSTConfig, SchedulerConfig
@@ -61,6 +62,11 @@ class TrainConfig:
     to the prediction, :func:`diffst.consistency.redistribute`): the map users get and the
     benchmark scores is the consistent one. Needs ``prediction="sample"``. 0 (default): off.
 
+    ``lr_schedule``: ``"constant"`` (default) or ``"cosine"``: the learning rate follows
+    ``lr * (1 + cos(pi * step / steps)) / 2`` from ``lr`` down to 0 at ``steps``
+    (:meth:`TrainConfig.lr_factor`; it depends on the step only, so a resumed run continues
+    the same curve).
+
     ``curriculum_order``: which ranked cell tiles the curriculum shows first: ``"descending"``
     (default: the highest-entropy, most informative tiles) or ``"ascending"`` (the paper's
     easy-to-hard order: the lowest-entropy tiles first; :func:`diffst.train.curriculum_keep`).
@@ -101,8 +107,15 @@ class TrainConfig:
     log1p: bool = False
     consistency_weight: float = 0.0
     curriculum_order: str = "descending"
+    lr_schedule: str = "constant"
     loss: str = "mse"
     vlb_weight: float = 0.001
+
+    def lr_factor(self, step: int) -> float:
+        """Multiplier of the learning rate at ``step`` (``lr_schedule``)."""
+        if self.lr_schedule == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * min(step / max(self.steps, 1), 1.0)))
+        return 1.0
 
     def tile_fraction(self, step: int) -> float:
         """Fraction of cell tiles visible at ``step`` (curriculum, easy to hard)."""
@@ -116,6 +129,7 @@ class TrainConfig:
 
 LR_SCALINGS = ("none", "sqrt", "linear")
 CURRICULUM_ORDERS = ("descending", "ascending")
+LR_SCHEDULES = ("constant", "cosine")
 LOSSES = ("mse", "charbonnier")
 PAPER_PARTS = ("modulation", "curriculum", "graph", "loss")
 """Parts whose Diff-ST paper variant :func:`paper_variant` can switch on (README table

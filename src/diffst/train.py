@@ -26,6 +26,7 @@ from diffst.config import (  # noqa: F401 - TrainConfig etc.: re-exported
     DATA_PIPELINES,
     LOSSES,
     LR_SCALINGS,
+    LR_SCHEDULES,
     PATCH_PER_FACTOR,
     REFERENCE_BATCH,
     TrainConfig,
@@ -169,8 +170,8 @@ class Trainer:
                              f"estimate), not {self.scheduler_config.prediction!r}")
         self.train_module: nn.Module | None = None
         self.ema = copy.deepcopy(self.model).requires_grad_(False)
-        lr = batch_scaled_lr(self.tc.lr, self.tc.batch_size, self.tc.lr_scaling)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=lr,
+        self.base_lr = batch_scaled_lr(self.tc.lr, self.tc.batch_size, self.tc.lr_scaling)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.base_lr,
                                      weight_decay=self.tc.weight_decay)
         self.schedule = NoiseSchedule.from_config(self.scheduler_config)
         self.sampler = self._make_sampler(prepared)
@@ -252,6 +253,8 @@ class Trainer:
         batch = self.draw_batch()
         model = self.model if self.train_module is None else self.train_module
         loss = self.loss(model, batch, self.tc.tile_fraction(self.step))
+        for group in self.opt.param_groups:
+            group["lr"] = self.base_lr * self.tc.lr_factor(self.step)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.tc.grad_clip)
@@ -370,12 +373,15 @@ def masked_mse(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Te
 
 
 def check_choices(tc: TrainConfig) -> None:
-    """Refuse unknown ``curriculum_order`` and ``loss`` names of a :class:`TrainConfig`."""
+    """Refuse unknown ``curriculum_order``, ``loss`` and ``lr_schedule`` names of a
+    :class:`TrainConfig`."""
     if tc.curriculum_order not in CURRICULUM_ORDERS:
         raise ValueError(f"curriculum_order must be one of {CURRICULUM_ORDERS}, "
                          f"got {tc.curriculum_order!r}")
     if tc.loss not in LOSSES:
         raise ValueError(f"loss must be one of {LOSSES}, got {tc.loss!r}")
+    if tc.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {tc.lr_schedule!r}")
 
 
 def training_depth(samples: list[STSample]) -> float:

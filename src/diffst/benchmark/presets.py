@@ -39,6 +39,7 @@ class Preset:
         name: preset name; ``profile`` ``cells`` (single-cell-scale rasters) or ``spots``.
         model: :class:`~diffst.model.config.DiffSTConfig` overrides (others: its defaults).
         steps, batch_size, lr, ema_decay: Diff-ST and regression training [TrainConfig].
+        lr_schedule: learning-rate schedule of that training [TrainConfig, constant].
         patch_um: HR patch side in µm, rounded to a multiple of factor x cell [8 x factor
             cells, as :func:`diffst.api.train_model`].
         work_um_per_px: image resolution of the model [:func:`default_work_um_per_px`].
@@ -75,6 +76,7 @@ class Preset:
     batch_size: int | None = None
     lr: float | None = None
     ema_decay: float | None = None
+    lr_schedule: str | None = None
     patch_um: float | None = None
     work_um_per_px: float | None = None
     sample_steps: int = 20
@@ -186,6 +188,7 @@ def train_config(preset: Preset, sample: STSample, factor: int, seed: int) -> Tr
         batch_size=preset.batch_size or base.batch_size,
         lr=preset.lr or base.lr,
         ema_decay=preset.ema_decay or base.ema_decay,
+        lr_schedule=preset.lr_schedule or base.lr_schedule,
         patch=patch_cells(preset, sample.cell_um, factor),
         work_um_per_px=preset.work_um_per_px or default_work_um_per_px(sample),
         seed=seed,

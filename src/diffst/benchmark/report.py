@@ -236,6 +236,7 @@ OVERRIDE_FLAGS = {
     "patch_um": lambda v: f"--patch-um {v:g}",
     "self_tune": lambda v: f"--self-tune {v}",
     "self_tune_lr": lambda v: f"--self-tune-lr {v:g}",
+    "lr_schedule": lambda v: f"--lr-schedule {v}",
     "paper_variants": lambda v: f"--paper-variant {','.join(v)}" if v else "",
 }
 """Preset field -> the ``diffst benchmark`` option that sets it."""
@@ -416,9 +417,11 @@ def format_tables(summary: dict) -> str:
                   f"{depth:.0%} of their counts before pooling (training sections untouched); "
                   f"scores are against {depth:g} x the measured truth (the expected thinned "
                   "counts).", ""]
+    cosine = " (cosine schedule)" if tc.get("lr_schedule") == "cosine" else ""
     lines += [
              f"Training (Diff-ST, ablations, histology regression): {tc['steps']} steps, batch "
-             f"{tc['batch_size']}, lr {tc['lr']:g}, EMA {tc['ema_decay']:g}, patch {patches} HR "
+             f"{tc['batch_size']}, lr {tc['lr']:g}{cosine}, EMA {tc['ema_decay']:g}, patch "
+             f"{patches} HR "
              f"cells at {scales}, image at {tc['work_um_per_px']:g} µm/px, "
              f"{'log1p' if tc.get('log1p', True) else 'linear'} count scaling; Diff-ST maps "
              f"are the mean of {_draws(p)}. Where these "
