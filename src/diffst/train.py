@@ -202,7 +202,10 @@ class Trainer:
 
     def loss(self, model: DiffST | nn.Module, batch: PatchBatch,
              tile_fraction: float, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Masked denoising MSE (on the configured target) plus the disentangling loss.
+        """Masked denoising loss on the configured target (``TrainConfig.loss``: MSE or
+        Charbonnier) plus the weighted disentangling loss; for a model that learns its variance
+        also the weighted bound term (:func:`diffst.diffusion.vlb.vlb_terms`), and with
+        ``consistency_weight`` the loss of :meth:`consistent_mse`.
 
         ``model`` is a :class:`DiffST` or a module with :class:`DenoisingStep`'s ``forward``
         (e.g. ``train_module``); the latter is called exactly once.
