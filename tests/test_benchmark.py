@@ -39,7 +39,7 @@ from diffst.benchmark import (
 )
 from diffst.benchmark.data import load_benchmark_data
 from diffst.benchmark.methods import REFERENCE_METHODS, consistent_key
-from diffst.benchmark.report import method_stats
+from diffst.benchmark.report import ablation_effects, method_stats, refresh_outputs
 from diffst.benchmark.run import depth_shifted
 from diffst.data.lr import padded_mask, pool_sum, simulate_lr, thin_counts
 from diffst.data.sample import SampleError
@@ -281,6 +281,38 @@ def test_statistics_by_hand():
     v = [0.2, 0.2, 0.4] * 2
     assert st["bicubic+C"]["rmse"]["mean"] == pytest.approx(np.mean(v))
     assert st["bicubic+C"]["rmse"]["sd"] == pytest.approx(np.std(v, ddof=1))
+
+
+def test_ablation_effects_by_hand():
+    # seed 0: ablation worse by 0.02 and 0.04 on the two sections (mean 0.03);
+    # seed 1: better by 0.01 on both (mean -0.01)
+    rows = []
+    for seed, deltas in ((0, (0.02, 0.04)), (1, (-0.01, -0.01))):
+        for test, delta in zip("AB", deltas, strict=True):
+            for method, v in (("diffst+C", 0.1), ("diffst-no_graph+C", 0.1 + delta)):
+                rows.append({"factor": 2, "seed": seed, "fold": f"test_{test}", "test": test,
+                             "method": method, "rmse": v, "ssim": 0.5, "pcc": 0.5})
+    effect = ablation_effects(pd.DataFrame(rows))["diffst-no_graph+C"]
+    assert effect["rmse"]["mean"] == pytest.approx(0.01)
+    assert effect["rmse"]["sd"] == pytest.approx(np.std([0.03, -0.01], ddof=1))
+    assert (effect["rmse"]["seeds"], effect["rmse"]["worse"]) == (2, 1)
+    assert (effect["ssim"]["mean"], effect["ssim"]["worse"]) == (0.0, 0)
+
+
+def test_refreshing_a_run_folder_adds_the_ablation_effects_without_changing_scores(tmp_path):
+    out = tmp_path / "run"
+    run_benchmark("simulated", [5], "holdout", "quick", out, methods=["bicubic", "diffst"],
+                  ablations=True, seeds=[0], progress=False)
+    summary = json.loads((out / "summary.json").read_text())
+    del summary["results"]["5"]["ablation_effects"]  # as a folder written before it existed
+    (out / "summary.json").write_text(json.dumps(summary))
+    old_table = (out / "table.md").read_text()
+    refreshed = refresh_outputs(out)
+    assert set(refreshed["results"]["5"]["ablation_effects"]) == {
+        f"diffst-no_{part}+C" for part in ("disentangle", "modulation", "attention", "graph")}
+    assert refreshed["results"]["5"]["stats"] == summary["results"]["5"]["stats"]
+    assert (out / "table.md").read_text() == old_table
+    assert "Effect of switching each part off at x5" in old_table
 
 
 def test_script_wrapper_prints_the_table(tmp_path, capsys):

@@ -31,6 +31,7 @@ from diffst.benchmark.methods import (
     method_label,
 )
 from diffst.benchmark.presets import PRESETS, Preset, train_config
+from diffst.config import paper_variant
 from diffst.data.image import aligned_image
 from diffst.data.lr import simulate_lr, upsample_nearest
 from diffst.infer import draws_in_words
@@ -125,6 +126,37 @@ def _compare_metric(ref: pd.Series, other: pd.Series, metric: str) -> dict[str, 
             "sections": len(sections), "p": p}
 
 
+def ablation_effects(units: pd.DataFrame,
+                     metrics: tuple[str, ...] = HEADLINE) -> dict[str, dict[str, dict]]:
+    """What switching each part off does to Diff-ST + C, with an error bar over seeds.
+
+    For every ablation ``diffst-no_<part>+C`` and metric: the difference ablated minus
+    Diff-ST + C, averaged over the test sections of each seed (paired: same sections and seed).
+    Returns per ablation key and metric the mean and sd (ddof 1) of those per-seed differences,
+    the number of seeds and in how many of them the ablated model was worse (the part helped).
+    """
+    keyed = units.set_index(["seed", "fold", "test"])
+    ref = keyed[keyed["method"] == REFERENCE]
+    out: dict[str, dict[str, dict]] = {}
+    if ref.empty:
+        return out
+    for key in units["method"].unique():
+        if not (key.startswith("diffst-no_") and key.endswith("+C")):
+            continue
+        other = keyed[keyed["method"] == key].reindex(ref.index)
+        out[key] = {}
+        for m in metrics:
+            pair = pd.DataFrame({"full": ref[m], "ablated": other[m]}).dropna()
+            per_seed = pair.groupby(level="seed").mean()
+            worse = sum(better(m, a, b) for a, b in zip(per_seed["full"], per_seed["ablated"],
+                                                        strict=True))
+            diff = per_seed["ablated"] - per_seed["full"]
+            out[key][m] = {"mean": float(diff.mean()) if len(diff) else math.nan,
+                           "sd": float(diff.std(ddof=1)) if len(diff) > 1 else 0.0,
+                           "seeds": len(diff), "worse": int(worse)}
+    return out
+
+
 # ---------------------------------------------------------------------------- summary
 def machine_info() -> dict[str, Any]:
     """CPU count, torch threads and versions of the machine running the benchmark."""
@@ -149,8 +181,10 @@ def build_summary(runs: list, preset: Preset, split: str, stage: str, hr_mask: s
     for f in data.factors:
         u = units[units["factor"] == f]
         results[str(f)] = {"stats": method_stats(u), "comparisons": compare(u),
+                           "ablation_effects": ablation_effects(u),
                            "runs": _plain(u.to_dict(orient="records"))}
     first = data.folds[0].train[0]
+    variant = paper_variant(preset.paper_variants)
     tcs = {str(f): _plain(asdict(train_config(preset, first, f, seeds[0])))
            for f in data.factors}
     folds = [{"seed": seed, "name": fd.name, "genes": fd.genes,
@@ -176,8 +210,8 @@ def build_summary(runs: list, preset: Preset, split: str, stage: str, hr_mask: s
         },
         "preset": _plain(asdict(preset)),
         "train_config": tcs,
-        "model_config": model_config_for(None, **preset.model).to_dict(),
-        "scheduler_config": SchedulerConfig().to_dict(),
+        "model_config": model_config_for(None, **{**preset.model, **variant[0]}).to_dict(),
+        "scheduler_config": SchedulerConfig(**variant[1]).to_dict(),
         "methods": {k: method_label(k) for k in gene_df["method"].unique()},
         "ablations": {"enabled": bool(ablations and "diffst" in methods)},
         "results": results,
@@ -361,6 +395,40 @@ def comparison_table(comp: dict[str, dict[str, dict]]) -> list[str]:
     return lines
 
 
+def ablation_effect_lines(effects: dict[str, dict[str, dict]], factor: int) -> list[str]:
+    """Markdown table and generated sentences of :func:`ablation_effects` (empty without)."""
+    if not effects:
+        return []
+    head = ["Part switched off", *(f"Δ {MAIN_METRICS[m]}" for m in HEADLINE)]
+    lines = [f"Effect of switching each part off at x{factor}: ablated + C minus Diff-ST + C, "
+             "averaged over the test sections of each seed, mean ± sd over seeds; 'worse in "
+             "k/n seeds' counts the seeds where the part helped.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    said = []
+    for key, per_metric in effects.items():
+        part = method_label(key).removeprefix("Diff-ST w/o ").removesuffix(" + C")
+        cells = [f"{e['mean']:+.4f} ± {e['sd']:.4f} (worse in {e['worse']}/{e['seeds']} seeds)"
+                 for e in (per_metric[m] for m in HEADLINE)]
+        lines.append(f"| {part} | " + " | ".join(cells) + " |")
+        said.append(f"- {part}: " + "; ".join(_effect_clauses(per_metric)) + ".")
+    return lines + [""] + said + [""]
+
+
+def _effect_clauses(per_metric: dict[str, dict]) -> list[str]:
+    """'the part helped in every seed on ...', 'it hurt in every seed on ...', 'no effect
+    consistent over seeds on ...' (non-empty clauses only)."""
+    groups: dict[str, list[str]] = {"helped": [], "hurt": [], "mixed": []}
+    for m in HEADLINE:
+        e = per_metric[m]
+        kind = ("helped" if e["seeds"] and e["worse"] == e["seeds"]
+                else "hurt" if e["seeds"] and e["worse"] == 0 else "mixed")
+        groups[kind].append(MAIN_METRICS[m].split(" ")[0])
+    words = {"helped": "the part helped Diff-ST + C in every seed on ",
+             "hurt": "it hurt Diff-ST + C in every seed on ",
+             "mixed": "no effect consistent over seeds on "}
+    return [words[k] + ", ".join(v) for k, v in groups.items() if v]
+
+
 def sentences(stats_: dict, comp: dict, factor: int) -> list[str]:
     """Generated plain statements: where Diff-ST + C has the best mean among the methods + C,
     and where it does not (with the margin and how many sections it wins)."""
@@ -461,6 +529,7 @@ def format_tables(summary: dict) -> str:
             lines += [f"Ablations at x{f} (same training budget):", ""]
             lines += metric_table(st, [k for k in ("diffst", REFERENCE) if k in st] + ablated,
                                   MAIN_METRICS) + [""]
+            lines += ablation_effect_lines(res.get("ablation_effects", {}), f)
         said = sentences(st, comp, f)
         if said:
             lines += [f"In words (generated from the table above), x{f}:", ""] + said + [""]
@@ -470,3 +539,28 @@ def format_tables(summary: dict) -> str:
               f"{summary.get('wall_s', float('nan')) / 60:.1f} min.", "",
               f"Produced by `{summary['command']}`; do not edit the numbers by hand.", ""]
     return "\n".join(lines)
+
+
+def refresh_outputs(folder: Path) -> dict:
+    """Recompute a run folder's statistics (method stats, comparisons, ablation effects) from the
+    unit scores its ``summary.json`` stores, and its model and scheduler configs from its preset,
+    and rewrite ``table.md`` and ``summary.json`` atomically; ``per_gene.csv`` and the figures
+    are left as they are. For runs written before the report gained a statistic; nothing is
+    re-measured."""
+    folder = Path(folder)
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    preset = summary["preset"]
+    model, scheduler, _ = paper_variant(preset.get("paper_variants", ()))
+    summary["model_config"] = model_config_for(None, **{**preset["model"], **model}).to_dict()
+    summary["scheduler_config"] = SchedulerConfig(**scheduler).to_dict()
+    for f in summary["factors"]:
+        res = summary["results"][str(f)]
+        units = pd.DataFrame(res["runs"])
+        res.update(stats=method_stats(units), comparisons=compare(units),
+                   ablation_effects=ablation_effects(units))
+    summary["table"] = format_tables(summary)
+    with atomic_path(folder / "table.md") as tmp:
+        tmp.write_text(summary["table"], encoding="utf-8")
+    with atomic_path(folder / "summary.json") as tmp:
+        tmp.write_text(json.dumps(_plain(summary), indent=2, allow_nan=False), encoding="utf-8")
+    return summary
