@@ -57,7 +57,8 @@ def run_settings(summary: dict) -> dict:
             "self_tune_lr": (preset.get("self_tune_lr", SELF_TUNE_LR) if preset.get("self_tune")
                              else SELF_TUNE_LR),  # a rate without self-tuning is no setting
             "paper_variants": tuple(preset.get("paper_variants", ())),
-            "lr_schedule": tc.get("lr_schedule", "constant")}
+            "lr_schedule": tc.get("lr_schedule", "constant"),
+            "n_models": preset.get("n_models", 1)}
 
 
 WORDS = {
@@ -74,6 +75,7 @@ WORDS = {
     "self_tune_lr": lambda v: f"self-tune lr {v:g}",
     "paper_variants": lambda v: (f"the paper's {', '.join(v)}" if v else "diffst's parts"),
     "lr_schedule": lambda v: f"{v} lr schedule",
+    "n_models": lambda v: f"ensemble of {v}" if v > 1 else "one model",
 }
 """How a setting that differs from today's preset is named in the headline."""
 

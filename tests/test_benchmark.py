@@ -299,6 +299,25 @@ def test_ablation_effects_by_hand():
     assert (effect["ssim"]["mean"], effect["ssim"]["worse"]) == (0.0, 0)
 
 
+def test_a_diffst_ensemble_averages_its_members_maps():
+    train = [make_sample(seed=0, size=40), make_sample(seed=1, size=40)]
+    test = make_sample(seed=2, size=40)
+    lr, hr_mask = simulate_lr(test, 5), test.mask
+    preset = get_preset("quick", "cells", {"n_models": 2})
+    ensemble = make_method("diffst", preset, 3)
+    ensemble.fit(train, train[0].genes, 5)
+    assert ensemble.member_seeds() == [3, 1003]
+    assert [t.tc.seed for t in ensemble.trainers] == [3, 1003]
+    together = ensemble.predict(lr, hr_mask)
+    maps = []
+    for seed in (3, 1003):
+        single = make_method("diffst", get_preset("quick", "cells"), seed)
+        single.fit(train, train[0].genes, 5)
+        maps.append(single.predict(lr, hr_mask))
+    assert not np.allclose(maps[0], maps[1])
+    np.testing.assert_allclose(together, (maps[0] + maps[1]) / 2, rtol=1e-5, atol=1e-6)
+
+
 def test_refreshing_a_run_folder_adds_the_ablation_effects_without_changing_scores(tmp_path):
     out = tmp_path / "run"
     run_benchmark("simulated", [5], "holdout", "quick", out, methods=["bicubic", "diffst"],

@@ -473,6 +473,9 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
               help="Override the learning-rate schedule of Diff-ST's (and the regression's) "
                    "training (default: the training default, "
                    f"{default(TrainConfig, 'lr_schedule')}).")
+@click.option("--models", "n_models", default=None, type=click.IntRange(min=1),
+              help="Diff-ST (and each ablation) as an ensemble of this many models trained "
+                   "with different seeds, their maps averaged (default: the preset's, 1).")
 @click.option("--paper-variant", "paper_variants", default=None,
               help="Comma-separated parts switched to the Diff-ST paper's variant (of "
                    f"{', '.join(PAPER_PARTS)}; the `paper` preset switches all).")
@@ -485,7 +488,7 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
 @_fail_nicely
 def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, methods, ablations,
               steps, seeds, n_samples, match_depth, turns, log1p, disentangle_weight, sampler,
-              consistency_weight, patch_um, self_tune, self_tune_lr, lr_schedule,
+              consistency_weight, patch_um, self_tune, self_tune_lr, lr_schedule, n_models,
               paper_variants, thin) -> None:
     """Train and score Diff-ST and the baselines on held-out data; write tables and figures."""
     from diffst.benchmark import run_benchmark
@@ -499,7 +502,8 @@ def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, method
     given = dict(steps=steps, n_samples=n_samples, match_depth=match_depth or None, turns=turns,
                  sampler=sampler, log1p=log1p, disentangle_weight=disentangle_weight,
                  consistency_weight=consistency_weight, patch_um=patch_um, self_tune=self_tune,
-                 self_tune_lr=self_tune_lr, lr_schedule=lr_schedule, paper_variants=parts)
+                 self_tune_lr=self_tune_lr, lr_schedule=lr_schedule, n_models=n_models,
+                 paper_variants=parts)
     summary = run_benchmark(
         dataset, _int_list(factors, "--factors") if factors else None, split, preset, out_dir,
         methods=methods.split(",") if methods else None, ablations=ablations,

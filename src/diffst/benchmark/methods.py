@@ -37,6 +37,9 @@ METHOD_LABELS: dict[str, str] = {
 """The main methods, in table order. ``gene_mean`` is a reference row, not a contender."""
 
 REFERENCE_METHODS = frozenset({"gene_mean"})
+ENSEMBLE_SEED_STRIDE = 1000
+"""Seed offset between Diff-ST ensemble members (member ``i`` of seed ``s`` trains with
+``s + 1000 * i``, so the members of one seed never share the seed of another run)."""
 """Rows that show a metric's floor; no consistency variant (it would be the spot-constant)."""
 
 ABLATION_LABELS: dict[str, str] = {
@@ -139,7 +142,11 @@ class IStarMethod(LRBaseline):
 
 class DiffSTMethod:
     """Diff-ST (optionally with parts switched off) trained by :class:`~diffst.train.Trainer`;
-    predictions are raw (no consistency inside the sampler: the benchmark applies it)."""
+    predictions are raw (no consistency inside the sampler: the benchmark applies it).
+
+    With the preset's ``n_models`` > 1 it is an ensemble: that many models are trained with
+    the seeds ``seed + ENSEMBLE_SEED_STRIDE * i`` and their mean maps are averaged.
+    """
 
     def __init__(self, preset: Preset, seed: int, ablate: list[str] | None = None,
                  progress: bool = False) -> None:
@@ -147,27 +154,43 @@ class DiffSTMethod:
         model, scheduler, _ = paper_variant(preset.paper_variants)
         self.model_config = model_config_for(ablate, **{**preset.model, **model})
         self.scheduler_config = SchedulerConfig(**scheduler)
-        self.trainer: Trainer | None = None
+        self.trainers: list[Trainer] = []
+
+    @property
+    def trainer(self) -> Trainer | None:
+        """The first (for a single model: the only) trained model's trainer."""
+        return self.trainers[0] if self.trainers else None
+
+    def member_seeds(self) -> list[int]:
+        """Training seeds of the ensemble members (one for a single model)."""
+        return [self.seed + ENSEMBLE_SEED_STRIDE * i for i in range(self.preset.n_models)]
 
     def fit(self, train: list[STSample], genes: list[str], factor: int) -> None:
-        """Train on the HR training samples."""
-        tc = train_config(self.preset, train[0], factor, self.seed)
-        self.trainer = Trainer(train, genes, factor, self.model_config, tc,
-                               scheduler_config=self.scheduler_config)
-        self.trainer.fit(progress=self.progress)
+        """Train on the HR training samples (every ensemble member)."""
+        self.trainers = []
+        for seed in self.member_seeds():
+            tc = train_config(self.preset, train[0], factor, seed)
+            trainer = Trainer(train, genes, factor, self.model_config, tc,
+                              scheduler_config=self.scheduler_config)
+            trainer.fit(progress=self.progress)
+            self.trainers.append(trainer)
 
     def predict(self, lr: STSample, hr_mask: np.ndarray) -> np.ndarray:
-        """Mean of ``n_samples`` samples per tile (the preset's sampler), counts per HR cell;
-        with the preset's ``self_tune`` the model is first fine-tuned on ``lr`` itself."""
-        pipeline = self_tune(self.trainer.pipeline(), lr, self.preset.self_tune,
-                             self.preset.self_tune_lr, seed=self.seed, progress=self.progress,
-                             match_depth=self.preset.match_depth)
-        result = super_resolve(pipeline, lr, sampler=self.preset.sampler,
-                               steps=self.preset.sample_steps, n_samples=self.preset.n_samples,
-                               hr_mask=hr_mask, seed=self.seed, consistency="off",
-                               progress=self.progress, match_depth=self.preset.match_depth,
-                               turns=self.preset.turns)
-        return result.mean
+        """Mean of ``n_samples`` samples per tile (the preset's sampler), counts per HR cell,
+        averaged over the ensemble members; with the preset's ``self_tune`` each model is
+        first fine-tuned on ``lr`` itself."""
+        maps = []
+        for seed, trainer in zip(self.member_seeds(), self.trainers, strict=True):
+            pipeline = self_tune(trainer.pipeline(), lr, self.preset.self_tune,
+                                 self.preset.self_tune_lr, seed=seed, progress=self.progress,
+                                 match_depth=self.preset.match_depth)
+            result = super_resolve(pipeline, lr, sampler=self.preset.sampler,
+                                   steps=self.preset.sample_steps,
+                                   n_samples=self.preset.n_samples, hr_mask=hr_mask, seed=seed,
+                                   consistency="off", progress=self.progress,
+                                   match_depth=self.preset.match_depth, turns=self.preset.turns)
+            maps.append(result.mean)
+        return np.mean(maps, axis=0).astype(maps[0].dtype, copy=False)
 
 
 class RegressionMethod(DiffSTMethod):
@@ -176,9 +199,10 @@ class RegressionMethod(DiffSTMethod):
     def fit(self, train: list[STSample], genes: list[str], factor: int) -> None:
         """Train on the HR training samples."""
         tc = train_config(self.preset, train[0], factor, self.seed)
-        self.trainer = HistologyRegression(train, genes, factor, self.model_config, tc,
-                                           scheduler_config=self.scheduler_config)
-        self.trainer.fit(progress=self.progress)
+        trainer = HistologyRegression(train, genes, factor, self.model_config, tc,
+                                      scheduler_config=self.scheduler_config)
+        trainer.fit(progress=self.progress)
+        self.trainers = [trainer]
 
     def predict(self, lr: STSample, hr_mask: np.ndarray) -> np.ndarray:
         """One deterministic pass per tile, counts per HR cell."""

@@ -60,6 +60,8 @@ class Preset:
         figure_genes: genes shown per figure.
         match_depth: Diff-ST (and its ablations) sample with the input scaled to the training
             depth (:func:`diffst.infer.super_resolve`).
+        n_models: Diff-ST (and each ablation) is an ensemble of this many models trained with
+            different seeds, their maps averaged (the iStar-like baseline's default is 3).
         paper_variants: :data:`diffst.config.PAPER_PARTS` switched to the Diff-ST paper's
             variant (:func:`diffst.config.paper_variant`) in Diff-ST, its ablations and the
             regression (which shares Diff-ST's encoders and training).
@@ -97,6 +99,7 @@ class Preset:
     self_tune: int = 0
     self_tune_lr: float = SELF_TUNE_LR
     paper_variants: tuple[str, ...] = ()
+    n_models: int = 1
     provenance: str = PROVENANCE_V01
 
 

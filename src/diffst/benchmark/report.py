@@ -271,6 +271,7 @@ OVERRIDE_FLAGS = {
     "self_tune": lambda v: f"--self-tune {v}",
     "self_tune_lr": lambda v: f"--self-tune-lr {v:g}",
     "lr_schedule": lambda v: f"--lr-schedule {v}",
+    "n_models": lambda v: f"--models {v}",
     "paper_variants": lambda v: f"--paper-variant {','.join(v)}" if v else "",
 }
 """Preset field -> the ``diffst benchmark`` option that sets it."""
@@ -502,6 +503,8 @@ def format_tables(summary: dict) -> str:
                 f"own LR map (pooled once more -> the LR map; no truth) for "
                 f"{p['self_tune']} steps at lr {p.get('self_tune_lr', 0):g} "
                 f"(`--self-tune`)." if p.get("self_tune") else "")
+             + (f" Diff-ST is an ensemble of {p['n_models']} models (seeds differ), their maps "
+                "averaged (`--models`)." if p.get("n_models", 1) > 1 else "")
              + (f" Parts switched to the Diff-ST paper's variant (`--paper-variant`, README "
                 f"'Where diffst differs from the paper'): {', '.join(p['paper_variants'])}."
                 if p.get("paper_variants") else ""), "",
