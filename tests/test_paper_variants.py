@@ -141,6 +141,7 @@ def test_paper_preset_switches_every_part_and_samples_as_the_paper():
     preset = get_preset("paper", "spots")
     assert preset.paper_variants == PAPER_PARTS
     assert (preset.sampler, preset.sample_steps, preset.self_tune) == ("ddim", 20, 0)
+    assert not preset.turns
     assert preset.steps == get_preset("short", "spots").steps
     tc = train_config(preset, make_sample(), 2, seed=0)
     assert (tc.curriculum_order, tc.loss) == ("ascending", "charbonnier")

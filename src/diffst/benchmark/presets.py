@@ -152,12 +152,14 @@ PAPER_PROVENANCE = (
     "Diff-ST paper's variant (window-wise cross-modal affinity modulation, tiles in ascending "
     "entropy, the fused expression-ratio gene graph, noise prediction with learned variance and "
     "a Charbonnier + VLB loss), sampled as the paper does (mean of 8 samples of 20 respaced "
-    "DDIM steps), no self-tuning; for comparison with the `short` preset, not a tuned setting"
+    "DDIM steps, no turned tiles), no self-tuning; for comparison with the `short` preset, "
+    "not a tuned setting"
 )
 for _profile in ("cells", "spots"):
     PRESETS[(_profile, "paper")] = replace(
         PRESETS[(_profile, "short")], name="paper", sampler="ddim", sample_steps=20,
-        n_samples=8, self_tune=0, paper_variants=PAPER_PARTS, provenance=PAPER_PROVENANCE)
+        n_samples=8, turns=False, self_tune=0, paper_variants=PAPER_PARTS,
+        provenance=PAPER_PROVENANCE)
 
 PRESET_NAMES = ("quick", "short", "default", "full", "paper")
 
