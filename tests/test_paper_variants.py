@@ -154,3 +154,16 @@ def test_cli_names_an_unknown_paper_variant(tmp_path):
                                        "--out", str(tmp_path / "b")])
     assert result.exit_code != 0
     assert "--paper-variant" in result.output and "modulation" in result.output
+
+
+def test_train_model_applies_the_paper_variants(tmp_path):
+    from diffst.api import train_model
+
+    sample = make_sample(seed=0)
+    path = train_model([sample], 5, tmp_path / "m.pt", steps=2, batch_size=2, patch=10,
+                       work_um_per_px=2.0, model_config=tiny_config(), progress=False,
+                       paper_variants=["graph", "loss"])
+    pipeline = load_model(path)
+    assert pipeline.model.config.graph_edges == "paper"
+    assert pipeline.model.config.learn_variance and pipeline.model.config.modulation == "cell"
+    assert pipeline.scheduler.prediction == "epsilon"

@@ -433,7 +433,8 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
 @click.option("--preset", default="default", show_default=True,
               type=click.Choice(["quick", "short", "default", "full", "paper"]),
               help="Training budget: quick (smoke test, minutes), short (the README's "
-                   "tables on 2 CPU cores), default, full (longer training).")
+                   "tables on 2 CPU cores), default, full (longer training); paper: short's "
+                   "budget with every part as the Diff-ST paper describes it.")
 @click.option("--out", "out_dir", default="benchmark_out", show_default=True,
               type=click.Path(file_okay=False), help="Output folder (tables, figures, JSON).")
 @click.option("--methods", default=None, help="Comma-separated subset of the methods.")
