@@ -260,13 +260,13 @@ def fit_calibration(truth: np.ndarray, mean: np.ndarray, spread: np.ndarray, mas
         raise SampleError("calibration data have no tissue cells")
     kinds = SPREADS if spread_kind == "auto" else (spread_kind,)
     fracs = FLOOR_GRID if floor_frac == "auto" else (float(floor_frac),)
+    err = np.abs(np.asarray(truth, np.float64) - mean)
+    spreads = {kind: spread_map(kind, mean, spread) for kind in kinds}
     # (relative width, spread, floor) of every candidate; the narrowest wins
     _, spread_kind, floor_frac = min(
-        (_relative_width(truth, mean, spread_map(kind, mean, spread), mask, method, frac), kind,
-         frac)
+        (_relative_width(err, spreads[kind], mask, method, frac), kind, frac)
         for kind in kinds for frac in (fracs if method != "constant" else fracs[:1]))
-    width = _scaled_spread(spread_map(spread_kind, mean, spread), mask, floor_frac, method)
-    scores = np.abs(np.asarray(truth, np.float64) - mean) / width
+    scores = err / _scaled_spread(spreads[spread_kind], mask, floor_frac, method)
     rel = _relative_level(mean, mask)
     g_n, n_lv = len(genes), len(levels)
     mult = np.zeros((g_n, n_bins, n_lv))
@@ -289,11 +289,12 @@ def fit_calibration(truth: np.ndarray, mean: np.ndarray, spread: np.ndarray, mas
                        floor_frac, dict(source or {}), spread_kind)
 
 
-def _relative_width(truth: np.ndarray, mean: np.ndarray, spread: np.ndarray, mask: np.ndarray,
-                    method: str, floor_frac: float) -> float:
-    """Mean :data:`OUTPUT_LEVEL` interval width on the calibration data, relative to each
-    gene's mean absolute error (so genes weigh alike), averaged over genes."""
-    err = np.abs(np.asarray(truth, np.float64) - mean)[:, mask]
+def _relative_width(abs_err: np.ndarray, spread: np.ndarray, mask: np.ndarray, method: str,
+                    floor_frac: float) -> float:
+    """Mean :data:`OUTPUT_LEVEL` interval width on the calibration data (absolute errors
+    ``abs_err`` ``(G, H, W)``), relative to each gene's mean absolute error (so genes weigh
+    alike), averaged over genes."""
+    err = abs_err[:, mask]
     scale = np.maximum(err.mean(axis=1), 1e-12)
     width = _scaled_spread(spread, mask, floor_frac, method)[:, mask]
     c = np.array([conformal_quantile(e / w, OUTPUT_LEVEL) for e, w in zip(err, width,

@@ -137,6 +137,7 @@ class Trainer:
                  scheduler_config: SchedulerConfig | None = None,
                  start: DiffSTPipeline | None = None) -> None:
         tc = train_config or TrainConfig()
+        check_choices(tc)
         if tc.patch is None:
             tc = replace(tc, patch=PATCH_PER_FACTOR * int(factor))
         self.tc = tc
@@ -164,7 +165,6 @@ class Trainer:
             mc, self.scheduler_config = start.model.config, start.scheduler
             self.model = copy.deepcopy(start.model).to(self.device).requires_grad_(True).train()
         self.model_config = mc
-        check_choices(tc)
         if tc.consistency_weight and self.scheduler_config.prediction != "sample":
             raise ValueError("consistency_weight needs prediction='sample' (the denoiser's clean "
                              f"estimate), not {self.scheduler_config.prediction!r}")

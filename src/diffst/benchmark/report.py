@@ -170,6 +170,21 @@ def machine_info() -> dict[str, Any]:
             "diffst": diffst_version}
 
 
+def factor_statistics(units: pd.DataFrame) -> dict:
+    """The statistics of one factor's unit scores: per-method stats, comparisons with
+    Diff-ST + C and the ablation effects."""
+    return {"stats": method_stats(units), "comparisons": compare(units),
+            "ablation_effects": ablation_effects(units)}
+
+
+def network_configs(model: dict, paper_variants: tuple[str, ...] | list[str]) -> dict:
+    """The ``model_config`` and ``scheduler_config`` a preset's Diff-ST trains with (its
+    ``model`` overrides and paper variants), as plain dicts."""
+    model_variant, scheduler_variant, _ = paper_variant(paper_variants)
+    return {"model_config": model_config_for(None, **{**model, **model_variant}).to_dict(),
+            "scheduler_config": SchedulerConfig(**scheduler_variant).to_dict()}
+
+
 def build_summary(runs: list, preset: Preset, split: str, stage: str, hr_mask: str,
                   methods: list[str], ablations: bool, seeds: list[int], gene_df: pd.DataFrame,
                   sample_df: pd.DataFrame, dataset_arg: str | list[str] = "",
@@ -180,11 +195,8 @@ def build_summary(runs: list, preset: Preset, split: str, stage: str, hr_mask: s
     results = {}
     for f in data.factors:
         u = units[units["factor"] == f]
-        results[str(f)] = {"stats": method_stats(u), "comparisons": compare(u),
-                           "ablation_effects": ablation_effects(u),
-                           "runs": _plain(u.to_dict(orient="records"))}
+        results[str(f)] = {**factor_statistics(u), "runs": _plain(u.to_dict(orient="records"))}
     first = data.folds[0].train[0]
-    variant = paper_variant(preset.paper_variants)
     tcs = {str(f): _plain(asdict(train_config(preset, first, f, seeds[0])))
            for f in data.factors}
     folds = [{"seed": seed, "name": fd.name, "genes": fd.genes,
@@ -210,8 +222,7 @@ def build_summary(runs: list, preset: Preset, split: str, stage: str, hr_mask: s
         },
         "preset": _plain(asdict(preset)),
         "train_config": tcs,
-        "model_config": model_config_for(None, **{**preset.model, **variant[0]}).to_dict(),
-        "scheduler_config": SchedulerConfig(**variant[1]).to_dict(),
+        **network_configs(preset.model, preset.paper_variants),
         "methods": {k: method_label(k) for k in gene_df["method"].unique()},
         "ablations": {"enabled": bool(ablations and "diffst" in methods)},
         "results": results,
@@ -302,10 +313,15 @@ def _command(dataset: str | list[str], factors: list[int], split: str, preset_na
 def write_outputs(out: Path, summary: dict, gene_df: pd.DataFrame) -> None:
     """Write ``table.md``, ``per_gene.csv`` and ``summary.json`` atomically into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "table.md") as tmp:
-        tmp.write_text(summary["table"], encoding="utf-8")
     with atomic_path(out / "per_gene.csv") as tmp:
         gene_df.to_csv(tmp, index=False, float_format="%.6g")
+    _write_table_and_summary(out, summary)
+
+
+def _write_table_and_summary(out: Path, summary: dict) -> None:
+    """Write ``table.md`` (``summary["table"]``) and ``summary.json`` atomically into ``out``."""
+    with atomic_path(out / "table.md") as tmp:
+        tmp.write_text(summary["table"], encoding="utf-8")
     with atomic_path(out / "summary.json") as tmp:
         tmp.write_text(json.dumps(_plain(summary), indent=2, allow_nan=False), encoding="utf-8")
 
@@ -553,17 +569,11 @@ def refresh_outputs(folder: Path) -> dict:
     folder = Path(folder)
     summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
     preset = summary["preset"]
-    model, scheduler, _ = paper_variant(preset.get("paper_variants", ()))
-    summary["model_config"] = model_config_for(None, **{**preset["model"], **model}).to_dict()
-    summary["scheduler_config"] = SchedulerConfig(**scheduler).to_dict()
+    summary.update(network_configs(preset["model"], preset.get("paper_variants", ())))
     for f in summary["factors"]:
         res = summary["results"][str(f)]
         units = pd.DataFrame(res["runs"])
-        res.update(stats=method_stats(units), comparisons=compare(units),
-                   ablation_effects=ablation_effects(units))
+        res.update(factor_statistics(units))
     summary["table"] = format_tables(summary)
-    with atomic_path(folder / "table.md") as tmp:
-        tmp.write_text(summary["table"], encoding="utf-8")
-    with atomic_path(folder / "summary.json") as tmp:
-        tmp.write_text(json.dumps(_plain(summary), indent=2, allow_nan=False), encoding="utf-8")
+    _write_table_and_summary(folder, summary)
     return summary

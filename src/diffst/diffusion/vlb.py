@@ -39,7 +39,13 @@ def learned_log_variance(schedule: NoiseSchedule, v: torch.Tensor,
                          t: torch.Tensor) -> torch.Tensor:
     """Log variance of the reverse step for the interpolation values ``v`` at steps ``t``
     ``(B,)``; same shape as ``v``."""
-    upper, lower = posterior_log_variance_bounds(schedule)
+    return _interpolate(posterior_log_variance_bounds(schedule), v, t)
+
+
+def _interpolate(bounds: tuple[torch.Tensor, torch.Tensor], v: torch.Tensor,
+                 t: torch.Tensor) -> torch.Tensor:
+    """``f upper_t + (1 - f) lower_t`` with ``f = (v + 1) / 2`` (``bounds`` ``(T,)`` each)."""
+    upper, lower = bounds
     frac = (v + 1) / 2
     return frac * _per_step(upper, t, v) + (1 - frac) * _per_step(lower, t, v)
 
@@ -66,9 +72,9 @@ def vlb_terms(schedule: NoiseSchedule, x0: torch.Tensor, x_t: torch.Tensor, t: t
     ab = _per_step(schedule.alphas_cumprod, t, x0)
     x0_hat = (x_t - (1 - ab).sqrt() * eps_hat.detach()) / ab.sqrt()
     mean_model = posterior_mean(schedule, x0_hat, x_t, t)
-    log_var_model = learned_log_variance(schedule, v, t)
-    _, lower = posterior_log_variance_bounds(schedule)
-    log_var_true = _per_step(lower, t, x0)
+    bounds = posterior_log_variance_bounds(schedule)
+    log_var_model = _interpolate(bounds, v, t)
+    log_var_true = _per_step(bounds[1], t, x0)
     mean_true = posterior_mean(schedule, x0, x_t, t)
     kl = 0.5 * (log_var_model - log_var_true - 1 + (log_var_true - log_var_model).exp()
                 + (mean_true - mean_model) ** 2 * (-log_var_model).exp())
