@@ -58,6 +58,8 @@ def run_settings(summary: dict) -> dict:
                              else SELF_TUNE_LR),  # a rate without self-tuning is no setting
             "paper_variants": tuple(preset.get("paper_variants", ())),
             "lr_schedule": tc.get("lr_schedule", "constant"),
+            "lr": preset.get("lr"), "batch_size": preset.get("batch_size"),
+            "work_um_per_px": preset.get("work_um_per_px"),
             "n_models": preset.get("n_models", 1)}
 
 
@@ -75,6 +77,9 @@ WORDS = {
     "self_tune_lr": lambda v: f"self-tune lr {v:g}",
     "paper_variants": lambda v: (f"the paper's {', '.join(v)}" if v else "diffst's parts"),
     "lr_schedule": lambda v: f"{v} lr schedule",
+    "lr": lambda v: f"lr {v:g}" if v else "",
+    "batch_size": lambda v: f"batch {v}" if v else "",
+    "work_um_per_px": lambda v: f"image at {v:g} µm/px" if v else "",
     "n_models": lambda v: f"ensemble of {v}" if v > 1 else "one model",
 }
 """How a setting that differs from today's preset is named in the headline."""

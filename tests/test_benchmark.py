@@ -492,3 +492,30 @@ def test_command_line_records_every_setting_that_changes_the_numbers():
     plain = _command("simulated", [5], "holdout", "quick", list(METHOD_LABELS), True, [0], "test",
                      preset=get_preset("quick", "cells"))
     assert "--samples" not in plain and "--thin" not in plain and "--match" not in plain
+
+
+def test_training_overrides_reach_the_training_and_the_recorded_command(monkeypatch):
+    from click.testing import CliRunner
+
+    import diffst.benchmark
+    from diffst.benchmark.presets import train_config
+    from diffst.benchmark.report import _command
+    from diffst.cli import main
+
+    seen = {}
+
+    def fake_run(*args, overrides=None, **kwargs):
+        seen.update(overrides or {})
+        return {"table": ""}
+
+    monkeypatch.setattr(diffst.benchmark, "run_benchmark", fake_run)
+    result = CliRunner().invoke(main, ["benchmark", "--preset", "short", "--lr", "5e-4",
+                                       "--batch-size", "16", "--work-um-per-px", "2"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"lr": 5e-4, "batch_size": 16, "work_um_per_px": 2.0}
+    preset = get_preset("short", "spots", seen)
+    tc = train_config(preset, make_sample(), factor=2, seed=0)
+    assert (tc.lr, tc.batch_size, tc.work_um_per_px) == (5e-4, 16, 2.0)
+    cmd = _command("her2st", [3], "loo", "short", list(METHOD_LABELS), False, [0],
+                   "validation", preset=preset)
+    assert cmd.endswith("--lr 0.0005 --batch-size 16 --work-um-per-px 2")

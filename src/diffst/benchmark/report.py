@@ -282,6 +282,9 @@ OVERRIDE_FLAGS = {
     "self_tune": lambda v: f"--self-tune {v}",
     "self_tune_lr": lambda v: f"--self-tune-lr {v:g}",
     "lr_schedule": lambda v: f"--lr-schedule {v}",
+    "lr": lambda v: f"--lr {v:g}",
+    "batch_size": lambda v: f"--batch-size {v}",
+    "work_um_per_px": lambda v: f"--work-um-per-px {v:g}",
     "n_models": lambda v: f"--models {v}",
     "paper_variants": lambda v: f"--paper-variant {','.join(v)}" if v else "",
 }
