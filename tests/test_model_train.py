@@ -16,7 +16,7 @@ from diffst.infer import blend_window, load_model, model_from_trainer, super_res
 from diffst.model.config import SchedulerConfig
 from diffst.model.diffst import DiffST
 from diffst.model.gene_graph import build_gene_graph, coexpression_intensity
-from diffst.train import TrainConfig, Trainer, curriculum_keep, safe_load
+from diffst.train import TrainConfig, Trainer, check_choices, curriculum_keep, safe_load
 
 
 def _trainer(steps=6, seed=0, log1p=False, **cfg) -> Trainer:
@@ -215,3 +215,22 @@ def test_cosine_lr_schedule_decays_to_zero_and_constant_keeps_the_rate():
         Trainer(samples, samples[0].genes, 5, tiny_config(),
                 TrainConfig(steps=1, batch_size=2, patch=10, work_um_per_px=2.0,
                             lr_schedule="step"))
+
+
+def test_ema_warmup_sets_how_much_of_a_short_run_the_weights_average():
+    fast, slow = TrainConfig(ema_decay=0.995), TrainConfig(ema_decay=0.995, ema_warmup=4.0)
+    assert fast.ema_decay_at(0) == pytest.approx(0.1) and slow.ema_decay_at(0) == 0.25
+    assert fast.ema_decay_at(5000) == slow.ema_decay_at(5000) == 0.995  # the cap
+
+    def weights(tc: TrainConfig, n: int) -> np.ndarray:
+        """Weight of each step's parameters in the EMA after ``n`` steps."""
+        w = np.zeros(n)
+        for k in range(n):
+            w *= tc.ema_decay_at(k)
+            w[k] = 1 - tc.ema_decay_at(k)
+        return w
+
+    late_fast, late_slow = weights(fast, 200)[-50:].sum(), weights(slow, 200)[-50:].sum()
+    assert late_fast > 0.9 and late_slow < 0.7  # 4 averages over much more of the run
+    with pytest.raises(ValueError, match="ema_warmup must be > 1"):
+        check_choices(TrainConfig(ema_warmup=1.0))

@@ -477,6 +477,10 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
 @click.option("--lr", default=None, type=click.FloatRange(min=0.0, min_open=True),
               help="Override the preset's learning rate of Diff-ST's (and the regression's) "
                    "training.")
+@click.option("--ema-warmup", default=None, type=click.FloatRange(min=1.0, min_open=True),
+              help="Override the EMA warm-up w of training (decay (1+n)/(w+n) at step n, "
+                   "capped by the EMA decay; smaller w averages more of a short run's steps; "
+                   f"default {default(TrainConfig, 'ema_warmup'):g}).")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
               help="Override the preset's training batch size (patches per step).")
 @click.option("--work-um-per-px", default=None, type=click.FloatRange(min=0.0, min_open=True),
@@ -496,8 +500,8 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
 @_fail_nicely
 def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, methods, ablations,
               steps, seeds, n_samples, match_depth, turns, log1p, disentangle_weight, sampler,
-              consistency_weight, patch_um, self_tune, self_tune_lr, lr_schedule, lr, batch_size,
-              work_um_per_px, n_models, paper_variants, thin) -> None:
+              consistency_weight, patch_um, self_tune, self_tune_lr, lr_schedule, lr, ema_warmup,
+              batch_size, work_um_per_px, n_models, paper_variants, thin) -> None:
     """Train and score Diff-ST and the baselines on held-out data; write tables and figures."""
     from diffst.benchmark import run_benchmark
 
@@ -510,7 +514,8 @@ def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, method
     given = dict(steps=steps, n_samples=n_samples, match_depth=match_depth or None, turns=turns,
                  sampler=sampler, log1p=log1p, disentangle_weight=disentangle_weight,
                  consistency_weight=consistency_weight, patch_um=patch_um, self_tune=self_tune,
-                 self_tune_lr=self_tune_lr, lr_schedule=lr_schedule, lr=lr, batch_size=batch_size,
+                 self_tune_lr=self_tune_lr, lr_schedule=lr_schedule, lr=lr, ema_warmup=ema_warmup,
+                 batch_size=batch_size,
                  work_um_per_px=work_um_per_px, n_models=n_models, paper_variants=parts)
     summary = run_benchmark(
         dataset, _int_list(factors, "--factors") if factors else None, split, preset, out_dir,

@@ -62,6 +62,12 @@ class TrainConfig:
     to the prediction, :func:`diffst.consistency.redistribute`): the map users get and the
     benchmark scores is the consistent one. Needs ``prediction="sample"``. 0 (default): off.
 
+    ``ema_warmup`` (``w``, > 1) sets the EMA's decay at step ``n`` to
+    ``min(ema_decay, (1 + n) / (w + n))`` (:meth:`TrainConfig.ema_decay_at`). Until that
+    reaches ``ema_decay`` (about ``w / (1 - ema_decay)`` steps: all of a short run) the EMA
+    weighs the weights of step ``k`` by about ``(k + w)^(w - 2)``: the default 10 averages
+    about the last tenth of the steps, 4 about the last third, 3 weighs steps linearly.
+
     ``lr_schedule``: ``"constant"`` (default) or ``"cosine"``: the learning rate follows
     ``lr * (1 + cos(pi * step / steps)) / 2`` from ``lr`` down to 0 at ``steps``
     (:meth:`TrainConfig.lr_factor`; it depends on the step only, so a resumed run continues
@@ -89,6 +95,7 @@ class TrainConfig:
     lr: float = 1e-4
     weight_decay: float = 1e-4
     ema_decay: float = 0.999
+    ema_warmup: float = 10.0
     grad_clip: float = 1.0
     patch: int | None = None
     min_tissue: float = 0.3
@@ -110,6 +117,10 @@ class TrainConfig:
     lr_schedule: str = "constant"
     loss: str = "mse"
     vlb_weight: float = 0.001
+
+    def ema_decay_at(self, step: int) -> float:
+        """Decay of the weights' EMA after optimiser step ``step`` (0-based; ``ema_warmup``)."""
+        return min(self.ema_decay, (1 + step) / (self.ema_warmup + step))
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of the learning rate at ``step`` (``lr_schedule``)."""

@@ -269,7 +269,7 @@ class Trainer:
         return value
 
     def _update_ema(self) -> None:
-        decay = min(self.tc.ema_decay, (1 + self.step) / (10 + self.step))
+        decay = self.tc.ema_decay_at(self.step)
         with torch.no_grad():  # one fused kernel per list on a GPU, not one per tensor
             torch._foreach_lerp_(list(self.ema.parameters()), list(self.model.parameters()),
                                  1 - decay)
@@ -377,7 +377,7 @@ def masked_mse(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Te
 
 def check_choices(tc: TrainConfig) -> None:
     """Refuse unknown ``curriculum_order``, ``loss`` and ``lr_schedule`` names of a
-    :class:`TrainConfig`."""
+    :class:`TrainConfig`, and an ``ema_warmup`` of 1 or less."""
     if tc.curriculum_order not in CURRICULUM_ORDERS:
         raise ValueError(f"curriculum_order must be one of {CURRICULUM_ORDERS}, "
                          f"got {tc.curriculum_order!r}")
@@ -385,6 +385,8 @@ def check_choices(tc: TrainConfig) -> None:
         raise ValueError(f"loss must be one of {LOSSES}, got {tc.loss!r}")
     if tc.lr_schedule not in LR_SCHEDULES:
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {tc.lr_schedule!r}")
+    if not tc.ema_warmup > 1:
+        raise ValueError(f"ema_warmup must be > 1, got {tc.ema_warmup!r}")
 
 
 def training_depth(samples: list[STSample]) -> float:

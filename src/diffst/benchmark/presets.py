@@ -40,6 +40,8 @@ class Preset:
         model: :class:`~diffst.model.config.DiffSTConfig` overrides (others: its defaults).
         steps, batch_size, lr, ema_decay: Diff-ST and regression training [TrainConfig].
         lr_schedule: learning-rate schedule of that training [TrainConfig, constant].
+        ema_warmup: the EMA's warm-up, which sets how many late steps a short training's
+            weights average over [TrainConfig, 10].
         patch_um: HR patch side in µm, rounded to a multiple of factor x cell [8 x factor
             cells, as :func:`diffst.api.train_model`].
         work_um_per_px: image resolution of the model [:func:`default_work_um_per_px`].
@@ -79,6 +81,7 @@ class Preset:
     lr: float | None = None
     ema_decay: float | None = None
     lr_schedule: str | None = None
+    ema_warmup: float | None = None
     patch_um: float | None = None
     work_um_per_px: float | None = None
     sample_steps: int = 20
@@ -194,6 +197,7 @@ def train_config(preset: Preset, sample: STSample, factor: int, seed: int) -> Tr
         lr=preset.lr or base.lr,
         ema_decay=preset.ema_decay or base.ema_decay,
         lr_schedule=preset.lr_schedule or base.lr_schedule,
+        ema_warmup=preset.ema_warmup or base.ema_warmup,
         patch=patch_cells(preset, sample.cell_um, factor),
         work_um_per_px=preset.work_um_per_px or default_work_um_per_px(sample),
         seed=seed,

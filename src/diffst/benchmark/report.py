@@ -31,7 +31,7 @@ from diffst.benchmark.methods import (
     method_label,
 )
 from diffst.benchmark.presets import PRESETS, Preset, train_config
-from diffst.config import paper_variant
+from diffst.config import TrainConfig, paper_variant
 from diffst.data.image import aligned_image
 from diffst.data.lr import simulate_lr, upsample_nearest
 from diffst.infer import draws_in_words
@@ -283,6 +283,7 @@ OVERRIDE_FLAGS = {
     "self_tune_lr": lambda v: f"--self-tune-lr {v:g}",
     "lr_schedule": lambda v: f"--lr-schedule {v}",
     "lr": lambda v: f"--lr {v:g}",
+    "ema_warmup": lambda v: f"--ema-warmup {v:g}",
     "batch_size": lambda v: f"--batch-size {v}",
     "work_um_per_px": lambda v: f"--work-um-per-px {v:g}",
     "n_models": lambda v: f"--models {v}",
@@ -506,9 +507,11 @@ def format_tables(summary: dict) -> str:
                   f"scores are against {depth:g} x the measured truth (the expected thinned "
                   "counts).", ""]
     cosine = " (cosine schedule)" if tc.get("lr_schedule") == "cosine" else ""
+    warmup = (f" (warm-up {tc['ema_warmup']:g})"
+              if tc.get("ema_warmup", TrainConfig.ema_warmup) != TrainConfig.ema_warmup else "")
     lines += [
              f"Training (Diff-ST, ablations, histology regression): {tc['steps']} steps, batch "
-             f"{tc['batch_size']}, lr {tc['lr']:g}{cosine}, EMA {tc['ema_decay']:g}, patch "
+             f"{tc['batch_size']}, lr {tc['lr']:g}{cosine}, EMA {tc['ema_decay']:g}{warmup}, patch "
              f"{patches} HR "
              f"cells at {scales}, image at {tc['work_um_per_px']:g} µm/px, "
              f"{'log1p' if tc.get('log1p', True) else 'linear'} count scaling; Diff-ST maps "
