@@ -60,6 +60,7 @@ def run_settings(summary: dict) -> dict:
             "lr_schedule": tc.get("lr_schedule", "constant"),
             "lr": preset.get("lr"), "batch_size": preset.get("batch_size"),
             "ema_warmup": tc.get("ema_warmup", 10.0),
+            "t_focus": tc.get("t_focus", 0.0),
             "work_um_per_px": preset.get("work_um_per_px"),
             "n_models": preset.get("n_models", 1)}
 
@@ -81,6 +82,8 @@ WORDS = {
     "lr": lambda v: f"lr {v:g}" if v else "",
     "batch_size": lambda v: f"batch {v}" if v else "",
     "ema_warmup": lambda v: f"EMA warm-up {v:g}",
+    "t_focus": lambda v: (f"{v:.0%} of training at the last noise step" if v
+                          else "uniform noise steps"),
     "work_um_per_px": lambda v: f"image at {v:g} µm/px" if v else "",
     "n_models": lambda v: f"ensemble of {v}" if v > 1 else "one model",
 }

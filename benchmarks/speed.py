@@ -7,12 +7,13 @@ figures from different machines can be compared:
 1. Training steps per second of Diff-ST (default model, patch 40, batch 8, factor 5) in
    float32, with bfloat16 autocast, with channels-last weights and with both; reference: the
    histology regression baseline (the same networks trained without diffusion). Peak memory.
-2. The training data pipeline: at batches 8, 32 and 128 (until memory runs out) the
-   per-item NumPy patch sampler (``TrainConfig(data_pipeline="numpy")``, the pipeline before
-   the device-resident one) and the device-resident sampler (the default) train alternately:
-   data time per step, its share of the step, steps/s and patches/s, as ratios to the NumPy
-   pipeline (and in bf16 autocast too on CUDA). Also a 10-section training set: memory the
-   device sampler stores and the time to draw a batch.
+2. The training data pipeline: at batches 8, 32 and 128 (until memory runs out) the training
+   step as it was before the device-resident pipeline (the per-item NumPy patch sampler,
+   ``TrainConfig(data_pipeline="numpy", channels_last=False)``) and today's default (the
+   device-resident sampler; channels-last weights on the CPU) train alternately: data time per
+   step, its share of the step, steps/s and patches/s, as ratios to the step before (and in
+   bf16 autocast too on CUDA). Also a 10-section training set: memory the device sampler
+   stores and the time to draw a batch.
 3. A model trained briefly (``--train-steps``) on the left part of a 1.6 mm tissue; the held-out
    right strip is super-resolved with DDIM and DPM-Solver++ at 5, 10 and 20 steps (1 sample per
    tile): HR cells x genes per second, time relative to bicubic interpolation and to the
@@ -60,7 +61,7 @@ from diffst.io.atomic import atomic_path
 from diffst.metrics import evaluate, summarize
 from diffst.model.config import DiffSTConfig
 from diffst.pipeline import DiffSTPipeline
-from diffst.precision import memory_format
+from diffst.precision import is_channels_last
 from diffst.threads import apply_threads
 from diffst.train import TrainConfig, Trainer, resolve_device
 
@@ -256,15 +257,21 @@ def timed(fn: Callable[[], object], device: torch.device) -> tuple[object, float
 
 @contextlib.contextmanager
 def mode(trainer: Trainer, name: str) -> Iterator[None]:
-    """Train in one of :data:`MODES` (bf16 autocast and/or channels-last weights)."""
+    """Train in one of :data:`MODES` (bf16 autocast and/or channels-last weights); the
+    trainer's precision and weight layout are restored afterwards."""
     bf16, channels_last = MODES[name]
-    before = trainer.tc.bf16
+    before, was_channels_last = trainer.tc.bf16, is_channels_last(trainer.model)
     trainer.tc.bf16 = bf16
+    trainer.model.to(memory_format=_layout(channels_last))
     try:
-        with memory_format(trainer.model, channels_last):
-            yield
+        yield
     finally:
         trainer.tc.bf16 = before
+        trainer.model.to(memory_format=_layout(was_channels_last))
+
+
+def _layout(channels_last: bool) -> torch.memory_format:
+    return torch.channels_last if channels_last else torch.contiguous_format
 
 
 def scores(truth: STSample, pred: np.ndarray) -> dict[str, float]:
@@ -306,15 +313,20 @@ def make_data(s: Settings) -> Data:
 
 
 def new_trainer(s: Settings, data: Data, steps: int, cls: type[Trainer] = Trainer,
-                pipeline: str = "device", compile: bool = False) -> Trainer:
+                pipeline: str = "device", compile: bool = False,
+                channels_last: bool | None = None) -> Trainer:
     """A fresh trainer on the training part with the benchmark's model and patch settings."""
     tc = TrainConfig(steps=steps, batch_size=s.batch_size, lr=s.train_lr, ema_decay=0.995,
                      patch=s.patch, seed=s.seed, checkpoint_every=10**9, device=s.device,
-                     data_pipeline=pipeline, compile=compile)
+                     data_pipeline=pipeline, compile=compile, channels_last=channels_last)
     return cls([data.train], data.tissue.genes, s.factor, s.model_config(), tc)
 
 
 PIPELINES = {"numpy": "per-item NumPy (before)", "device": "device-resident"}
+STEPS = {"numpy": "before: per-item NumPy", "device": "today: device-resident"}
+"""The training steps the pipeline table compares (the NumPy one as before this pipeline)."""
+LAYOUT_BEFORE = {"numpy": False, "device": None}
+"""``TrainConfig.channels_last`` of each compared step (None: today's default)."""
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -332,7 +344,7 @@ def bench_pipeline_batch(s: Settings, data: Data, batch: int, bf16: bool, mem: P
     for name in PIPELINES:
         mem.reset()
         trainers[name] = new_trainer(dataclasses.replace(s, batch_size=batch), data, 10**6,
-                                     pipeline=name)
+                                     pipeline=name, channels_last=LAYOUT_BEFORE[name])
         trainers[name].tc.bf16 = bf16
         timed(trainers[name].train_step, trainers[name].device)  # warm-up
         peaks[name] = mem.peak_mib()
@@ -347,7 +359,8 @@ def bench_pipeline_batch(s: Settings, data: Data, batch: int, bf16: bool, mem: P
             steps[name].append(timed(tr.train_step, tr.device)[1])
     rows = [{"batch": batch, "pipeline": name, "bf16": bf16, "steps": n_steps,
              "draw_s": float(np.median(draws[name])), "step_s": float(np.median(steps[name])),
-             "peak": peaks[name], "held_mib": sampler_mib(trainers[name].sampler)}
+             "peak": peaks[name], "held_mib": sampler_mib(trainers[name].sampler),
+             "channels_last": is_channels_last(trainers[name].model)}
             for name in PIPELINES]
     if trainers["device"].device.type == "cuda" and s.sustain_s > 0:
         for row, tr in zip(rows, trainers.values(), strict=True):
@@ -712,12 +725,14 @@ def _render_pipeline(s: Settings, r: dict) -> list[str]:
     lines = ["## Training data pipeline", "",
              f"Diff-ST {'tiny' if s.quick else 'default'} model, patch {s.patch}, factor "
              f"{s.factor}, {s.n_genes} genes, one training section; every batch size trained "
-             "with the per-item NumPy patch sampler (`TrainConfig(data_pipeline=\"numpy\")`, "
-             "the pipeline before the device-resident one) and with the device-resident "
-             "sampler (`\"device\"`, the default). `data s` is `Trainer.draw_batch` (median "
+             "with the training step as it was before the device-resident pipeline (`before`: "
+             "the per-item NumPy patch sampler and NCHW weights, `TrainConfig(data_pipeline="
+             "\"numpy\", channels_last=False)`) and with today's default (`today`: the "
+             "device-resident sampler, and channels-last weights on the CPU, "
+             "`TrainConfig.channels_last`). `data s` is `Trainer.draw_batch` (median "
              "of 3 or more), `step s` a whole training step including it (median of `steps`, "
-             "after one warm-up step); data share = data s / step s. The two pipelines "
-             "alternate step by step, and ratios are to the NumPy pipeline at the same batch "
+             "after one warm-up step); data share = data s / step s. The two steps "
+             "alternate, and ratios are to the step before at the same batch "
              "size and precision in this run. `sampler MiB`: section data the sampler holds "
              "(on the training device for the device-resident one); `peak memory`: process "
              "peak while building and warming up that trainer (the NumPy one is built first "
@@ -731,15 +746,17 @@ def _render_pipeline(s: Settings, r: dict) -> list[str]:
                   f"threads (batch {cpu['batch']}, fp32, measured in this run: "
                   f"{cpu['patches_s']:.1f} patches/s).", ""]
     extra = " sustained steps/s | sustained patches/s | GPU busy | vs CPU |" if cpu else ""
-    lines += ["| batch | pipeline | precision | steps | data s | step s | data share | steps/s | "
-              "patches/s | steps/s vs NumPy | data time vs NumPy | sampler MiB | peak memory |"
+    lines += ["| batch | training step | precision | steps | data s | step s | data share | "
+              "steps/s | patches/s | steps/s vs before | data time vs before | sampler MiB | "
+              "peak memory |"
               + extra,
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * extra.count("|")]
     for x in rows:
         base = ref.get((x["batch"], x["bf16"]))
         vs_step = f"{base['step_s'] / x['step_s']:.2f}x" if base else ""
         vs_data = f"{x['draw_s'] / base['draw_s']:.2f}x" if base else ""
-        line = (f"| {x['batch']} | {PIPELINES[x['pipeline']]} | "
+        layout = "channels-last" if x.get("channels_last") else "NCHW"
+        line = (f"| {x['batch']} | {STEPS[x['pipeline']]}, {layout} weights | "
                 f"{'bf16 autocast' if x['bf16'] else 'fp32'} | {x['steps']} | {x['draw_s']:.3f} | "
                 f"{x['step_s']:.3f} | {x['draw_s'] / x['step_s']:.1%} | {1 / x['step_s']:.2f} | "
                 f"{x['batch'] / x['step_s']:.1f} | {vs_step} | {vs_data} | {x['held_mib']:.0f} | "
@@ -747,6 +764,7 @@ def _render_pipeline(s: Settings, r: dict) -> list[str]:
         if cpu:
             line += _gpu_cells(x, cpu)
         lines.append(line)
+    lines += _pipeline_bound(rows, ref)
     if r.get("compiled"):
         lines += ["", "With `TrainConfig(compile=True)` (`torch.compile` of the denoising step; "
                   "device-resident pipeline; the first step includes compilation):", "",
@@ -771,6 +789,25 @@ def _render_pipeline(s: Settings, r: dict) -> list[str]:
         lines.append(f"| {PIPELINES[name]} | {x['build_s']:.1f} | {x['draw_s']:.3f} | "
                      f"{x['draw_s'] / sec['numpy']['draw_s']:.2f}x | {x['held_mib']:.0f} |")
     return lines + [""]
+
+
+def _pipeline_bound(rows: list[dict], ref: dict) -> list[str]:
+    """Generated lines: the measured steps/s ratio next to the most that a data pipeline alone
+    could give (removing all of the data time of the step before)."""
+    lines = []
+    for x in rows:
+        base = ref.get((x["batch"], x["bf16"]))
+        if x["pipeline"] != "device" or base is None:
+            continue
+        share = base["draw_s"] / base["step_s"]
+        lines.append(f"- batch {x['batch']}: the data share of the step before is {share:.1%}; "
+                     f"removing all of its data time would give {1 / (1 - share):.2f}x steps/s, "
+                     f"today's step gave {base['step_s'] / x['step_s']:.2f}x.")
+    if not lines:
+        return []
+    return ["", "What a data pipeline alone can gain, from the rows above (the rest of a step "
+            "is the model's forward and backward pass and the optimiser, which no data "
+            "pipeline shortens; today's step also differs in the weight layout):", ""] + lines
 
 
 def _busy(percent: float | None) -> str:
@@ -807,8 +844,9 @@ def _render_training(s: Settings, r: dict) -> list[str]:
     fastest = min(r["times"], key=lambda m: np.median(r["times"][m]))
     lines += ["", f"Fastest here: **{fastest}** "
               f"({base / np.median(r['times'][fastest]):.2f}x fp32). bf16 autocast is "
-              "`TrainConfig(bf16=True)` (`diffst train --bf16`); channels-last is "
-              "`model.to(memory_format=torch.channels_last)`.", ""]
+              "`TrainConfig(bf16=True)` (`diffst train --bf16`); channels-last weights are "
+              "`TrainConfig(channels_last=True)`, the default on the CPU (`fp32` here is the "
+              "NCHW layout).", ""]
     return lines
 
 

@@ -511,12 +511,15 @@ def test_training_overrides_reach_the_training_and_the_recorded_command(monkeypa
     monkeypatch.setattr(diffst.benchmark, "run_benchmark", fake_run)
     result = CliRunner().invoke(main, ["benchmark", "--preset", "short", "--lr", "5e-4",
                                        "--batch-size", "16", "--work-um-per-px", "2",
-                                       "--ema-warmup", "4"])
+                                       "--ema-warmup", "4", "--t-focus", "0.5"])
     assert result.exit_code == 0, result.output
-    assert seen == {"lr": 5e-4, "batch_size": 16, "work_um_per_px": 2.0, "ema_warmup": 4.0}
+    assert seen == {"lr": 5e-4, "batch_size": 16, "work_um_per_px": 2.0, "ema_warmup": 4.0,
+                    "t_focus": 0.5}
     preset = get_preset("short", "spots", seen)
     tc = train_config(preset, make_sample(), factor=2, seed=0)
-    assert (tc.lr, tc.batch_size, tc.work_um_per_px, tc.ema_warmup) == (5e-4, 16, 2.0, 4.0)
+    assert (tc.lr, tc.batch_size, tc.work_um_per_px, tc.ema_warmup, tc.t_focus) == (
+        5e-4, 16, 2.0, 4.0, 0.5)
     cmd = _command("her2st", [3], "loo", "short", list(METHOD_LABELS), False, [0],
                    "validation", preset=preset)
-    assert cmd.endswith("--lr 0.0005 --ema-warmup 4 --batch-size 16 --work-um-per-px 2")
+    assert cmd.endswith("--lr 0.0005 --ema-warmup 4 --t-focus 0.5 --batch-size 16 "
+                        "--work-um-per-px 2")

@@ -234,3 +234,56 @@ def test_ema_warmup_sets_how_much_of_a_short_run_the_weights_average():
     assert late_fast > 0.9 and late_slow < 0.7  # 4 averages over much more of the run
     with pytest.raises(ValueError, match="ema_warmup must be > 1"):
         check_choices(TrainConfig(ema_warmup=1.0))
+
+
+def test_t_focus_trains_that_share_of_examples_at_the_last_noise_step():
+    trainer = _trainer(steps=1)
+    last = trainer.scheduler_config.num_train_timesteps - 1
+    seen: list[torch.Tensor] = []
+    add_noise = trainer.schedule.add_noise
+
+    def spy(z0, noise, t):
+        seen.append(t.clone())
+        return add_noise(z0, noise, t)
+
+    trainer.schedule.add_noise = spy
+    batch = trainer.draw_batch()
+
+    def steps_drawn(t_focus: float, draws: int = 200) -> torch.Tensor:
+        trainer.tc = dataclasses.replace(trainer.tc, t_focus=t_focus)
+        generator = torch.Generator().manual_seed(7)
+        seen.clear()
+        with torch.no_grad():
+            for _ in range(draws):
+                trainer.loss(trainer.model, batch, 1.0, generator)
+        return torch.stack(seen)
+
+    uniform, focused = steps_drawn(0.0), steps_drawn(0.5)
+    assert (uniform == last).float().mean() < 0.01
+    assert 0.4 < (focused == last).float().mean() < 0.6
+    moved = focused[0] != uniform[0]  # one call: the focus is drawn after t and the noise
+    assert bool(moved.any())
+    assert bool((focused[0][moved] == last).all())  # the rest keep their uniform draws
+    with pytest.raises(ValueError, match=r"t_focus must be in \[0, 1\)"):
+        check_choices(TrainConfig(t_focus=1.0))
+
+
+def test_channels_last_training_gives_the_same_losses_and_returns_usual_weights():
+    from diffst.precision import is_channels_last
+
+    samples = [make_sample(seed=0), make_sample(seed=1)]
+    runs = {}
+    for layout in (False, None):  # NCHW, and the default (channels-last on the CPU)
+        tc = TrainConfig(steps=6, batch_size=2, lr=2e-3, patch=10, work_um_per_px=2.0,
+                         checkpoint_every=10, channels_last=layout)
+        runs[layout] = Trainer(samples, samples[0].genes, 5, tiny_config(), tc)
+        runs[layout].fit(progress=False)
+    nchw, default = runs[False], runs[None]
+    assert not is_channels_last(nchw.model) and is_channels_last(default.model)
+    np.testing.assert_allclose(default.history, nchw.history, rtol=1e-4)
+    assert not is_channels_last(default.ema)  # what training returns keeps the usual layout
+    # Adam steps near-zero gradients by about lr whatever their rounding, so weights agree to
+    # lr x steps (the losses above are the check of the layout)
+    bound = nchw.tc.lr * nchw.tc.steps
+    for a, b in zip(default.ema.parameters(), nchw.ema.parameters(), strict=True):
+        assert (a - b).abs().max() <= bound

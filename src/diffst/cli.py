@@ -481,6 +481,10 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
               help="Override the EMA warm-up w of training (decay (1+n)/(w+n) at step n, "
                    "capped by the EMA decay; smaller w averages more of a short run's steps; "
                    f"default {default(TrainConfig, 'ema_warmup'):g}).")
+@click.option("--t-focus", default=None, type=click.FloatRange(min=0.0, max=1.0, max_open=True),
+              help="Probability that a training example's noise step is the last one, the "
+                   "step `--sampler mean` queries, instead of uniform (default "
+                   f"{default(TrainConfig, 't_focus'):g}).")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
               help="Override the preset's training batch size (patches per step).")
 @click.option("--work-um-per-px", default=None, type=click.FloatRange(min=0.0, min_open=True),
@@ -501,7 +505,7 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
 def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, methods, ablations,
               steps, seeds, n_samples, match_depth, turns, log1p, disentangle_weight, sampler,
               consistency_weight, patch_um, self_tune, self_tune_lr, lr_schedule, lr, ema_warmup,
-              batch_size, work_um_per_px, n_models, paper_variants, thin) -> None:
+              t_focus, batch_size, work_um_per_px, n_models, paper_variants, thin) -> None:
     """Train and score Diff-ST and the baselines on held-out data; write tables and figures."""
     from diffst.benchmark import run_benchmark
 
@@ -515,7 +519,7 @@ def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, method
                  sampler=sampler, log1p=log1p, disentangle_weight=disentangle_weight,
                  consistency_weight=consistency_weight, patch_um=patch_um, self_tune=self_tune,
                  self_tune_lr=self_tune_lr, lr_schedule=lr_schedule, lr=lr, ema_warmup=ema_warmup,
-                 batch_size=batch_size,
+                 t_focus=t_focus, batch_size=batch_size,
                  work_um_per_px=work_um_per_px, n_models=n_models, paper_variants=parts)
     summary = run_benchmark(
         dataset, _int_list(factors, "--factors") if factors else None, split, preset, out_dir,

@@ -169,7 +169,9 @@ class Trainer:
             raise ValueError("consistency_weight needs prediction='sample' (the denoiser's clean "
                              f"estimate), not {self.scheduler_config.prediction!r}")
         self.train_module: nn.Module | None = None
-        self.ema = copy.deepcopy(self.model).requires_grad_(False)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)  # the usual layout
+        if trains_channels_last(self.tc, self.device):
+            self.model.to(memory_format=torch.channels_last)
         self.base_lr = batch_scaled_lr(self.tc.lr, self.tc.batch_size, self.tc.lr_scaling)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.base_lr,
                                      weight_decay=self.tc.weight_decay)
@@ -218,9 +220,15 @@ class Trainer:
         if generator is None and z0.is_cuda:  # no host RNG and copy per step on a GPU
             t = torch.randint(0, sc.num_train_timesteps, (b,), device=z0.device)
             noise = torch.randn_like(z0)
+            if self.tc.t_focus:
+                focus = torch.rand(b, device=z0.device) < self.tc.t_focus
+                t = t.masked_fill(focus, sc.num_train_timesteps - 1)
         else:  # CPU: the host RNG, so a fixed seed gives the same losses as before
             t = torch.randint(0, sc.num_train_timesteps, (b,), generator=generator).to(z0.device)
             noise = torch.randn(z0.shape, generator=generator).to(z0.device)
+            if self.tc.t_focus:  # drawn after the others: t_focus=0 keeps the stream
+                focus = torch.rand(b, generator=generator) < self.tc.t_focus
+                t = t.masked_fill(focus.to(t.device), sc.num_train_timesteps - 1)
         z_t = self.schedule.add_noise(z0, noise, t)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tc.bf16):
             out, aux_loss = step(batch, keep, z_t, t)
@@ -375,9 +383,16 @@ def masked_mse(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Te
     return masked_mean((x - y) ** 2, mask)
 
 
+def trains_channels_last(tc: TrainConfig, device: torch.device) -> bool:
+    """Whether the model trains with channels-last weights (``TrainConfig.channels_last``;
+    None: on the CPU)."""
+    return device.type == "cpu" if tc.channels_last is None else bool(tc.channels_last)
+
+
 def check_choices(tc: TrainConfig) -> None:
     """Refuse unknown ``curriculum_order``, ``loss`` and ``lr_schedule`` names of a
-    :class:`TrainConfig`, and an ``ema_warmup`` of 1 or less."""
+    :class:`TrainConfig`, an ``ema_warmup`` of 1 or less and a ``t_focus`` outside
+    ``[0, 1)``."""
     if tc.curriculum_order not in CURRICULUM_ORDERS:
         raise ValueError(f"curriculum_order must be one of {CURRICULUM_ORDERS}, "
                          f"got {tc.curriculum_order!r}")
@@ -387,6 +402,8 @@ def check_choices(tc: TrainConfig) -> None:
         raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {tc.lr_schedule!r}")
     if not tc.ema_warmup > 1:
         raise ValueError(f"ema_warmup must be > 1, got {tc.ema_warmup!r}")
+    if not 0 <= tc.t_focus < 1:
+        raise ValueError(f"t_focus must be in [0, 1), got {tc.t_focus!r}")
 
 
 def training_depth(samples: list[STSample]) -> float:

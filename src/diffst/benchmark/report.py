@@ -284,6 +284,7 @@ OVERRIDE_FLAGS = {
     "lr_schedule": lambda v: f"--lr-schedule {v}",
     "lr": lambda v: f"--lr {v:g}",
     "ema_warmup": lambda v: f"--ema-warmup {v:g}",
+    "t_focus": lambda v: f"--t-focus {v:g}",
     "batch_size": lambda v: f"--batch-size {v}",
     "work_um_per_px": lambda v: f"--work-um-per-px {v:g}",
     "n_models": lambda v: f"--models {v}",
@@ -509,9 +510,12 @@ def format_tables(summary: dict) -> str:
     cosine = " (cosine schedule)" if tc.get("lr_schedule") == "cosine" else ""
     warmup = (f" (warm-up {tc['ema_warmup']:g})"
               if tc.get("ema_warmup", TrainConfig.ema_warmup) != TrainConfig.ema_warmup else "")
+    focus = (f", {tc['t_focus']:.0%} of examples at the last noise step"
+             if tc.get("t_focus", TrainConfig.t_focus) else "")
     lines += [
              f"Training (Diff-ST, ablations, histology regression): {tc['steps']} steps, batch "
-             f"{tc['batch_size']}, lr {tc['lr']:g}{cosine}, EMA {tc['ema_decay']:g}{warmup}, patch "
+             f"{tc['batch_size']}, lr {tc['lr']:g}{cosine}, EMA {tc['ema_decay']:g}{warmup}"
+             f"{focus}, patch "
              f"{patches} HR "
              f"cells at {scales}, image at {tc['work_um_per_px']:g} µm/px, "
              f"{'log1p' if tc.get('log1p', True) else 'linear'} count scaling; Diff-ST maps "
