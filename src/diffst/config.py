@@ -90,9 +90,9 @@ class TrainConfig:
 
     ``channels_last`` stores the weights of the model being trained channels-last (NHWC), so
     that oneDNN runs the convolutions in that layout; None (default): on the CPU only, where it
-    made a training step 1.16x faster at batch 8 on one core (``benchmarks/speed.py``). The
-    losses are the same up to float rounding and the averaged (EMA) weights that training
-    returns stay in the usual layout.
+    made a training step 1.07x to 1.28x faster than NCHW in two runs of ``benchmarks/speed.py``
+    (batch 8, one thread; table "Training throughput"). The losses are the same up to float
+    rounding (test) and the averaged (EMA) weights that training returns stay NCHW.
 
     ``compile`` wraps the training forward pass (:class:`diffst.train.DenoisingStep`) in
     ``torch.compile`` on CUDA; it is ignored on the CPU and by trainers that override
