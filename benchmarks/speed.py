@@ -325,8 +325,8 @@ def new_trainer(s: Settings, data: Data, steps: int, cls: type[Trainer] = Traine
 PIPELINES = {"numpy": "per-item NumPy (before)", "device": "device-resident"}
 STEPS = {"numpy": "before: per-item NumPy", "device": "today: device-resident"}
 """The training steps the pipeline table compares (the NumPy one as before this pipeline)."""
-LAYOUT_BEFORE = {"numpy": False, "device": None}
-"""``TrainConfig.channels_last`` of each compared step (None: today's default)."""
+STEP_CHANNELS_LAST = {"numpy": False, "device": None}
+"""``TrainConfig.channels_last`` of each compared step: NCHW before, today's default now."""
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -344,7 +344,7 @@ def bench_pipeline_batch(s: Settings, data: Data, batch: int, bf16: bool, mem: P
     for name in PIPELINES:
         mem.reset()
         trainers[name] = new_trainer(dataclasses.replace(s, batch_size=batch), data, 10**6,
-                                     pipeline=name, channels_last=LAYOUT_BEFORE[name])
+                                     pipeline=name, channels_last=STEP_CHANNELS_LAST[name])
         trainers[name].tc.bf16 = bf16
         timed(trainers[name].train_step, trainers[name].device)  # warm-up
         peaks[name] = mem.peak_mib()
