@@ -20,7 +20,14 @@ from pathlib import Path
 
 from diffst.benchmark.methods import method_label
 from diffst.benchmark.presets import PRESETS
-from diffst.benchmark.report import HEADLINE, MAIN_METRICS, REFERENCE, better
+from diffst.benchmark.report import (
+    HEADLINE,
+    MAIN_METRICS,
+    REFERENCE,
+    better,
+    changed_model,
+    model_setting_text,
+)
 from diffst.config import SELF_TUNE_LR, TrainConfig
 
 
@@ -62,7 +69,7 @@ def run_settings(summary: dict) -> dict:
             "ema_warmup": tc.get("ema_warmup", 10.0),
             "t_focus": tc.get("t_focus", 0.0),
             "work_um_per_px": preset.get("work_um_per_px"),
-            "n_models": preset.get("n_models", 1)}
+            "n_models": preset.get("n_models", 1), "model": preset.get("model", {})}
 
 
 WORDS = {
@@ -86,6 +93,7 @@ WORDS = {
                           else "uniform noise steps"),
     "work_um_per_px": lambda v: f"image at {v:g} µm/px" if v else "",
     "n_models": lambda v: f"ensemble of {v}" if v > 1 else "one model",
+    "model": lambda v: ", ".join(model_setting_text(k, x, " ") for k, x in v.items()),
 }
 """How a setting that differs from today's preset is named in the headline."""
 
@@ -100,7 +108,10 @@ def settings(summary: dict, seed: bool = True) -> str:
     words = [f"`{preset['name']}`"]
     if registered is not None:
         now = {key: preset_value(key, registered) for key in WORDS}
-        words += [WORDS[key](value) for key, value in run_settings(summary).items()
+        values = run_settings(summary)
+        values["model"] = changed_model(values["model"], registered.model)
+        now["model"] = {}
+        words += [WORDS[key](value) for key, value in values.items()
                   if value != now[key] and WORDS[key](value)]
     if depth != 1.0:
         words.append(f"test depth {depth:.0%}")

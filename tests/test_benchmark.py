@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -523,3 +523,75 @@ def test_training_overrides_reach_the_training_and_the_recorded_command(monkeypa
                    "validation", preset=preset)
     assert cmd.endswith("--lr 0.0005 --ema-warmup 4 --t-focus 0.5 --batch-size 16 "
                         "--work-um-per-px 2")
+
+
+def test_model_settings_change_the_architecture_and_are_recorded(monkeypatch):
+    from click.testing import CliRunner
+
+    import diffst.benchmark
+    from diffst.benchmark.methods import DiffSTMethod
+    from diffst.benchmark.report import _command, _model_sentence, overridden
+    from diffst.cli import main
+
+    seen = {}
+
+    def fake_run(*args, overrides=None, **kwargs):
+        seen.update(overrides or {})
+        return {"table": ""}
+
+    monkeypatch.setattr(diffst.benchmark, "run_benchmark", fake_run)
+    result = CliRunner().invoke(main, ["benchmark", "--preset", "short", "--model",
+                                       "channels=48", "--model", "channel_mults=1,2"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"model": {"channels": 48, "channel_mults": (1, 2)}}
+    preset = get_preset("short", "spots", seen)
+    # the preset's own architecture setting stays; the named ones change
+    assert preset.model == {"tissue_px_per_cell": 16, "channels": 48, "channel_mults": (1, 2)}
+    config = DiffSTMethod(preset, seed=0).model_config
+    assert (config.channels, config.channel_mults, config.tissue_px_per_cell) == (48, (1, 2), 16)
+    assert overridden(preset) == {"model": {"channels": 48, "channel_mults": (1, 2)}}
+    cmd = _command("her2st", [3], "loo", "short", list(METHOD_LABELS), False, [0],
+                   "validation", preset=preset)
+    assert cmd.endswith("--model channels=48 --model channel_mults=1,2")
+    as_json = json.loads(json.dumps(asdict(preset)))  # tuples come back as lists
+    assert _model_sentence(as_json) == (" Diff-ST's (and the regression's) network changed "
+                                        "with `--model`: channels 48, channel_mults 1,2.")
+    assert _model_sentence(json.loads(json.dumps(asdict(get_preset("quick", "cells"))))) == ""
+
+
+@pytest.mark.parametrize("text, message", [
+    ("channels", "expected KEY=VALUE"),
+    ("width=3", "unknown model setting 'width'"),
+    ("n_genes=5", "set from the data"),
+    ("channels=wide", "expected an integer"),
+    ("use_gene_graph=maybe", "expected true or false"),
+    ("channel_mults=1,x", "expected comma-separated integers"),
+])
+def test_bad_model_settings_are_refused_with_the_setting_named(text, message):
+    from click.testing import CliRunner
+
+    from diffst.cli import main
+
+    result = CliRunner().invoke(main, ["benchmark", "--preset", "quick", "--model", text])
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_a_model_value_the_network_cannot_take_fails_before_training():
+    with pytest.raises(ValueError, match="attn_dim 30 must be a multiple of attn_heads 4"):
+        get_preset("short", "spots", {"model": {"attn_dim": 30}})
+
+
+def test_headline_names_the_changed_architecture_only():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "headline.py"
+    spec = importlib.util.spec_from_file_location("diffst_headline_script", script)
+    headline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(headline)
+    from diffst.benchmark.presets import train_config
+
+    preset = get_preset("short", "spots", {"model": {"channels": 48}})
+    tc = asdict(train_config(preset, make_sample(), factor=2, seed=0))
+    summary = json.loads(json.dumps({"preset": asdict(preset), "protocol": {}, "seeds": [0],
+                                     "train_config": {"2": tc}}))
+    assert headline.settings(summary) == "`short`, channels 48"
+    summary["preset"]["model"] = {"tissue_px_per_cell": 16}
+    assert headline.settings(summary) == "`short`"

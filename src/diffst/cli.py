@@ -492,6 +492,10 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
 @click.option("--models", "n_models", default=None, type=click.IntRange(min=1),
               help="Diff-ST (and each ablation) as an ensemble of this many models trained "
                    "with different seeds, their maps averaged (default: the preset's, 1).")
+@click.option("--model", "model_settings", multiple=True, metavar="KEY=VALUE",
+              help="Change one architecture setting of Diff-ST (and of the regression, which "
+                   "shares its encoders), e.g. --model channels=48; repeat for several. Keys: "
+                   "the fields of diffst.model.config.DiffSTConfig.")
 @click.option("--paper-variant", "paper_variants", default=None,
               help="Comma-separated parts switched to the Diff-ST paper's variant (of "
                    f"{', '.join(PAPER_PARTS)}; the `paper` preset switches all).")
@@ -505,9 +509,11 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
 def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, methods, ablations,
               steps, seeds, n_samples, match_depth, turns, log1p, disentangle_weight, sampler,
               consistency_weight, patch_um, self_tune, self_tune_lr, lr_schedule, lr, ema_warmup,
-              t_focus, batch_size, work_um_per_px, n_models, paper_variants, thin) -> None:
+              t_focus, batch_size, work_um_per_px, n_models, model_settings, paper_variants,
+              thin) -> None:
     """Train and score Diff-ST and the baselines on held-out data; write tables and figures."""
     from diffst.benchmark import run_benchmark
+    from diffst.model.config import parse_model_setting
 
     # preset fields given on the command line (every option is None when not given; the
     # ranges exclude 0 where 0 is no setting, so None is the only "not given")
@@ -515,12 +521,17 @@ def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, method
     if parts and set(parts) - set(PAPER_PARTS):
         raise click.BadParameter(f"{paper_variants!r}: choose parts from {', '.join(PAPER_PARTS)}",
                                  param_hint="--paper-variant")
+    try:
+        model = dict(parse_model_setting(text) for text in model_settings)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--model") from None
     given = dict(steps=steps, n_samples=n_samples, match_depth=match_depth or None, turns=turns,
                  sampler=sampler, log1p=log1p, disentangle_weight=disentangle_weight,
                  consistency_weight=consistency_weight, patch_um=patch_um, self_tune=self_tune,
                  self_tune_lr=self_tune_lr, lr_schedule=lr_schedule, lr=lr, ema_warmup=ema_warmup,
                  t_focus=t_focus, batch_size=batch_size,
-                 work_um_per_px=work_um_per_px, n_models=n_models, paper_variants=parts)
+                 work_um_per_px=work_um_per_px, n_models=n_models, paper_variants=parts,
+                 model=model or None)
     summary = run_benchmark(
         dataset, _int_list(factors, "--factors") if factors else None, split, preset, out_dir,
         methods=methods.split(",") if methods else None, ablations=ablations,

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields, replace
 from diffst.api import default_work_um_per_px
 from diffst.config import PAPER_PARTS, SELF_TUNE_LR, paper_variant
 from diffst.data.sample import STSample
+from diffst.model.config import DiffSTConfig
 from diffst.train import TrainConfig
 
 TINY_MODEL = dict(channels=8, channel_mults=(1, 2), time_dim=16, cond_channels=8,
@@ -171,7 +172,8 @@ PRESET_NAMES = ("quick", "short", "default", "full", "paper")
 
 
 def get_preset(name: str, profile: str, overrides: dict | None = None) -> Preset:
-    """The preset ``name`` for a data ``profile``, with ``overrides`` (field -> value) applied."""
+    """The preset ``name`` for a data ``profile``, with ``overrides`` (field -> value) applied;
+    a ``model`` override changes the named architecture fields of the preset's ``model``."""
     if (profile, name) not in PRESETS:
         raise ValueError(f"unknown preset {name!r}: choose from {list(PRESET_NAMES)}")
     preset = PRESETS[(profile, name)]
@@ -179,7 +181,11 @@ def get_preset(name: str, profile: str, overrides: dict | None = None) -> Preset
     bad = sorted(set(overrides or {}) - known)
     if bad:
         raise ValueError(f"unknown preset settings {bad}: choose from {sorted(known)}")
-    return replace(preset, **(overrides or {}))
+    overrides = dict(overrides or {})
+    if "model" in overrides:  # architecture settings change the preset's, one by one
+        overrides["model"] = {**preset.model, **overrides["model"]}
+        DiffSTConfig(**overrides["model"])  # a bad value fails here, before any training
+    return replace(preset, **overrides)
 
 
 def patch_cells(preset: Preset, cell_um: float, factor: int) -> int:

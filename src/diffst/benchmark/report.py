@@ -37,7 +37,7 @@ from diffst.data.lr import simulate_lr, upsample_nearest
 from diffst.infer import draws_in_words
 from diffst.io.atomic import atomic_path
 from diffst.metrics import HIGHER_IS_BETTER, METRIC_COLUMNS
-from diffst.model.config import SchedulerConfig
+from diffst.model.config import DiffSTConfig, SchedulerConfig
 from diffst.plot import gene_panel
 
 REFERENCE = consistent_key("diffst")
@@ -259,14 +259,48 @@ def _draws(preset: dict) -> str:
     return words
 
 
+def _model_sentence(preset: dict) -> str:
+    """The architecture settings a run changed with ``--model``, as a sentence (or "")."""
+    registered = PRESETS.get((preset["profile"], preset["name"]))
+    changed = changed_model(preset.get("model", {}), registered.model if registered else {})
+    if not changed:
+        return ""
+    settings = ", ".join(model_setting_text(k, v, " ") for k, v in changed.items())
+    return f" Diff-ST's (and the regression's) network changed with `--model`: {settings}."
+
+
 def overridden(preset: Preset) -> dict:
     """The fields of ``preset`` that differ from the registered preset of its name (all the
     benchmark's command-line overrides: steps, samples, sampler, ...)."""
     registered = PRESETS.get((preset.profile, preset.name))
     if registered is None:
         return {}
-    return {key: getattr(preset, key) for key in OVERRIDE_FLAGS
-            if getattr(preset, key) != getattr(registered, key)}
+    changed = {key: getattr(preset, key) for key in OVERRIDE_FLAGS
+               if key != "model" and getattr(preset, key) != getattr(registered, key)}
+    model = changed_model(preset.model, registered.model)
+    return {**changed, "model": model} if model else changed
+
+
+def changed_model(model: dict, registered: dict) -> dict:
+    """The architecture settings of ``model`` (a preset's, or one read back from JSON, where
+    tuples are lists) that differ from the ``registered`` preset's ``model``."""
+    def plain(v: object) -> object:
+        return tuple(v) if isinstance(v, list | tuple) else v
+
+    return {key: plain(value) for key, value in model.items()
+            if plain(value) != plain(registered.get(key, _DEFAULT_MODEL[key]))}
+
+
+_DEFAULT_MODEL = DiffSTConfig().to_dict()
+
+
+def model_setting_text(key: str, value: object, sep: str = "=") -> str:
+    """One architecture setting as ``--model`` takes it (``channel_mults=1,2,2``)."""
+    if isinstance(value, bool):
+        value = str(value).lower()
+    elif isinstance(value, tuple):
+        value = ",".join(map(str, value))
+    return f"{key}{sep}{value}"
 
 
 OVERRIDE_FLAGS = {
@@ -289,6 +323,7 @@ OVERRIDE_FLAGS = {
     "work_um_per_px": lambda v: f"--work-um-per-px {v:g}",
     "n_models": lambda v: f"--models {v}",
     "paper_variants": lambda v: f"--paper-variant {','.join(v)}" if v else "",
+    "model": lambda v: " ".join(f"--model {model_setting_text(k, x)}" for k, x in v.items()),
 }
 """Preset field -> the ``diffst benchmark`` option that sets it."""
 
@@ -531,6 +566,7 @@ def format_tables(summary: dict) -> str:
                 f"(`--self-tune`)." if p.get("self_tune") else "")
              + (f" Diff-ST is an ensemble of {p['n_models']} models (seeds differ), their maps "
                 "averaged (`--models`)." if p.get("n_models", 1) > 1 else "")
+             + _model_sentence(p)
              + (f" Parts switched to the Diff-ST paper's variant (`--paper-variant`, README "
                 f"'Where diffst differs from the paper'): {', '.join(p['paper_variants'])}."
                 if p.get("paper_variants") else ""), "",

@@ -117,6 +117,45 @@ class DiffSTConfig:
         return cls(**d)
 
 
+FROM_DATA = ("n_genes", "factor")
+"""Architecture fields the trainer sets from the data, never a user's setting."""
+
+
+def parse_model_setting(text: str) -> tuple[str, object]:
+    """``"KEY=VALUE"`` -> ``(key, value)``, typed like :class:`DiffSTConfig`'s field ``key``:
+    integers, ``true``/``false``, comma-separated integers for ``channel_mults``, words for the
+    variant names. The value itself is checked when the config is built.
+
+    Raises:
+        ValueError: no ``=``, an unknown field, one set from the data (:data:`FROM_DATA`), or a
+            value of the wrong kind; the message names the setting.
+    """
+    key, sep, raw = (part.strip() for part in text.partition("="))
+    if not sep or not key or not raw:
+        raise ValueError(f"model setting {text!r}: expected KEY=VALUE, e.g. channels=48")
+    if key in FROM_DATA:
+        raise ValueError(f"model setting {key!r} is set from the data, not by hand")
+    defaults = {f.name: f.default for f in fields(DiffSTConfig)}
+    if key not in defaults:
+        choices = ", ".join(k for k in defaults if k not in FROM_DATA)
+        raise ValueError(f"unknown model setting {key!r}: choose from {choices}")
+    default = defaults[key]
+    try:
+        if isinstance(default, bool):
+            if raw.lower() not in ("true", "false"):
+                raise ValueError
+            return key, raw.lower() == "true"
+        if isinstance(default, int):
+            return key, int(raw)
+        if isinstance(default, tuple):
+            return key, tuple(int(x) for x in raw.split(","))
+    except ValueError:
+        kind = {bool: "true or false", int: "an integer"}.get(type(default),
+                                                             "comma-separated integers")
+        raise ValueError(f"model setting {key}: expected {kind}, got {raw!r}") from None
+    return key, raw
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
     """The diffusion process a denoiser is trained for; validated at construction.
