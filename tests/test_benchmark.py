@@ -582,12 +582,12 @@ def test_a_model_value_the_network_cannot_take_fails_before_training():
 
 
 def test_headline_names_the_changed_architecture_only():
+    from diffst.benchmark.presets import train_config
+
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "headline.py"
     spec = importlib.util.spec_from_file_location("diffst_headline_script", script)
     headline = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(headline)
-    from diffst.benchmark.presets import train_config
-
     preset = get_preset("short", "spots", {"model": {"channels": 48}})
     tc = asdict(train_config(preset, make_sample(), factor=2, seed=0))
     summary = json.loads(json.dumps({"preset": asdict(preset), "protocol": {}, "seeds": [0],

@@ -281,17 +281,18 @@ def overridden(preset: Preset) -> dict:
     return {**changed, "model": model} if model else changed
 
 
+_DEFAULT_MODEL = DiffSTConfig().to_dict()
+
+
 def changed_model(model: dict, registered: dict) -> dict:
     """The architecture settings of ``model`` (a preset's, or one read back from JSON, where
-    tuples are lists) that differ from the ``registered`` preset's ``model``."""
+    tuples are lists) that differ from the ``registered`` preset's ``model`` (where that leaves
+    a field out: :class:`DiffSTConfig`'s default)."""
     def plain(v: object) -> object:
         return tuple(v) if isinstance(v, list | tuple) else v
 
     return {key: plain(value) for key, value in model.items()
-            if plain(value) != plain(registered.get(key, _DEFAULT_MODEL[key]))}
-
-
-_DEFAULT_MODEL = DiffSTConfig().to_dict()
+            if plain(value) != plain(registered.get(key, _DEFAULT_MODEL.get(key)))}
 
 
 def model_setting_text(key: str, value: object, sep: str = "=") -> str:
