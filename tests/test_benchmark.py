@@ -494,12 +494,11 @@ def test_command_line_records_every_setting_that_changes_the_numbers():
     assert "--samples" not in plain and "--thin" not in plain and "--match" not in plain
 
 
-def test_training_overrides_reach_the_training_and_the_recorded_command(monkeypatch):
+def _preset_overrides(monkeypatch, args: list[str]) -> dict:
+    """The preset overrides ``diffst benchmark ARGS`` passes on (nothing is run)."""
     from click.testing import CliRunner
 
     import diffst.benchmark
-    from diffst.benchmark.presets import train_config
-    from diffst.benchmark.report import _command
     from diffst.cli import main
 
     seen = {}
@@ -509,10 +508,18 @@ def test_training_overrides_reach_the_training_and_the_recorded_command(monkeypa
         return {"table": ""}
 
     monkeypatch.setattr(diffst.benchmark, "run_benchmark", fake_run)
-    result = CliRunner().invoke(main, ["benchmark", "--preset", "short", "--lr", "5e-4",
-                                       "--batch-size", "16", "--work-um-per-px", "2",
-                                       "--ema-warmup", "4", "--t-focus", "0.5"])
+    result = CliRunner().invoke(main, ["benchmark", *args])
     assert result.exit_code == 0, result.output
+    return seen
+
+
+def test_training_overrides_reach_the_training_and_the_recorded_command(monkeypatch):
+    from diffst.benchmark.presets import train_config
+    from diffst.benchmark.report import _command
+
+    seen = _preset_overrides(monkeypatch, ["--preset", "short", "--lr", "5e-4", "--batch-size",
+                                           "16", "--work-um-per-px", "2", "--ema-warmup", "4",
+                                           "--t-focus", "0.5"])
     assert seen == {"lr": 5e-4, "batch_size": 16, "work_um_per_px": 2.0, "ema_warmup": 4.0,
                     "t_focus": 0.5}
     preset = get_preset("short", "spots", seen)
@@ -526,23 +533,11 @@ def test_training_overrides_reach_the_training_and_the_recorded_command(monkeypa
 
 
 def test_model_settings_change_the_architecture_and_are_recorded(monkeypatch):
-    from click.testing import CliRunner
-
-    import diffst.benchmark
     from diffst.benchmark.methods import DiffSTMethod
     from diffst.benchmark.report import _command, _model_sentence, overridden
-    from diffst.cli import main
 
-    seen = {}
-
-    def fake_run(*args, overrides=None, **kwargs):
-        seen.update(overrides or {})
-        return {"table": ""}
-
-    monkeypatch.setattr(diffst.benchmark, "run_benchmark", fake_run)
-    result = CliRunner().invoke(main, ["benchmark", "--preset", "short", "--model",
-                                       "channels=48", "--model", "channel_mults=1,2"])
-    assert result.exit_code == 0, result.output
+    seen = _preset_overrides(monkeypatch, ["--preset", "short", "--model", "channels=48",
+                                           "--model", "channel_mults=1,2"])
     assert seen == {"model": {"channels": 48, "channel_mults": (1, 2)}}
     preset = get_preset("short", "spots", seen)
     # the preset's own architecture setting stays; the named ones change
