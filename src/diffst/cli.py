@@ -20,7 +20,7 @@ from diffst.config import (
     default,
 )
 from diffst.data.sample import SampleError
-from diffst.model.config import PREDICTIONS, SAMPLERS
+from diffst.model.config import PREDICTIONS, SAMPLERS, parse_model_setting
 
 
 def _fail_nicely(fn):
@@ -513,7 +513,6 @@ def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, method
               thin) -> None:
     """Train and score Diff-ST and the baselines on held-out data; write tables and figures."""
     from diffst.benchmark import run_benchmark
-    from diffst.model.config import parse_model_setting
 
     # preset fields given on the command line (every option is None when not given; the
     # ranges exclude 0 where 0 is no setting, so None is the only "not given")
