@@ -9,7 +9,7 @@ import pytest
 from scipy import ndimage
 
 from diffst.baselines import BASELINES, IStarLike, bicubic, spot_constant, tesla_like
-from diffst.baselines.features import hr_colours, hr_features
+from diffst.data.features import hr_colours, hr_features
 from diffst.data.lr import pool_sum, simulate_lr
 from diffst.data.sample import SampleError, STSample
 

@@ -62,6 +62,26 @@ def test_train_rejects_bad_numbers_before_reading(toy_npz, tmp_path, monkeypatch
     assert_named_error(run(*args), 2, f"Invalid value for {option}", message)
 
 
+def test_train_passes_model_settings_and_names_a_bad_one(toy_npz, tmp_path, monkeypatch):
+    seen = {}
+
+    def record(samples, factor, out, **kwargs):
+        seen.update(kwargs)
+        return out
+
+    monkeypatch.setattr(api, "train_model", record)
+    base = ["train", toy_npz, "--factor", "2", "--out", tmp_path / "m.pt"]
+    result = run(*base, "--model", "upsampler=istar_like", "--model", "channels=16",
+                 "--ablate", "graph")
+    assert result.exit_code == 0, result.output
+    config = seen["model_config"]
+    assert (config.upsampler, config.channels, config.use_gene_graph) == ("istar_like", 16, False)
+    monkeypatch.setattr(api, "train_model", never)
+    assert_named_error(run(*base, "--model", "upsampler=nearest"), 1, "upsampler must be one of")
+    assert_named_error(run(*base, "--model", "chanels=16"), 2, "Invalid value for --model",
+                       "unknown model setting 'chanels'")
+
+
 def test_predict_rejects_bad_numbers(toy_npz, tmp_path):
     model = tmp_path / "m.pt"
     model.write_bytes(b"x")

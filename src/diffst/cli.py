@@ -82,6 +82,23 @@ threads_option = click.option(
 """``--threads`` on every verb (``diffst train ... --threads 1``)."""
 
 
+def _model_settings(_ctx: click.Context, _param: click.Parameter,
+                    value: tuple[str, ...]) -> dict:
+    """``--model KEY=VALUE`` texts -> ``{key: typed value}`` (:func:`parse_model_setting`)."""
+    try:
+        return dict(parse_model_setting(text) for text in value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--model") from None
+
+
+def model_settings_option(help_text: str):
+    """``--model KEY=VALUE`` (repeatable) as a dict ``model_settings``; keys are the fields of
+    :class:`~diffst.model.config.DiffSTConfig`."""
+    return click.option("--model", "model_settings", multiple=True, metavar="KEY=VALUE",
+                        callback=_model_settings,
+                        help=help_text + " Keys: the fields of diffst.model.config.DiffSTConfig.")
+
+
 @click.group()
 @click.version_option(package_name="diffst")
 @click.option("--threads", type=click.IntRange(min=1), default=None, callback=_set_threads,
@@ -223,6 +240,8 @@ that resumes.
 @click.option("--ablate", multiple=True,
               type=click.Choice(["disentangle", "modulation", "attention", "graph"]),
               help="Switch a Diff-ST part off (repeatable).")
+@model_settings_option("Change one architecture setting, e.g. --model upsampler=istar_like "
+                       "(README 'The model'); repeat for several.")
 @click.option("--prediction", default=default(SchedulerConfig, "prediction"), show_default=True,
               type=click.Choice(list(PREDICTIONS)),
               help="What the denoiser predicts (the paper uses epsilon; see README).")
@@ -249,8 +268,8 @@ that resumes.
 @threads_option
 @_fail_nicely
 def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate, patch,
-          work_um_per_px, checkpoint, spots_only, hr_truth, ablate, prediction, paper_variants,
-          bf16, log1p, disentangle_weight, device, seed) -> None:
+          work_um_per_px, checkpoint, spots_only, hr_truth, ablate, model_settings, prediction,
+          paper_variants, bf16, log1p, disentangle_weight, device, seed) -> None:
     from diffst.api import TrainingInterrupted, model_config_for, spot_data_message, train_model
 
     if spots_only and hr_truth:
@@ -270,7 +289,8 @@ def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate,
             samples, factor, out, genes=gene_list, top_genes=top_genes, steps=steps,
             batch_size=batch_size, lr=learning_rate, patch=patch, work_um_per_px=work_um_per_px,
             checkpoint=checkpoint, spots_only=spots_only, seed=seed,
-            model_config=model_config_for(list(ablate)), prediction=prediction,
+            model_config=model_config_for(list(ablate), **model_settings),
+            prediction=prediction,
             paper_variants=paper_variants, bf16=bf16,
             log1p=log1p, disentangle_weight=disentangle_weight, device=device, log=_log,
             save_on_interrupt=True,
@@ -492,10 +512,9 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
 @click.option("--models", "n_models", default=None, type=click.IntRange(min=1),
               help="Diff-ST (and each ablation) as an ensemble of this many models trained "
                    "with different seeds, their maps averaged (default: the preset's, 1).")
-@click.option("--model", "model_settings", multiple=True, metavar="KEY=VALUE",
-              help="Change one architecture setting of Diff-ST (and of the regression, which "
-                   "shares its encoders), e.g. --model channels=48; repeat for several. Keys: "
-                   "the fields of diffst.model.config.DiffSTConfig.")
+@model_settings_option("Change one architecture setting of Diff-ST (and of the regression, "
+                       "which shares its encoders), e.g. --model channels=48; repeat for "
+                       "several.")
 @click.option("--paper-variant", "paper_variants", default=None,
               help="Comma-separated parts switched to the Diff-ST paper's variant (of "
                    f"{', '.join(PAPER_PARTS)}; the `paper` preset switches all).")
@@ -520,17 +539,13 @@ def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, method
     if parts and set(parts) - set(PAPER_PARTS):
         raise click.BadParameter(f"{paper_variants!r}: choose parts from {', '.join(PAPER_PARTS)}",
                                  param_hint="--paper-variant")
-    try:
-        model = dict(parse_model_setting(text) for text in model_settings)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--model") from None
     given = dict(steps=steps, n_samples=n_samples, match_depth=match_depth or None, turns=turns,
                  sampler=sampler, log1p=log1p, disentangle_weight=disentangle_weight,
                  consistency_weight=consistency_weight, patch_um=patch_um, self_tune=self_tune,
                  self_tune_lr=self_tune_lr, lr_schedule=lr_schedule, lr=lr, ema_warmup=ema_warmup,
                  t_focus=t_focus, batch_size=batch_size,
                  work_um_per_px=work_um_per_px, n_models=n_models, paper_variants=parts,
-                 model=model or None)
+                 model=model_settings or None)
     summary = run_benchmark(
         dataset, _int_list(factors, "--factors") if factors else None, split, preset, out_dir,
         methods=methods.split(",") if methods else None, ablations=ablations,

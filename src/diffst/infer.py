@@ -69,6 +69,7 @@ from diffst.data.symmetry import N_TRANSFORMS, turn, turn_batch, unturn
 from diffst.diffusion.samplers import make_sampler
 from diffst.diffusion.schedule import NoiseSchedule
 from diffst.model.config import DiffSTConfig
+from diffst.model.upsampler import upsampler_for
 from diffst.pipeline import DiffSTPipeline
 from diffst.precision import autocast as autocast_context
 from diffst.precision import memory_format
@@ -389,7 +390,8 @@ def super_resolve(
         raise ValueError(f"patch ({patch}) and overlap ({overlap}) must be multiples of the "
                          f"factor {f} with 0 <= overlap < patch")
     k = px_per_cell_for(lr.cell_um / f, lm.work_um_per_px) if lm.spots_only else lm.k
-    prep = prepare_inference_sample(lr, f, lm.scaler, k, hr_mask=hr_mask)
+    prep = prepare_inference_sample(lr, f, lm.scaler, k, hr_mask=hr_mask,
+                                    upsampler=upsampler_for(lm.model.config.upsampler))
     padded = pad_prepared(prep, patch)
     job = _Job(lm, padded, _padded_counts(lr.expr, padded), patch, overlap, steps, sampler,
                n_samples, batch_size, seed, mode, float(eta), bool(turns))

@@ -43,6 +43,7 @@ from diffst.diffusion.vlb import vlb_terms
 from diffst.model.config import DiffSTConfig, SchedulerConfig
 from diffst.model.diffst import DiffST
 from diffst.model.gene_graph import gene_adjacency
+from diffst.model.upsampler import upsampler_for
 from diffst.pipeline import (  # noqa: F401 - MODEL_FORMAT, safe_load: re-exported
     MODEL_FORMAT,
     DiffSTPipeline,
@@ -150,19 +151,24 @@ class Trainer:
         self.scaler = start.scaler if start is not None else GeneScaler.fit(
             [s.expr for s in samples], [s.mask for s in samples], log1p=self.tc.log1p)
         self.counts_per_um2 = training_depth(samples)
-        prepared = [prepare_training_sample(s, factor, self.scaler, self.k) for s in samples]
-        self.device = resolve_device(self.tc.device)
-        torch.manual_seed(self.tc.seed)
         if start is None:
             mc = replace(model_config or DiffSTConfig(), n_genes=len(self.genes),
                          factor=self.factor)
+        else:  # fine-tuning: the start's weights, gene graph, scaling and diffusion variable
+            mc = start.model.config
+        upsampler = upsampler_for(mc.upsampler)
+        prepared = [prepare_training_sample(s, factor, self.scaler, self.k, upsampler)
+                    for s in samples]
+        self.device = resolve_device(self.tc.device)
+        torch.manual_seed(self.tc.seed)
+        if start is None:
             adjacency = gene_adjacency([p.hr for p in prepared], [p.mask for p in prepared],
                                        mc.graph_edges)
             self.scheduler_config = replace(scheduler_config or SchedulerConfig(),
                                             residual_scale=residual_scale(prepared))
             self.model = DiffST(mc, adjacency).to(self.device)
-        else:  # fine-tuning: the start's weights, gene graph, scaling and diffusion variable
-            mc, self.scheduler_config = start.model.config, start.scheduler
+        else:
+            self.scheduler_config = start.scheduler
             self.model = copy.deepcopy(start.model).to(self.device).requires_grad_(True).train()
         self.model_config = mc
         if tc.consistency_weight and self.scheduler_config.prediction != "sample":

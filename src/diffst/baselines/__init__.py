@@ -17,9 +17,9 @@ from collections.abc import Callable
 import numpy as np
 
 from diffst.baselines.interpolation import bicubic, spot_constant
-from diffst.baselines.istar_like import IStarLike, istar_like
 from diffst.baselines.tesla import tesla_like
 from diffst.data.sample import STSample
+from diffst.model.istar_like import IStarLike, istar_like
 
 Baseline = Callable[..., np.ndarray]
 

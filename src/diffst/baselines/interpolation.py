@@ -1,6 +1,7 @@
-"""Image-free baselines: nearest LR cell and bicubic interpolation, plus shared LR/HR geometry.
+"""Image-free baselines: nearest LR cell and bicubic interpolation.
 
-Geometry (as produced by :func:`diffst.data.lr.simulate_lr`): LR cell ``(i, j)`` covers HR cells
+Geometry (as produced by :func:`diffst.data.lr.simulate_lr`, checked by
+:func:`diffst.data.lr.check_geometry`): LR cell ``(i, j)`` covers HR cells
 ``(i*s .. i*s+s-1, j*s .. j*s+s-1)``, so HR cell ``(r, c)`` lies in LR cell ``(r // s, c // s)``
 and its centre has LR coordinates ``((r + 0.5) / s - 0.5, (c + 0.5) / s - 0.5)``. LR values are
 counts per LR cell; the LR *density* ``value / s**2`` is the mean count per HR cell.
@@ -15,44 +16,13 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from diffst.data.lr import upsample_nearest
+from diffst.data.lr import check_geometry, finish, upsample_nearest
 from diffst.data.sample import SampleError, STSample
-
-
-def check_geometry(lr_sample: STSample, factor: int, hr_shape: tuple[int, int]) -> int:
-    """Validate that ``hr_shape`` is the HR raster of ``lr_sample`` at ``factor``; return s."""
-    if int(factor) != factor or factor < 1:
-        raise ValueError(f"scale factor must be a positive integer, got {factor!r}")
-    s = int(factor)
-    h, w = lr_sample.shape
-    hh, ww = (int(x) for x in hr_shape)
-    if hh < 1 or ww < 1 or -(-hh // s) != h or -(-ww // s) != w:
-        raise SampleError(
-            f"sample '{lr_sample.name}': HR shape {(hh, ww)} does not match the LR raster "
-            f"{(h, w)} at factor {s} (expected ceil(H/{s}) = {h} and ceil(W/{s}) = {w}); "
-            "pass the shape of the HR raster the LR sample was pooled from"
-        )
-    return s
 
 
 def lr_density(lr_sample: STSample, factor: int) -> np.ndarray:
     """LR counts per LR cell ``(G, h, w)`` -> mean counts per HR cell ``(G, h, w)`` float64."""
     return lr_sample.expr.astype(np.float64) / float(factor) ** 2
-
-
-def hr_tissue(lr_sample: STSample, factor: int, hr_shape: tuple[int, int]) -> np.ndarray:
-    """``(H, W)`` bool: HR cells whose LR cell is under tissue."""
-    up = upsample_nearest(lr_sample.mask, int(factor))
-    return up[: hr_shape[0], : hr_shape[1]]
-
-
-def finish(
-    hr: np.ndarray, lr_sample: STSample, factor: int, hr_shape: tuple[int, int]
-) -> np.ndarray:
-    """Crop a padded HR prediction ``(G, h*s, w*s)`` to ``hr_shape``, zero non-tissue LR cells."""
-    out = np.asarray(hr, dtype=np.float32)[:, : hr_shape[0], : hr_shape[1]].copy()
-    out[:, ~hr_tissue(lr_sample, factor, hr_shape)] = 0.0
-    return out
 
 
 def fill_outside_tissue(density: np.ndarray, mask: np.ndarray) -> np.ndarray:

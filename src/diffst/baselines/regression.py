@@ -28,6 +28,7 @@ from diffst.data.patches import PatchBatch, pad_prepared, prepare_inference_samp
 from diffst.data.sample import SampleError, STSample
 from diffst.infer import TileBlender, default_overlap, tile_batch, tissue_tile_origins
 from diffst.model.diffst import Condition, DiffST
+from diffst.model.upsampler import upsampler_for
 from diffst.train import Trainer, curriculum_keep, masked_mse
 
 __all__ = ["HistologyRegression", "regress"]
@@ -101,7 +102,8 @@ class HistologyRegression(Trainer):
             )
         lr = lr.select_genes(self.genes)
         overlap = default_overlap(patch, f) if overlap is None else overlap
-        prep = prepare_inference_sample(lr, f, self.scaler, self.k, hr_mask=hr_mask)
+        prep = prepare_inference_sample(lr, f, self.scaler, self.k, hr_mask=hr_mask,
+                                        upsampler=upsampler_for(self.model_config.upsampler))
         padded = pad_prepared(prep, patch)
         origins = tissue_tile_origins(padded.mask, patch, overlap, f)
         blender = TileBlender(("mean",), len(self.genes), padded.shape, patch, overlap,

@@ -21,13 +21,9 @@ import math
 
 import numpy as np
 
-from diffst.baselines.features import hr_colours
-from diffst.baselines.interpolation import (
-    check_geometry,
-    finish,
-    hr_centres_in_lr,
-    lr_density,
-)
+from diffst.baselines.interpolation import hr_centres_in_lr, lr_density
+from diffst.data.features import hr_colours
+from diffst.data.lr import check_geometry, finish
 from diffst.data.sample import STSample
 
 
@@ -55,7 +51,7 @@ def tesla_like(
         colour_weight: multiplier of the colour term (0 = spatial only).
         px_per_hr_cell: image pixels per HR cell used to average colours.
         hr_rgb: optional precomputed ``(h*s, w*s, 3)`` mean colours (from
-            :func:`diffst.baselines.features.hr_colours`); skips reading the image.
+            :func:`diffst.data.features.hr_colours`); skips reading the image.
 
     Returns:
         ``(G, H, W)`` float32 counts per HR cell.

@@ -1,4 +1,5 @@
-"""Low-resolution (LR) simulation by sum-pooling a high-resolution (HR) raster."""
+"""Low-resolution (LR) simulation by sum-pooling a high-resolution (HR) raster, and the geometry
+of the HR raster an LR sample refines (:func:`check_geometry`, :func:`finish`)."""
 
 from __future__ import annotations
 
@@ -151,3 +152,34 @@ def hr_frame_affine(lr_sample: STSample, factor: int) -> np.ndarray:
     s = float(_check_factor(factor))
     hr_to_lr = np.array([[1 / s, 0, (1 - s) / (2 * s)], [0, 1 / s, (1 - s) / (2 * s)], [0, 0, 1]])
     return lr_sample.affine @ hr_to_lr
+
+
+def check_geometry(lr_sample: STSample, factor: int, hr_shape: tuple[int, int]) -> int:
+    """Validate that ``hr_shape`` is the HR raster of ``lr_sample`` at ``factor``; return s."""
+    if int(factor) != factor or factor < 1:
+        raise ValueError(f"scale factor must be a positive integer, got {factor!r}")
+    s = int(factor)
+    h, w = lr_sample.shape
+    hh, ww = (int(x) for x in hr_shape)
+    if hh < 1 or ww < 1 or -(-hh // s) != h or -(-ww // s) != w:
+        raise SampleError(
+            f"sample '{lr_sample.name}': HR shape {(hh, ww)} does not match the LR raster "
+            f"{(h, w)} at factor {s} (expected ceil(H/{s}) = {h} and ceil(W/{s}) = {w}); "
+            "pass the shape of the HR raster the LR sample was pooled from"
+        )
+    return s
+
+
+def hr_tissue(lr_sample: STSample, factor: int, hr_shape: tuple[int, int]) -> np.ndarray:
+    """``(H, W)`` bool: HR cells whose LR cell is under tissue."""
+    up = upsample_nearest(lr_sample.mask, int(factor))
+    return up[: hr_shape[0], : hr_shape[1]]
+
+
+def finish(
+    hr: np.ndarray, lr_sample: STSample, factor: int, hr_shape: tuple[int, int]
+) -> np.ndarray:
+    """Crop a padded HR prediction ``(G, h*s, w*s)`` to ``hr_shape``, zero non-tissue LR cells."""
+    out = np.asarray(hr, dtype=np.float32)[:, : hr_shape[0], : hr_shape[1]].copy()
+    out[:, ~hr_tissue(lr_sample, factor, hr_shape)] = 0.0
+    return out

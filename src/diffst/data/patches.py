@@ -26,6 +26,10 @@ from diffst.data.lr import (
 from diffst.data.normalize import GeneScaler
 from diffst.data.sample import SampleError, STSample
 
+Upsampler = Callable[[STSample, int, np.ndarray], np.ndarray]
+"""A base map of an LR sample: ``fn(lr, factor, hr_mask)`` -> ``(G, h*factor, w*factor)`` counts
+per HR cell (``hr_mask`` ``(h*factor, w*factor)`` bool); see :mod:`diffst.model.upsampler`."""
+
 
 @dataclass(frozen=True, eq=False)
 class PatchBatch(Mapping):
@@ -36,7 +40,8 @@ class PatchBatch(Mapping):
 
     Attributes:
         lr: ``(B, G, p, p)`` scaled LR map.
-        lr_up: ``(B, G, P, P)`` bicubic upsampling of the scaled LR map.
+        lr_up: ``(B, G, P, P)`` the scaled HR base map the model refines (bicubic
+            upsampling of the scaled LR map unless an upsampler is configured).
         mask: ``(B, 1, P, P)`` float tissue mask.
         tissue_image: ``(B, 3, P*t, P*t)`` RGB in ``[0, 1]``.
         tiles: ``(B, N, 3, T, T)`` cell-level tiles in ``[0, 1]``, highest entropy first.
@@ -102,7 +107,8 @@ class PreparedSample:
 
     Attributes:
         lr: ``(G, h, w)`` scaled LR map.
-        lr_up: ``(G, H, W)`` bicubic upsampling of ``lr`` (``H = h * factor``).
+        lr_up: ``(G, H, W)`` the HR base map (``H = h * factor``): bicubic upsampling of
+            ``lr``, or an :data:`Upsampler`'s map in the same scaled units.
         mask: ``(H, W)`` bool HR tissue mask.
         image: ``(H*k, W*k, 3)`` uint8 H&E aligned to the HR raster.
         k: image pixels per HR cell.
@@ -125,26 +131,30 @@ class PreparedSample:
 
 
 def prepare_training_sample(
-    hr: STSample, factor: int, scaler: GeneScaler, k: int
+    hr: STSample, factor: int, scaler: GeneScaler, k: int, upsampler: Upsampler | None = None
 ) -> PreparedSample:
-    """Pool an HR sample to LR and bring both into model units (see :class:`PreparedSample`)."""
+    """Pool an HR sample to LR and bring both into model units (see :class:`PreparedSample`);
+    ``upsampler`` as in :func:`prepare_inference_sample` (it sees the pooled map only)."""
     lr = simulate_lr(hr, factor)
     h, w = lr.shape[0] * factor, lr.shape[1] * factor
     hr_expr = np.zeros((hr.n_genes, h, w), np.float32)
     hr_expr[:, : hr.shape[0], : hr.shape[1]] = hr.expr
     mask = np.zeros((h, w), bool)
     mask[: hr.shape[0], : hr.shape[1]] = hr.mask
-    prep = prepare_inference_sample(lr, factor, scaler, k, hr_mask=mask)
+    prep = prepare_inference_sample(lr, factor, scaler, k, hr_mask=mask, upsampler=upsampler)
     prep.hr = scaler.transform(hr_expr)
     return prep
 
 
 def prepare_inference_sample(
-    lr: STSample, factor: int, scaler: GeneScaler, k: int, hr_mask: np.ndarray | None = None
+    lr: STSample, factor: int, scaler: GeneScaler, k: int, hr_mask: np.ndarray | None = None,
+    upsampler: Upsampler | None = None,
 ) -> PreparedSample:
     """Bring an LR sample into model units on the HR raster it refines.
 
-    ``hr_mask`` ``(H, W)`` defaults to the LR mask repeated ``factor`` x ``factor``.
+    ``hr_mask`` ``(H, W)`` defaults to the LR mask repeated ``factor`` x ``factor``. The base map
+    ``lr_up`` is bicubic upsampling of the scaled LR map, or with ``upsampler`` its counts per
+    HR cell for ``(lr, factor, hr_mask)``, scaled like HR maps.
     """
     if lr.image is None:
         raise SampleError(f"sample '{lr.name}': an H&E image is required for Diff-ST")
@@ -158,8 +168,12 @@ def prepare_inference_sample(
         mask=mask, image=lr.image, image_um_per_px=lr.image_um_per_px,
         affine=hr_frame_affine(lr, factor), name=lr.name,
     )
+    if upsampler is None:
+        lr_up = upsample_bicubic(lr_scaled, factor)
+    else:
+        lr_up = scaler.transform(upsampler(lr, factor, mask))
     return PreparedSample(
-        lr=lr_scaled, lr_up=upsample_bicubic(lr_scaled, factor), mask=mask,
+        lr=lr_scaled, lr_up=lr_up, mask=mask,
         image=aligned_image(frame, k), k=k, factor=factor,
     )
 

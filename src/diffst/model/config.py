@@ -20,6 +20,8 @@ MODULATIONS = ("cell", "window")
 """Kinds of cross-modal adaptive modulation (:attr:`DiffSTConfig.modulation`)."""
 GRAPH_EDGES = ("cosine", "paper")
 """Edge weights of the CIGC-Graph (:attr:`DiffSTConfig.graph_edges`)."""
+UPSAMPLERS = ("bicubic", "istar_like")
+"""Base maps the denoiser refines (:attr:`DiffSTConfig.upsampler`)."""
 SCHEDULE_KINDS = ("linear", "scaled_linear")
 """Beta schedules of :class:`diffst.diffusion.schedule.NoiseSchedule`."""
 
@@ -59,6 +61,12 @@ class DiffSTConfig:
     ``learn_variance``: the U-Net also outputs, per gene and cell, the interpolation between
     the DDPM's two variance bounds (Nichol & Dhariwal 2021), trained by the VLB term of
     :class:`diffst.config.TrainConfig` (``vlb_weight``); samplers use the mean prediction only.
+
+    ``upsampler`` is the HR base map ``lr_up`` that the model takes as input and refines (the
+    diffusion variable is the residual to it): ``"bicubic"`` (bicubic interpolation of the
+    scaled LR map) or ``"istar_like"`` (the iStar-like histology regression fitted on the slide's
+    own LR map, redistributed to its LR counts; :mod:`diffst.model.upsampler`). Training
+    sections get the same base from their own pooled maps, so it never sees HR truth.
     """
 
     n_genes: int = 20
@@ -81,6 +89,7 @@ class DiffSTConfig:
     modulation: str = "cell"
     graph_edges: str = "cosine"
     learn_variance: bool = False
+    upsampler: str = "bicubic"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channel_mults", tuple(self.channel_mults))
@@ -90,6 +99,9 @@ class DiffSTConfig:
         if self.graph_edges not in GRAPH_EDGES:
             raise ValueError(f"model config: graph_edges must be one of {GRAPH_EDGES}, got "
                              f"{self.graph_edges!r}")
+        if self.upsampler not in UPSAMPLERS:
+            raise ValueError(f"model config: upsampler must be one of {UPSAMPLERS}, got "
+                             f"{self.upsampler!r}")
         for name in _POSITIVE:
             value = getattr(self, name)
             if isinstance(value, bool) or int(value) != value or value < 1:

@@ -1,7 +1,9 @@
-"""iStar-style baseline: per-slide weakly supervised regression from histology features.
+"""iStar-style per-slide weakly supervised regression from histology features: a baseline, and
+the base map a Diff-ST model refines with ``DiffSTConfig(upsampler="istar_like")``
+(:mod:`diffst.model.upsampler`).
 
 For one slide, an MLP maps the multi-scale image features of each HR cell
-(:func:`diffst.baselines.features.hr_features`, standardised over tissue) to ``G`` non-negative
+(:func:`diffst.data.features.hr_features`, standardised over tissue) to ``G`` non-negative
 gene counts per HR cell (softplus output). There is no HR supervision: the predictions of the
 ``s x s`` HR cells of each tissue LR cell are summed and compared with the measured LR count.
 
@@ -28,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from diffst.baselines.features import CONTEXT_SCALES, hr_features
-from diffst.baselines.interpolation import check_geometry, finish
+from diffst.data.features import CONTEXT_SCALES, hr_features
+from diffst.data.lr import check_geometry, finish
 from diffst.data.sample import SampleError, STSample
 
 LOSSES = ("log1p_mse", "poisson")
