@@ -11,9 +11,10 @@ Data flow for one HR patch of ``P x P`` raster cells and ``G`` genes::
     cond = conv([S'', H'])                                                (B,Cc,P,P)
     ConditionalUNet([x_t, refined LR], t, cond) --> prediction           (B,G,P,P)
 
-The diffusion variable is the HR residual over the bicubic LR map,
+The diffusion variable is the HR residual over the base map ``lr_up`` (bicubic interpolation of
+the LR map, or the in-slide iStar-like map: :attr:`DiffSTConfig.upsampler`),
 ``z0 = (hr - lr_up) / residual_scale`` (all in per-gene scaled units), so the model only has to
-add the detail that interpolation misses. The prediction is the target the model was trained
+add the detail that the base map misses. The prediction is the target the model was trained
 for (:attr:`diffst.model.config.SchedulerConfig.prediction`): the clean residual ``z0``
 (``sample``, the default), the noise (``epsilon``) or the velocity (``v``);
 :meth:`diffst.diffusion.schedule.NoiseSchedule.to_epsilon` converts it for the samplers.
@@ -111,7 +112,8 @@ class DiffST(nn.Module):
 
         Args:
             lr: ``(B, G, p, p)`` scaled LR map (``p = P / factor``).
-            lr_up: ``(B, G, P, P)`` bicubic upsampling of the scaled LR map.
+            lr_up: ``(B, G, P, P)`` scaled HR base map (bicubic upsampling of the scaled LR
+                map unless :attr:`DiffSTConfig.upsampler` says otherwise).
             mask: ``(B, 1, P, P)`` float tissue mask.
             tissue_image: ``(B, 3, P*t, P*t)`` RGB in ``[0, 1]``.
             tiles: ``(B, N, 3, T, T)`` cell-level tiles in ``[0, 1]``.
