@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -91,7 +92,7 @@ def _model_settings(_ctx: click.Context, _param: click.Parameter,
         raise click.BadParameter(str(exc), param_hint="--model") from None
 
 
-def model_settings_option(help_text: str):
+def model_settings_option(help_text: str) -> Callable[[Callable], Callable]:
     """``--model KEY=VALUE`` (repeatable) as a dict ``model_settings``; keys are the fields of
     :class:`~diffst.model.config.DiffSTConfig`."""
     return click.option("--model", "model_settings", multiple=True, metavar="KEY=VALUE",
