@@ -49,11 +49,17 @@ def cell(s: dict) -> str:
     return f"{s['mean']:.4f} ± {s['sd']:.4f}" if s["n"] > 1 else f"{s['mean']:.4f}"
 
 
-def run_settings(summary: dict) -> dict:
-    """The Diff-ST settings of a run, with the values older runs used where they predate a
-    field (DDIM sampling, no turns, log1p counts, disentangling weight 0.1, no self-tuning)."""
-    preset = summary["preset"]
-    tc = next(iter(summary.get("train_config", {}).values()), {})
+def run_settings(summary: dict, factor: int | None = None) -> dict:
+    """The Diff-ST settings of a run (at ``factor``: with the preset's settings for that
+    factor), with the values older runs used where they predate a field (DDIM sampling, no
+    turns, log1p counts, disentangling weight 0.1, no self-tuning)."""
+    preset = dict(summary["preset"])
+    changes = dict(preset.get("by_factor", {}).get(str(factor), {}))
+    if "model" in changes:
+        changes["model"] = {**preset.get("model", {}), **changes["model"]}
+    preset.update(changes)
+    configs = summary.get("train_config", {})
+    tc = configs.get(str(factor)) or next(iter(configs.values()), {})
     return {"steps": tc.get("steps", preset.get("steps")), "n_samples": preset["n_samples"],
             "sampler": preset.get("sampler", "ddim"), "turns": preset.get("turns", False),
             "log1p": tc.get("log1p", True),
@@ -98,17 +104,19 @@ WORDS = {
 """How a setting that differs from today's preset is named in the headline."""
 
 
-def settings(summary: dict, seed: bool = True) -> str:
+def settings(summary: dict, seed: bool = True, factor: int | None = None) -> str:
     """Preset, test depth (when thinned), every Diff-ST setting that differs from today's
-    preset of that name (older runs: what they used then) and a single seed other than 0, in
-    words."""
+    preset of that name (older runs: what they used then; at ``factor``: both with the
+    preset's settings for that factor) and a single seed other than 0, in words."""
     depth = summary["protocol"].get("depth", 1.0)
     preset = summary["preset"]
     registered = PRESETS.get((preset["profile"], preset["name"]))
     words = [f"`{preset['name']}`"]
     if registered is not None:
+        if factor is not None:
+            registered = registered.at(factor)
         now = {key: preset_value(key, registered) for key in WORDS}
-        values = run_settings(summary)
+        values = run_settings(summary, factor)
         values["model"] = changed_model(values["model"], registered.model)
         now["model"] = {}
         words += [WORDS[key](value) for key, value in values.items()
@@ -133,9 +141,9 @@ def rows_for(summary: dict, against: str | None = None) -> tuple[list[str], list
     ``against``: compare with that method + C (e.g. ``"bicubic"``) instead of the best other.
     """
     rows, verdicts = [], []
-    name = f"{summary['dataset']['name']} ({summary['stage']}, {settings(summary)})"
     n_runs = None
     for f in summary["factors"]:
+        name = f"{summary['dataset']['name']} ({summary['stage']}, {settings(summary, True, f)})"
         res = summary["results"][str(f)]
         st, comp = res["stats"], res["comparisons"]
         if REFERENCE not in st:
@@ -176,7 +184,8 @@ def headline(folders: list[Path], against: str | None = None) -> str:
         lost = [v for v in verdicts if not v.endswith("won")]
         what = ("has the best mean of the methods + C" if against is None
                 else f"beats {other} on the mean")
-        run = settings(summary, seed=False)
+        factors = summary["factors"]
+        run = settings(summary, False, factors[0] if len(factors) == 1 else None)
         words.append(f"- {summary['dataset']['name']} (preset {run}, seeds "
                      f"{', '.join(map(str, summary['seeds']))}): Diff-ST + C {what} "
                      f"in {len(won)} of {len(verdicts)} factor x metric cells"

@@ -365,6 +365,52 @@ def test_patch_sizes_follow_the_preset():
     assert patch_cells(get_preset("full", "cells"), 8.0, 5) == 40  # api default 8 x factor
 
 
+def test_spots_presets_take_the_base_map_at_x3_and_an_explicit_setting_everywhere():
+    short = get_preset("short", "spots")
+    assert short.at(3).model["upsampler"] == "istar_like" and short.at(3).self_tune == 0
+    assert "upsampler" not in short.at(2).model and short.at(2).self_tune == short.self_tune > 0
+    assert short.at(3).model["tissue_px_per_cell"] == 16  # the preset's own setting stays
+    for name in ("default", "full"):
+        assert get_preset(name, "spots").at(3).model["upsampler"] == "istar_like"
+    assert get_preset("paper", "spots").at(3) == get_preset("paper", "spots")
+    assert get_preset("short", "cells").at(5) == get_preset("short", "cells")
+    # a setting given on the command line holds at every factor; the rest of the rule stays
+    tuned = get_preset("short", "spots", {"self_tune": 5})
+    assert tuned.at(3).self_tune == tuned.at(2).self_tune == 5
+    assert tuned.at(3).model["upsampler"] == "istar_like"
+    plain = get_preset("short", "spots", {"model": {"upsampler": "bicubic"}})
+    assert plain.at(3).model["upsampler"] == "bicubic" and plain.at(3).self_tune == 0
+    # the recorded command names such a setting even where it equals the preset's default
+    from diffst.benchmark.report import overridden
+
+    assert overridden(tuned) == {"self_tune": 5}
+    assert overridden(get_preset("short", "spots", {"self_tune": 30})) == {"self_tune": 30}
+    assert overridden(plain) == {"model": {"upsampler": "bicubic"}}
+    assert overridden(short) == {}
+    with pytest.raises(ValueError, match="upsampler"):
+        get_preset("short", "spots", {"by_factor": {3: {"model": {"upsampler": "nearest"}}}})
+
+
+def test_each_factor_runs_with_its_own_settings(monkeypatch, tmp_path):
+    import diffst.benchmark.run as run_module
+
+    seen = {}
+    real = run_module.run_fold
+
+    def spy(fold, factor, keys, preset, *args, **kwargs):
+        seen[factor] = preset.self_tune
+        return real(fold, factor, keys, preset, *args, **kwargs)
+
+    monkeypatch.setattr(run_module, "run_fold", spy)
+    summary = run_benchmark("simulated", [5, 10], "holdout", "quick", tmp_path,
+                            methods=["bicubic"], ablations=False, progress=False,
+                            overrides={"by_factor": {10: {"self_tune": 3}}})
+    assert seen == {5: 0, 10: 3}
+    assert "at x10: 3 self-tuning steps" in summary["table"]
+    assert "Before super-resolving a test slide (at x10), Diff-ST was fine-tuned" in (
+        summary["table"])
+
+
 def test_folds_and_bad_arguments():
     samples = [make_sample(seed=i) for i in range(3)]
     preset = get_preset("quick", "cells")
@@ -590,3 +636,24 @@ def test_headline_names_the_changed_architecture_only():
     assert headline.settings(summary) == "`short`, channels 48"
     summary["preset"]["model"] = {"tissue_px_per_cell": 16}
     assert headline.settings(summary) == "`short`"
+
+
+def test_headline_compares_each_factor_with_that_factors_preset():
+    from diffst.benchmark.presets import train_config
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "headline.py"
+    spec = importlib.util.spec_from_file_location("diffst_headline_script", script)
+    headline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(headline)
+    # a run made before the rule: the x3 settings given on the command line, at every factor
+    preset = get_preset("short", "spots", {"self_tune": 0, "model": {"upsampler": "istar_like"}})
+    tcs = {str(f): asdict(train_config(preset, make_sample(), factor=f, seed=0)) for f in (2, 3)}
+    summary = json.loads(json.dumps({"preset": asdict(preset), "protocol": {}, "seeds": [0],
+                                     "train_config": tcs}))
+    assert headline.settings(summary, factor=3) == "`short`"
+    assert headline.settings(summary, factor=2) == ("`short`, no self-tuning, "
+                                                   "upsampler istar_like")
+    # today's preset as run: its own rule, read back from JSON (string factors)
+    summary["preset"] = json.loads(json.dumps(asdict(get_preset("short", "spots"))))
+    assert headline.settings(summary, factor=3) == headline.settings(summary, factor=2) == (
+        "`short`")

@@ -76,3 +76,28 @@ def test_a_model_trained_on_the_istar_like_base_keeps_it_when_saved_and_predicti
     result = super_resolve(loaded, lr, n_samples=1, steps=2, progress=False)
     assert calls[-1] == lr.name and len(calls) == 3
     assert np.isfinite(result.mean).all()
+
+
+def test_the_same_slide_is_fitted_once_and_a_changed_slide_again(monkeypatch):
+    fits = []
+    real = upsampler_module.istar_like
+
+    def counting(*args, **kwargs):
+        fits.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(upsampler_module, "istar_like", counting)
+    monkeypatch.setattr(upsampler_module, "_cache", type(upsampler_module._cache)())
+    lr = simulate_lr(make_sample(seed=4, size=30), 5)
+    mask = hr_mask_from_lr(lr.mask, 5)
+    first = istar_like_base(lr, 5, mask)
+    first[:] = -1  # a caller changing its copy changes nothing stored
+    again = istar_like_base(lr, 5, mask)
+    assert len(fits) == 1 and again.min() >= 0
+    lr.expr[0, lr.mask] += 1  # other counts: another map
+    changed = istar_like_base(lr, 5, mask)
+    assert len(fits) == 2 and not np.allclose(changed, again)
+    for seed in range(upsampler_module.CACHED_MAPS + 1):  # the cache stays bounded
+        other = simulate_lr(make_sample(seed=10 + seed, size=20), 5)
+        istar_like_base(other, 5, hr_mask_from_lr(other.mask, 5))
+    assert len(upsampler_module._cache) == upsampler_module.CACHED_MAPS

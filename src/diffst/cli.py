@@ -488,7 +488,9 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
                    "cells): the context Diff-ST and the regression see.")
 @click.option("--self-tune", default=None, type=click.IntRange(min=0),
               help="Fine-tune Diff-ST on each test slide's own LR map (pooled once more) for "
-                   "this many steps before super-resolving it (default: the preset's, 0).")
+                   "this many steps before super-resolving it (default: the preset's: 30 for "
+                   "`spots` data but 0 at x3, 0 for `cells`); a value given here holds at "
+                   "every factor.")
 @click.option("--self-tune-lr", default=None, type=click.FloatRange(min=0.0, min_open=True),
               help=f"Learning rate of --self-tune (default {SELF_TUNE_LR:g}).")
 @click.option("--lr-schedule", default=None, type=click.Choice(list(LR_SCHEDULES)),
@@ -515,7 +517,8 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
                    "with different seeds, their maps averaged (default: the preset's, 1).")
 @model_settings_option("Change one architecture setting of Diff-ST (and of the regression, "
                        "which shares its encoders), e.g. --model channels=48; repeat for "
-                       "several.")
+                       "several. A setting given here holds at every factor (the `spots` "
+                       "presets use upsampler=istar_like at x3).")
 @click.option("--paper-variant", "paper_variants", default=None,
               help="Comma-separated parts switched to the Diff-ST paper's variant (of "
                    f"{', '.join(PAPER_PARTS)}; the `paper` preset switches all).")

@@ -30,6 +30,14 @@ SELF_TUNE_SPOTS = (
 )
 SELF_TUNE_STEPS = 30
 """Self-tuning steps of the ``spots`` presets (HER2ST validation folds, README 'More levers')."""
+SPOTS_BY_FACTOR = {3: {"model": {"upsampler": "istar_like"}, "self_tune": 0}}
+"""The ``spots`` presets' settings at x3: the in-slide base map without self-tuning."""
+BASE_MAP_SPOTS = (
+    "; at x3 Diff-ST refines the in-slide base map (upsampler istar_like) and skips "
+    "self-tuning, chosen on the HER2ST validation folds at seeds 0 and 1 with the `short` "
+    "preset's training (README 'The in-slide base map'; at x2 that was worse, so x2 keeps the "
+    "bicubic base and self-tuning)"
+)
 
 
 @dataclass
@@ -73,6 +81,9 @@ class Preset:
         self_tune: steps of self-supervised fine-tuning of Diff-ST (and its ablations) on each
             test slide's own LR map before it is super-resolved (:func:`diffst.selftune.
             self_tune`, learning rate ``self_tune_lr``); 0: none.
+        by_factor: settings that differ at one scale factor, ``{factor: {field: value}}`` (a
+            ``model`` entry changes the named architecture fields); :meth:`at` applies them.
+            A setting given explicitly to :func:`get_preset` holds at every factor.
         provenance: where these settings came from (printed with every table).
     """
 
@@ -107,7 +118,15 @@ class Preset:
     self_tune_lr: float = SELF_TUNE_LR
     paper_variants: tuple[str, ...] = ()
     n_models: int = 1
+    by_factor: dict[int, dict] = field(default_factory=dict)
     provenance: str = PROVENANCE_V01
+
+    def at(self, factor: int) -> Preset:
+        """The settings used at ``factor``: this preset with ``by_factor[factor]`` applied."""
+        changes = dict(self.by_factor.get(factor, {}))
+        if "model" in changes:
+            changes["model"] = {**self.model, **changes["model"]}
+        return replace(self, **changes)
 
 
 PRESETS: dict[tuple[str, str], Preset] = {
@@ -130,7 +149,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
     ("spots", "default"): Preset(
         "default", "spots", model=dict(tissue_px_per_cell=16), steps=600, batch_size=8,
         lr=1e-3, ema_decay=0.995, patch_um=1600.0, n_genes=50, self_tune=SELF_TUNE_STEPS,
-        provenance=PROVENANCE_V01 + SELF_TUNE_SPOTS),
+        by_factor=SPOTS_BY_FACTOR, provenance=PROVENANCE_V01 + SELF_TUNE_SPOTS + BASE_MAP_SPOTS),
     # sized so that leave-one-section-out over 5 HER2ST sections x 2 factors x 3 seeds (60
     # trainings) fits about two hours on 2 shared CPU cores: a third of the training steps and
     # a 4 µm/px image (the data pipeline dominates a step at 2 µm/px)
@@ -141,16 +160,16 @@ PRESETS: dict[tuple[str, str], Preset] = {
     ("spots", "short"): Preset(
         "short", "spots", model=dict(tissue_px_per_cell=16), steps=200, batch_size=8,
         lr=1e-3, ema_decay=0.995, patch_um=1600.0, work_um_per_px=4.0, n_genes=50,
-        self_tune=SELF_TUNE_STEPS,
-        provenance=PROVENANCE_V01 + SELF_TUNE_SPOTS + "; fewer steps and a coarser image for "
-        "CPU time, not for accuracy"),
+        self_tune=SELF_TUNE_STEPS, by_factor=SPOTS_BY_FACTOR,
+        provenance=PROVENANCE_V01 + SELF_TUNE_SPOTS + BASE_MAP_SPOTS + "; fewer steps and a "
+        "coarser image for CPU time, not for accuracy"),
     # the package's own training defaults (TrainConfig) and ablations at every factor
     ("cells", "full"): Preset(
         "full", "cells", ablation_factors="all"),
     ("spots", "full"): Preset(
         "full", "spots", model=dict(tissue_px_per_cell=16), patch_um=1600.0,
         ablation_factors="all", n_genes=50, self_tune=SELF_TUNE_STEPS,
-        provenance=PROVENANCE_V01 + SELF_TUNE_SPOTS),
+        by_factor=SPOTS_BY_FACTOR, provenance=PROVENANCE_V01 + SELF_TUNE_SPOTS + BASE_MAP_SPOTS),
 }
 """``(profile, name)`` -> :class:`Preset`."""
 
@@ -165,7 +184,7 @@ PAPER_PROVENANCE = (
 for _profile in ("cells", "spots"):
     PRESETS[(_profile, "paper")] = replace(
         PRESETS[(_profile, "short")], name="paper", sampler="ddim", sample_steps=20,
-        n_samples=8, turns=False, self_tune=0, paper_variants=PAPER_PARTS,
+        n_samples=8, turns=False, self_tune=0, paper_variants=PAPER_PARTS, by_factor={},
         provenance=PAPER_PROVENANCE)
 
 PRESET_NAMES = ("quick", "short", "default", "full", "paper")
@@ -182,10 +201,28 @@ def get_preset(name: str, profile: str, overrides: dict | None = None) -> Preset
     if bad:
         raise ValueError(f"unknown preset settings {bad}: choose from {sorted(known)}")
     overrides = dict(overrides or {})
+    if "by_factor" not in overrides:  # a setting given here holds at every factor
+        overrides["by_factor"] = {f: _without(changes, overrides)
+                                  for f, changes in preset.by_factor.items()}
     if "model" in overrides:  # architecture settings change the preset's, one by one
         overrides["model"] = {**preset.model, **overrides["model"]}
-        DiffSTConfig(**overrides["model"])  # a bad value fails here, before any training
-    return replace(preset, **overrides)
+    chosen = replace(preset, **overrides)
+    for factor in (None, *chosen.by_factor):  # a bad value fails here, before any training
+        DiffSTConfig(**(chosen if factor is None else chosen.at(factor)).model)
+    return chosen
+
+
+def _without(changes: dict, overrides: dict) -> dict:
+    """``changes`` (one factor's settings) less the fields and architecture settings that
+    ``overrides`` sets."""
+    kept = {key: value for key, value in changes.items() if key not in overrides or
+            key == "model"}
+    if "model" in kept:
+        kept["model"] = {k: v for k, v in kept["model"].items()
+                         if k not in overrides.get("model", {})}
+        if not kept["model"]:
+            del kept["model"]
+    return kept
 
 
 def patch_cells(preset: Preset, cell_um: float, factor: int) -> int:

@@ -197,8 +197,10 @@ def build_summary(runs: list, preset: Preset, split: str, stage: str, hr_mask: s
         u = units[units["factor"] == f]
         results[str(f)] = {**factor_statistics(u), "runs": _plain(u.to_dict(orient="records"))}
     first = data.folds[0].train[0]
-    tcs = {str(f): _plain(asdict(train_config(preset, first, f, seeds[0])))
+    tcs = {str(f): _plain(asdict(train_config(preset.at(f), first, f, seeds[0])))
            for f in data.factors}
+    at_factor = {str(f): network_configs(preset.at(f).model, preset.paper_variants)
+                 for f in data.factors if f in preset.by_factor}
     folds = [{"seed": seed, "name": fd.name, "genes": fd.genes,
               "train": [_describe(x) for x in fd.train],
               "test": [_describe(x) for x in fd.test]} for seed, d in runs for fd in d.folds]
@@ -223,6 +225,7 @@ def build_summary(runs: list, preset: Preset, split: str, stage: str, hr_mask: s
         "preset": _plain(asdict(preset)),
         "train_config": tcs,
         **network_configs(preset.model, preset.paper_variants),
+        **({"network_configs_at_factor": at_factor} if at_factor else {}),
         "methods": {k: method_label(k) for k in gene_df["method"].unique()},
         "ablations": {"enabled": bool(ablations and "diffst" in methods)},
         "results": results,
@@ -269,16 +272,69 @@ def _model_sentence(preset: dict) -> str:
     return f" Diff-ST's (and the regression's) network changed with `--model`: {settings}."
 
 
+def _self_tune_sentence(preset: dict, factors: list[int]) -> str:
+    """How Diff-ST was tuned on each test slide (the preset's ``self_tune``, or its value for
+    a factor in ``by_factor``), as a sentence (or "")."""
+    by_factor = {int(f): changes for f, changes in preset.get("by_factor", {}).items()}
+    steps = {f: by_factor.get(f, {}).get("self_tune", preset.get("self_tune", 0))
+             for f in factors}
+    tuned = {f: n for f, n in steps.items() if n}
+    if not tuned:
+        return ""
+    where = "" if len(tuned) == len(steps) else f" (at {', '.join(f'x{f}' for f in tuned)})"
+    counts = (str(next(iter(tuned.values()))) if len(set(tuned.values())) == 1
+              else ", ".join(f"{n} (x{f})" for f, n in tuned.items()))
+    return (f" Before super-resolving a test slide{where}, Diff-ST was fine-tuned on that "
+            f"slide's own LR map (pooled once more -> the LR map; no truth) for {counts} "
+            f"steps at lr {preset.get('self_tune_lr', 0):g} (`--self-tune`).")
+
+
+def _factor_sentence(preset: dict, factors: list[int]) -> str:
+    """The preset's settings that differ at some of the run's ``factors`` (its ``by_factor``,
+    read back from JSON: factors are strings), as a sentence (or "")."""
+    by_factor = {int(f): changes for f, changes in preset.get("by_factor", {}).items()}
+    said = [f"at x{f}: {factor_settings_text(by_factor[f])}" for f in factors
+            if by_factor.get(f)]
+    return f" Settings of the preset that differ by factor: {'; '.join(said)}." if said else ""
+
+
+def factor_settings_text(changes: dict) -> str:
+    """One factor's preset settings (``{"self_tune": 0, "model": {...}}``) in words."""
+    words = []
+    for key, value in changes.items():
+        if key == "model":
+            words += [model_setting_text(k, v, " ") for k, v in value.items()]
+        elif key == "self_tune":
+            words.append(f"{value} self-tuning steps" if value else "no self-tuning")
+        else:
+            words.append(f"{key} {value}")
+    return ", ".join(words)
+
+
 def overridden(preset: Preset) -> dict:
     """The fields of ``preset`` that differ from the registered preset of its name (all the
     benchmark's command-line overrides: steps, samples, sampler, ...)."""
     registered = PRESETS.get((preset.profile, preset.name))
     if registered is None:
         return {}
+    fixed, fixed_model = _set_at_every_factor(preset, registered)
     changed = {key: getattr(preset, key) for key in OVERRIDE_FLAGS
-               if key != "model" and getattr(preset, key) != getattr(registered, key)}
+               if key != "model" and (getattr(preset, key) != getattr(registered, key)
+                                      or key in fixed)}
     model = changed_model(preset.model, registered.model)
+    model.update({key: preset.model.get(key, _DEFAULT_MODEL.get(key)) for key in fixed_model})
     return {**changed, "model": model} if model else changed
+
+
+def _set_at_every_factor(preset: Preset, registered: Preset) -> tuple[set[str], set[str]]:
+    """The fields and architecture settings that ``registered`` sets for some factor
+    (``by_factor``) and ``preset`` no longer does: overrides that hold at every factor."""
+    fields_, model = set(), set()
+    for factor, changes in registered.by_factor.items():
+        kept = preset.by_factor.get(factor, {})
+        fields_ |= {key for key in changes if key != "model" and key not in kept}
+        model |= set(changes.get("model", {})) - set(kept.get("model", {}))
+    return fields_, model
 
 
 _DEFAULT_MODEL = DiffSTConfig().to_dict()
@@ -286,13 +342,16 @@ _DEFAULT_MODEL = DiffSTConfig().to_dict()
 
 def changed_model(model: dict, registered: dict) -> dict:
     """The architecture settings of ``model`` (a preset's, or one read back from JSON, where
-    tuples are lists) that differ from the ``registered`` preset's ``model`` (where that leaves
-    a field out: :class:`DiffSTConfig`'s default)."""
+    tuples are lists) that differ from the ``registered`` preset's ``model`` (where either
+    leaves a field out: :class:`DiffSTConfig`'s default)."""
     def plain(v: object) -> object:
         return tuple(v) if isinstance(v, list | tuple) else v
 
-    return {key: plain(value) for key, value in model.items()
-            if plain(value) != plain(registered.get(key, _DEFAULT_MODEL.get(key)))}
+    def value_in(settings: dict, key: str) -> object:
+        return plain(settings.get(key, _DEFAULT_MODEL.get(key)))
+
+    return {key: value_in(model, key) for key in {**model, **registered}
+            if value_in(model, key) != value_in(registered, key)}
 
 
 def model_setting_text(key: str, value: object, sep: str = "=") -> str:
@@ -561,13 +620,11 @@ def format_tables(summary: dict) -> str:
                 "(`--match-depth`)." if p.get("match_depth") else "")
              + (" Each Diff-ST sample saw the tile in another of its 8 orientations (rotations "
                 "and mirrorings, turned back; `--turns`)." if p.get("turns") else "")
-             + (f" Before super-resolving a test slide, Diff-ST was fine-tuned on that slide's "
-                f"own LR map (pooled once more -> the LR map; no truth) for "
-                f"{p['self_tune']} steps at lr {p.get('self_tune_lr', 0):g} "
-                f"(`--self-tune`)." if p.get("self_tune") else "")
+             + _self_tune_sentence(p, summary["factors"])
              + (f" Diff-ST is an ensemble of {p['n_models']} models (seeds differ), their maps "
                 "averaged (`--models`)." if p.get("n_models", 1) > 1 else "")
              + _model_sentence(p)
+             + _factor_sentence(p, summary["factors"])
              + (f" Parts switched to the Diff-ST paper's variant (`--paper-variant`, README "
                 f"'Where diffst differs from the paper'): {', '.join(p['paper_variants'])}."
                 if p.get("paper_variants") else ""), "",

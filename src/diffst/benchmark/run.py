@@ -169,8 +169,8 @@ def run_benchmark(
         for factor in data.factors:
             keys = methods_for_factor(methods, ablations, factor, data.factors, chosen)
             for fold in data.folds:
-                res = run_fold(fold, factor, keys, chosen, seed, hr_mask, progress,
-                               thin=thin)
+                res = run_fold(fold, factor, keys, chosen.at(factor), seed, hr_mask,
+                               progress, thin=thin)
                 per_gene.append(res.per_gene)
                 per_sample.append(res.per_sample)
                 if seed == seeds[0]:

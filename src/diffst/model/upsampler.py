@@ -11,6 +11,8 @@ base maps the same way, each from its own LR map.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import numpy as np
 
 from diffst.consistency import redistribute_np
@@ -18,9 +20,15 @@ from diffst.data.patches import Upsampler
 from diffst.data.sample import STSample
 from diffst.model.config import UPSAMPLERS
 from diffst.model.istar_like import istar_like
+from diffst.tilestore import fingerprint
 
 ISTAR_SEED = 0
 """Seed of the iStar-like fit of a base map: the same slide always gets the same base map."""
+
+CACHED_MAPS = 8
+"""Base maps kept in memory, keyed by their inputs: a benchmark fold fits each training
+section's map for Diff-ST and again for the histology regression, which share it."""
+_cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
 
 def istar_like_base(lr: STSample, factor: int, hr_mask: np.ndarray) -> np.ndarray:
@@ -34,10 +42,20 @@ def istar_like_base(lr: STSample, factor: int, hr_mask: np.ndarray) -> np.ndarra
     Returns:
         ``(G, h * factor, w * factor)`` float32 counts per HR cell; the HR tissue cells of each
         LR cell add up to its count (:func:`diffst.consistency.redistribute_np`), 0 off tissue.
+        The same inputs give the same map, from memory after the first fit
+        (:data:`CACHED_MAPS`).
     """
-    hr_shape = (lr.shape[0] * factor, lr.shape[1] * factor)
-    counts = istar_like(lr, factor, hr_shape, seed=ISTAR_SEED)
-    return redistribute_np(counts, lr.expr, hr_mask, factor).astype(np.float32)
+    key = fingerprint(lr.expr, lr.mask, hr_mask, lr.affine,
+                      b"" if lr.image is None else lr.image,
+                      f"{factor} {lr.cell_um!r} {lr.image_um_per_px!r} {ISTAR_SEED}")
+    if key not in _cache:
+        hr_shape = (lr.shape[0] * factor, lr.shape[1] * factor)
+        counts = istar_like(lr, factor, hr_shape, seed=ISTAR_SEED)
+        _cache[key] = redistribute_np(counts, lr.expr, hr_mask, factor).astype(np.float32)
+        while len(_cache) > CACHED_MAPS:
+            _cache.popitem(last=False)
+    _cache.move_to_end(key)
+    return _cache[key].copy()
 
 
 def upsampler_for(name: str) -> Upsampler | None:
