@@ -121,6 +121,8 @@ def settings(summary: dict, seed: bool = True, factor: int | None = None) -> str
         now["model"] = {}
         words += [WORDS[key](value) for key, value in values.items()
                   if value != now[key] and WORDS[key](value)]
+    if summary.get("split") not in (None, "loo", "holdout"):  # e.g. another tissue seed
+        words.append(f"split {summary['split']}")
     if depth != 1.0:
         words.append(f"test depth {depth:.0%}")
     if seed and summary["seeds"] != [0] and len(summary["seeds"]) == 1:  # not the usual 0

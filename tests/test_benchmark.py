@@ -657,3 +657,5 @@ def test_headline_compares_each_factor_with_that_factors_preset():
     summary["preset"] = json.loads(json.dumps(asdict(get_preset("short", "spots"))))
     assert headline.settings(summary, factor=3) == headline.settings(summary, factor=2) == (
         "`short`")
+    summary["split"] = "seeds"  # a split other than the usual one is named
+    assert headline.settings(summary, factor=2) == "`short`, split seeds"
