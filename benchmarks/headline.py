@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from diffst.benchmark.methods import method_label
-from diffst.benchmark.presets import PRESETS
+from diffst.benchmark.presets import PRESETS, factor_changes
 from diffst.benchmark.report import (
     HEADLINE,
     MAIN_METRICS,
@@ -54,10 +54,7 @@ def run_settings(summary: dict, factor: int | None = None) -> dict:
     factor), with the values older runs used where they predate a field (DDIM sampling, no
     turns, log1p counts, disentangling weight 0.1, no self-tuning)."""
     preset = dict(summary["preset"])
-    changes = dict(preset.get("by_factor", {}).get(str(factor), {}))
-    if "model" in changes:
-        changes["model"] = {**preset.get("model", {}), **changes["model"]}
-    preset.update(changes)
+    preset.update(factor_changes(preset.get("model", {}), preset.get("by_factor", {}), factor))
     configs = summary.get("train_config", {})
     tc = configs.get(str(factor)) or next(iter(configs.values()), {})
     return {"steps": tc.get("steps", preset.get("steps")), "n_samples": preset["n_samples"],

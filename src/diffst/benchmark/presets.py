@@ -123,10 +123,16 @@ class Preset:
 
     def at(self, factor: int) -> Preset:
         """The settings used at ``factor``: this preset with ``by_factor[factor]`` applied."""
-        changes = dict(self.by_factor.get(factor, {}))
-        if "model" in changes:
-            changes["model"] = {**self.model, **changes["model"]}
-        return replace(self, **changes)
+        return replace(self, **factor_changes(self.model, self.by_factor, factor))
+
+
+def factor_changes(model: dict, by_factor: dict, factor: int) -> dict:
+    """The fields a preset's ``by_factor`` changes at ``factor`` (its keys are factors, or their
+    strings in a preset read back from JSON), with a ``model`` entry merged into ``model``."""
+    changes = dict(by_factor.get(factor, by_factor.get(str(factor), {})))
+    if "model" in changes:
+        changes["model"] = {**model, **changes["model"]}
+    return changes
 
 
 PRESETS: dict[tuple[str, str], Preset] = {

@@ -30,7 +30,7 @@ from diffst.benchmark.methods import (
     consistent_key,
     method_label,
 )
-from diffst.benchmark.presets import PRESETS, Preset, train_config
+from diffst.benchmark.presets import PRESETS, Preset, factor_changes, train_config
 from diffst.config import TrainConfig, paper_variant
 from diffst.data.image import aligned_image
 from diffst.data.lr import simulate_lr, upsample_nearest
@@ -275,8 +275,8 @@ def _model_sentence(preset: dict) -> str:
 def _self_tune_sentence(preset: dict, factors: list[int]) -> str:
     """How Diff-ST was tuned on each test slide (the preset's ``self_tune``, or its value for
     a factor in ``by_factor``), as a sentence (or "")."""
-    by_factor = {int(f): changes for f, changes in preset.get("by_factor", {}).items()}
-    steps = {f: by_factor.get(f, {}).get("self_tune", preset.get("self_tune", 0))
+    by_factor = preset.get("by_factor", {})
+    steps = {f: factor_changes({}, by_factor, f).get("self_tune", preset.get("self_tune", 0))
              for f in factors}
     tuned = {f: n for f, n in steps.items() if n}
     if not tuned:
@@ -292,9 +292,8 @@ def _self_tune_sentence(preset: dict, factors: list[int]) -> str:
 def _factor_sentence(preset: dict, factors: list[int]) -> str:
     """The preset's settings that differ at some of the run's ``factors`` (its ``by_factor``,
     read back from JSON: factors are strings), as a sentence (or "")."""
-    by_factor = {int(f): changes for f, changes in preset.get("by_factor", {}).items()}
-    said = [f"at x{f}: {factor_settings_text(by_factor[f])}" for f in factors
-            if by_factor.get(f)]
+    changes = {f: factor_changes({}, preset.get("by_factor", {}), f) for f in factors}
+    said = [f"at x{f}: {factor_settings_text(changes[f])}" for f in factors if changes[f]]
     return f" Settings of the preset that differ by factor: {'; '.join(said)}." if said else ""
 
 
