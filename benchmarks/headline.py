@@ -29,6 +29,7 @@ from diffst.benchmark.report import (
     model_setting_text,
 )
 from diffst.config import SELF_TUNE_LR, TrainConfig
+from diffst.model.istar_like import istar_settings
 
 
 def best_rival(stats: dict, metric: str) -> str | None:
@@ -52,7 +53,8 @@ def cell(s: dict) -> str:
 def run_settings(summary: dict, factor: int | None = None) -> dict:
     """The Diff-ST settings of a run (at ``factor``: with the preset's settings for that
     factor), with the values older runs used where they predate a field (DDIM sampling, no
-    turns, log1p counts, disentangling weight 0.1, no self-tuning)."""
+    turns, log1p counts, disentangling weight 0.1, no self-tuning, an iStar-like fit of fixed
+    length)."""
     preset = dict(summary["preset"])
     preset.update(factor_changes(preset.get("model", {}), preset.get("by_factor", {}), factor))
     configs = summary.get("train_config", {})
@@ -72,7 +74,9 @@ def run_settings(summary: dict, factor: int | None = None) -> dict:
             "ema_warmup": tc.get("ema_warmup", 10.0),
             "t_focus": tc.get("t_focus", 0.0),
             "work_um_per_px": preset.get("work_um_per_px"),
-            "n_models": preset.get("n_models", 1), "model": preset.get("model", {})}
+            "n_models": preset.get("n_models", 1),
+            "istar_select_folds": summary.get("istar_settings", {}).get("select_folds", 0),
+            "model": preset.get("model", {})}
 
 
 WORDS = {
@@ -96,6 +100,8 @@ WORDS = {
                           else "uniform noise steps"),
     "work_um_per_px": lambda v: f"image at {v:g} µm/px" if v else "",
     "n_models": lambda v: f"ensemble of {v}" if v > 1 else "one model",
+    "istar_select_folds": lambda v: (f"iStar-like steps chosen by {v}-fold CV" if v
+                                     else "iStar-like without early stopping"),
     "model": lambda v: ", ".join(model_setting_text(k, x, " ") for k, x in v.items()),
 }
 """How a setting that differs from today's preset is named in the headline."""
@@ -130,6 +136,8 @@ def settings(summary: dict, seed: bool = True, factor: int | None = None) -> str
 def preset_value(key: str, registered) -> object:
     """Today's value of the setting ``key`` for a registered preset (a training setting the
     preset leaves to the package: :class:`TrainConfig`'s default)."""
+    if key == "istar_select_folds":
+        return istar_settings(**registered.istar)["select_folds"]
     value = getattr(registered, key)
     return getattr(TrainConfig(), key, None) if value is None else value
 

@@ -45,6 +45,7 @@ from diffst.data.lr import padded_mask, pool_sum, simulate_lr, thin_counts
 from diffst.data.sample import SampleError
 from diffst.metrics import METRIC_COLUMNS
 from diffst.metrics import evaluate as score_maps
+from diffst.model.istar_like import istar_settings
 from diffst.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -632,10 +633,13 @@ def test_headline_names_the_changed_architecture_only():
     preset = get_preset("short", "spots", {"model": {"channels": 48}})
     tc = asdict(train_config(preset, make_sample(), factor=2, seed=0))
     summary = json.loads(json.dumps({"preset": asdict(preset), "protocol": {}, "seeds": [0],
-                                     "train_config": {"2": tc}}))
+                                     "train_config": {"2": tc},
+                                     "istar_settings": istar_settings(**preset.istar)}))
     assert headline.settings(summary) == "`short`, channels 48"
     summary["preset"]["model"] = {"tissue_px_per_cell": 16}
     assert headline.settings(summary) == "`short`"
+    del summary["istar_settings"]  # a run from before the iStar-like fit chose its steps
+    assert headline.settings(summary) == "`short`, iStar-like without early stopping"
 
 
 def test_headline_compares_each_factor_with_that_factors_preset():
@@ -649,7 +653,7 @@ def test_headline_compares_each_factor_with_that_factors_preset():
     preset = get_preset("short", "spots", {"self_tune": 0, "model": {"upsampler": "istar_like"}})
     tcs = {str(f): asdict(train_config(preset, make_sample(), factor=f, seed=0)) for f in (2, 3)}
     summary = json.loads(json.dumps({"preset": asdict(preset), "protocol": {}, "seeds": [0],
-                                     "train_config": tcs}))
+                                     "train_config": tcs, "istar_settings": istar_settings()}))
     assert headline.settings(summary, factor=3) == "`short`"
     assert headline.settings(summary, factor=2) == ("`short`, no self-tuning, "
                                                    "upsampler istar_like")

@@ -21,7 +21,10 @@ PROVENANCE_V01 = (
     "one-step posterior-mean estimates, one per orientation of the tile) were chosen on the "
     "HER2ST validation folds (`--stage validation`, README 'Levers'); the baselines' settings "
     "(TESLA radius and sigma, iStar-like capacity) are the package defaults, not tuned on any "
-    "test data"
+    "test data; the iStar-like fit (the baseline, and Diff-ST's base map where it uses one) "
+    "chooses its training steps on each slide by 5-fold cross-validation over that slide's "
+    "LR cells (no truth), adopted after checks on the validation data of all three datasets "
+    "(README 'Early stopping of the iStar-like fit')"
 )
 SELF_TUNE_SPOTS = (
     "; self-tuning on each test slide (`--self-tune 30`, lr 3e-5) was chosen on the HER2ST "

@@ -38,6 +38,7 @@ from diffst.infer import draws_in_words
 from diffst.io.atomic import atomic_path
 from diffst.metrics import HIGHER_IS_BETTER, METRIC_COLUMNS
 from diffst.model.config import DiffSTConfig, SchedulerConfig
+from diffst.model.istar_like import istar_settings
 from diffst.plot import gene_panel
 
 REFERENCE = consistent_key("diffst")
@@ -224,6 +225,7 @@ def build_summary(runs: list, preset: Preset, split: str, stage: str, hr_mask: s
         },
         "preset": _plain(asdict(preset)),
         "train_config": tcs,
+        "istar_settings": _plain(istar_settings(**preset.istar)),
         **network_configs(preset.model, preset.paper_variants),
         **({"network_configs_at_factor": at_factor} if at_factor else {}),
         "methods": {k: method_label(k) for k in gene_df["method"].unique()},
