@@ -12,6 +12,7 @@ from diffst.baselines import BASELINES, IStarLike, bicubic, spot_constant, tesla
 from diffst.data.features import hr_colours, hr_features
 from diffst.data.lr import pool_sum, simulate_lr
 from diffst.data.sample import SampleError, STSample
+from diffst.model.istar_like import istar_settings
 
 PX = 4  # image pixels per HR cell
 S = 4  # scale factor
@@ -189,6 +190,42 @@ def test_istar_like_recovers_sub_lr_structure() -> None:
     pooled = pool_sum(pred, S)
     rel = np.abs(pooled[:2].sum() - lr.expr[:2].sum()) / lr.expr[:2].sum()
     assert rel < 0.1
+
+
+def test_istar_like_stops_early_on_noise_and_trains_on_signal() -> None:
+    hr = _slide(seed=4)
+    deep = simulate_lr(hr, S)  # counts follow the image exactly
+    noise = replace(hr, expr=np.random.default_rng(0).poisson(0.5, hr.expr.shape)
+                    .astype(np.float32))  # counts unrelated to the image
+    shallow = simulate_lr(noise, S)
+    fits = {name: IStarLike(n_models=1, steps=150, select_folds=4, seed=0).fit(lr, S)
+            for name, lr in (("deep", deep), ("noise", shallow))}
+    assert fits["noise"].chosen_steps <= 10 < 50 <= fits["deep"].chosen_steps
+    for fit in fits.values():
+        curve = fit.held_out_curve
+        assert curve.shape == (150 // 10 + 1,)
+        assert fit.chosen_steps == 10 * int(np.argmin(curve))
+        assert len(fit.history[0]) == fit.chosen_steps  # the ensemble trained that long
+    again = IStarLike(n_models=1, steps=150, select_folds=4, seed=0).fit(shallow, S)
+    np.testing.assert_array_equal(again.predict(), fits["noise"].predict())
+
+
+def test_istar_like_without_selection_trains_every_step() -> None:
+    lr = simulate_lr(_slide(h=16, w=16), S)
+    fixed = IStarLike(n_models=1, steps=40, select_folds=0, seed=1).fit(lr, S)
+    assert fixed.chosen_steps == 40 and fixed.held_out_curve is None
+    assert len(fixed.history[0]) == 40
+    for bad in ({"select_folds": 1}, {"select_folds": -2}, {"select_every": 0}):
+        with pytest.raises(ValueError, match="select_folds must be 0 or >= 2"):
+            IStarLike(**bad)
+
+
+def test_istar_settings_name_what_a_fit_uses() -> None:
+    settings = istar_settings(steps=20)
+    assert settings["steps"] == 20 and settings["select_folds"] == IStarLike().select_folds
+    assert "num_threads" not in settings
+    with pytest.raises(ValueError, match="no setting"):
+        istar_settings(depth=3)
 
 
 def test_istar_like_poisson_loss_runs_and_seeds_are_reproducible() -> None:
