@@ -55,11 +55,11 @@ SPLITS = {"her2st": "loo"}
 
 
 def validation_sections(case: Case, seed: int, data_root: Path | None) -> list[STSample]:
-    """The held-out sections (or strips) of the validation stage (``short`` preset)."""
+    """The held-out sections (or strips) of the validation stage (``short`` preset), cut as
+    ``diffst benchmark`` cuts them for the dataset's default factors."""
     root = None if case.folder is None else data_root / case.folder
     data, _ = load_benchmark_data(case.dataset, SPLITS.get(case.dataset, "holdout"),
-                                  "validation", "short", factors=[case.factor], seed=seed,
-                                  data_root=root)
+                                  "validation", "short", seed=seed, data_root=root)
     return [t for fold in data.folds for t in fold.test]
 
 
