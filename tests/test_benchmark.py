@@ -324,6 +324,9 @@ def test_refreshing_a_run_folder_adds_the_ablation_effects_without_changing_scor
     run_benchmark("simulated", [5], "holdout", "quick", out, methods=["bicubic", "diffst"],
                   ablations=True, seeds=[0], progress=False)
     summary = json.loads((out / "summary.json").read_text())
+    # the iStar-like settings the run used, as the quick preset sets them on the defaults
+    expected = {**istar_settings(), "n_models": 1, "steps": 20}
+    assert summary["istar_settings"] == json.loads(json.dumps(expected))
     del summary["results"]["5"]["ablation_effects"]  # as a folder written before it existed
     (out / "summary.json").write_text(json.dumps(summary))
     old_table = (out / "table.md").read_text()
