@@ -27,6 +27,7 @@ from tqdm import tqdm
 from diffst.baselines import BASELINES
 from diffst.benchmark.data import load_benchmark_data
 from diffst.benchmark.methods import prediction_mask, with_consistency
+from diffst.benchmark.report import better
 from diffst.benchmark.run import depth_shifted
 from diffst.data.sample import STSample
 from diffst.io.atomic import atomic_path
@@ -52,6 +53,8 @@ CASES = [Case("her2st", "her2st", f, d) for f in (2, 3) for d in (1.0, 0.1, 0.05
     Case("xenium_crop", "xenium_breast_crop", f) for f in (5, 10)] + [
     Case("simulated", None, f) for f in (5, 10)]
 SPLITS = {"her2st": "loo"}
+CHOSEN_FOLDS = istar_settings()["select_folds"] or 5
+"""Folds of the step choice compared with fixed steps: the package default (5 if it is off)."""
 
 
 def validation_sections(case: Case, seed: int, data_root: Path | None) -> list[STSample]:
@@ -90,11 +93,6 @@ def mean_sd(mean: float, sd: float) -> str:
     return f"{mean:.4f}" if not np.isfinite(sd) else f"{mean:.4f} ± {sd:.4f}"
 
 
-def better(metric: str, a: float, b: float) -> bool:
-    """``a`` is better than ``b`` on ``metric`` (RMSE: lower)."""
-    return a < b if metric == "rmse" else a > b
-
-
 def case_lines(df: pd.DataFrame) -> tuple[list[str], list[str]]:
     """Table rows and one sentence for one case's runs."""
     stats = df.groupby("method")[list(METRICS)].agg(["mean", "std"])
@@ -124,7 +122,6 @@ def case_lines(df: pd.DataFrame) -> tuple[list[str], list[str]]:
 
 def write_table(df: pd.DataFrame, out: Path, seeds: list[int], skipped: list[str]) -> None:
     """``table.md``: one block of rows per case, then the generated sentences."""
-    folds = istar_settings()["select_folds"]
     lines = [
         "# iStar-like fit: fixed steps against steps chosen by cross-validation (validation)",
         "",
@@ -133,7 +130,7 @@ def write_table(df: pd.DataFrame, out: Path, seeds: list[int], skipped: list[str
         f"validation tissues), seeds {', '.join(map(str, seeds))}. Each slide's LR map (thinned "
         "first where a depth is given; the target is then the thinned truth's expectation) is "
         "fitted with the package's iStar-like settings, once with a fixed number of steps and "
-        f"once with the steps chosen by {folds}-fold cross-validation over its LR cells (no "
+        f"once with the steps chosen by {CHOSEN_FOLDS}-fold cross-validation over its LR cells (no "
         "truth). Every map goes through the same consistency step (+ C) and is scored with the "
         "benchmark's metrics; mean ± sd over section x seed. The fits' own seed is 0 in every "
         "run, so at full depth the seeds repeat the same HER2ST and Xenium fits (a seed "
@@ -175,7 +172,6 @@ def main(argv: list[str] | None = None) -> int:
         write_table(df, args.out, sorted(df["seed"].unique().tolist()), [])
         return 0
     wanted = None if args.cases == "all" else set(args.cases.split(","))
-    folds = istar_settings()["select_folds"] or 5
     rows, skipped = [], []
     for case in tqdm([c for c in CASES if wanted is None or c.dataset in wanted], desc="cases"):
         if case.folder is not None and not (args.data_root / case.folder).is_dir():
@@ -185,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for seed in seeds:
             for truth in validation_sections(case, seed, args.data_root):
-                rows += score_case(case, seed, truth, folds)
+                rows += score_case(case, seed, truth, CHOSEN_FOLDS)
     if not rows:
         print("nothing to run: " + "; ".join(skipped), file=sys.stderr)
         return 1
