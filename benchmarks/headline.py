@@ -75,6 +75,7 @@ def run_settings(summary: dict, factor: int | None = None) -> dict:
             "t_focus": tc.get("t_focus", 0.0),
             "work_um_per_px": preset.get("work_um_per_px"),
             "n_models": preset.get("n_models", 1),
+            "istar_mix": preset.get("istar_mix", 0.0),
             "istar_select_folds": summary.get("istar_settings", {}).get("select_folds", 0),
             "model": preset.get("model", {})}
 
@@ -100,6 +101,7 @@ WORDS = {
                           else "uniform noise steps"),
     "work_um_per_px": lambda v: f"image at {v:g} µm/px" if v else "",
     "n_models": lambda v: f"ensemble of {v}" if v > 1 else "one model",
+    "istar_mix": lambda v: (f"`--istar-mix {v}`" if v else "no iStar-like mix"),
     "istar_select_folds": lambda v: (f"iStar-like steps chosen by {v}-fold CV" if v
                                      else "iStar-like without early stopping"),
     "model": lambda v: ", ".join(model_setting_text(k, x, " ") for k, x in v.items()),

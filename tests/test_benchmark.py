@@ -666,3 +666,72 @@ def test_headline_compares_each_factor_with_that_factors_preset():
         "`short`")
     summary["split"] = "seeds"  # a split other than the usual one is named
     assert headline.settings(summary, factor=2) == "`short`, split seeds"
+
+
+def test_spots_presets_mix_in_the_slides_own_fit_by_factor(monkeypatch):
+    from diffst.benchmark.report import _command, overridden
+
+    short = get_preset("short", "spots")
+    assert short.at(2).istar_mix == 0.5 and short.at(3).istar_mix == "depth"
+    assert get_preset("paper", "spots").at(3).istar_mix == 0.0
+    assert get_preset("short", "cells").at(5).istar_mix == 0.0
+    # given on the command line it holds at every factor and is recorded in the command
+    seen = _preset_overrides(monkeypatch, ["--preset", "short", "--istar-mix", "0"])
+    assert seen == {"istar_mix": 0.0}
+    off = get_preset("short", "spots", seen)
+    assert off.at(2).istar_mix == off.at(3).istar_mix == 0.0
+    assert off.at(3).model["upsampler"] == "istar_like"  # the rest of the x3 rule stays
+    assert overridden(off) == {"istar_mix": 0.0}
+    cmd = _command("her2st", [2, 3], "loo", "short", list(METHOD_LABELS), False, [0],
+                   "validation", preset=get_preset("short", "spots", {"istar_mix": "depth"}))
+    assert cmd.endswith("--istar-mix depth")
+    with pytest.raises(ValueError, match="istar_mix must be a number between 0 and 1"):
+        get_preset("short", "spots", {"istar_mix": 1.5})
+
+
+def test_a_bad_istar_mix_on_the_command_line_names_the_option():
+    from click.testing import CliRunner
+
+    from diffst.cli import main
+
+    result = CliRunner().invoke(main, ["benchmark", "--istar-mix", "deep"])
+    assert result.exit_code == 2
+    assert "--istar-mix" in result.output and "between 0 and 1 or 'depth'" in result.output
+
+
+def test_diffst_method_samples_with_the_presets_mix(monkeypatch):
+    import diffst.benchmark.methods as methods_module
+
+    seen = {}
+
+    def fake_super_resolve(pipeline, lr, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(methods_module, "super_resolve", fake_super_resolve)
+    method = methods_module.DiffSTMethod(get_preset("short", "spots").at(3), seed=0)
+    method.trainers = [type("T", (), {"pipeline": lambda self: None})()]
+    monkeypatch.setattr(methods_module, "self_tune", lambda pipeline, *a, **k: pipeline)
+    with pytest.raises(RuntimeError, match="stop here"):
+        method.predict(make_sample(), np.ones((4, 4), bool))
+    assert seen["istar_mix"] == "depth"
+
+
+def test_headline_names_runs_made_without_the_mix():
+    from diffst.benchmark.presets import train_config
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "headline.py"
+    spec = importlib.util.spec_from_file_location("diffst_headline_script", script)
+    headline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(headline)
+    preset = json.loads(json.dumps(asdict(get_preset("short", "spots"))))
+    tcs = {str(f): asdict(train_config(get_preset("short", "spots"), make_sample(), factor=f,
+                                       seed=0)) for f in (2, 3)}
+    summary = {"preset": preset, "protocol": {}, "seeds": [0], "train_config": tcs,
+               "istar_settings": istar_settings()}
+    assert headline.settings(summary, factor=2) == headline.settings(summary, factor=3) == (
+        "`short`")
+    del summary["preset"]["istar_mix"]  # a run from before the mix
+    del summary["preset"]["by_factor"]["3"]["istar_mix"]
+    assert headline.settings(summary, factor=2) == "`short`, no iStar-like mix"
+    assert headline.settings(summary, factor=3) == "`short`, no iStar-like mix"

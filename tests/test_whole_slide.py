@@ -19,6 +19,7 @@ from diffst.consistency import consistency_maps, max_relative_error, redistribut
 from diffst.data.lr import padded_mask, pool_mask, pool_sum, simulate_lr
 from diffst.data.sample import SampleError
 from diffst.infer import model_from_trainer, super_resolve, tile_origins
+from diffst.model.upsampler import istar_like_base
 from diffst.tilestore import TileStore
 from diffst.train import TrainConfig, Trainer
 
@@ -336,3 +337,58 @@ def test_predict_calibrates_with_the_same_depth_matching(model_file, toy_hr, mon
     predict(toy_hr, model_file, pool=True, n_samples=2, steps=2, progress=False,
             match_depth=True, calibration="none")
     assert seen["match_depth"] is True
+
+
+# ------------------------------------------------------------------ mixing in the slide's own fit
+def test_istar_mix_moves_every_map_toward_the_slides_own_fit(trained, toy_hr):
+    lm = model_from_trainer(trained)
+    lr = simulate_lr(toy_hr, F)
+    kw = dict(steps=2, n_samples=3, patch=20, overlap=5, progress=False,
+              hr_mask=padded_mask(toy_hr.mask, F))
+    alone = super_resolve(lm, lr, **kw)
+    half = super_resolve(lm, lr, istar_mix=0.5, **kw)
+    full = super_resolve(lm, lr, istar_mix=1.0, **kw)
+    base = istar_like_base(lr.select_genes(lm.genes), F, alone.mask)
+    np.testing.assert_allclose(full.mean, base, rtol=1e-5, atol=1e-6)
+    for key in ("mean", "q05", "q95"):
+        np.testing.assert_allclose(getattr(half, key), 0.5 * getattr(alone, key) + 0.5 * base,
+                                   rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(half.std, 0.5 * alone.std, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(half.mean, alone.mean)
+    # both parts keep the measured counts, so the mix does too
+    assert half.meta["consistency_max_rel_err"] < 1e-4 and half.meta["istar_mix"] == 0.5
+    assert "istar_mix" not in alone.meta
+
+
+def test_the_depth_mix_leans_on_the_slides_own_fit_as_the_slide_gets_shallower(trained, toy_hr):
+    lm = model_from_trainer(trained)
+    lr = simulate_lr(toy_hr, F)
+    deep = dataclasses.replace(lr, expr=lr.expr * 3.0)
+    shallow = dataclasses.replace(lr, expr=lr.expr * 0.1)
+    weights = [infer.istar_mix_weight("depth", lm, s) for s in (deep, lr, shallow)]
+    assert weights[0] == 0.0  # deeper than training: Diff-ST alone
+    assert weights[2] == pytest.approx(1.0 - 1.0 / infer.depth_ratio(lm, shallow))
+    assert 0.0 <= weights[1] < weights[2] < 1.0
+    assert infer.istar_mix_weight(0.3, lm, shallow) == 0.3  # a number is used as given
+
+
+@pytest.mark.parametrize("bad", [1.5, -0.1, "deep", "nan"])
+def test_a_bad_istar_mix_is_refused_before_sampling(trained, toy_hr, bad):
+    with pytest.raises(ValueError, match="istar_mix must be a number between 0 and 1 or 'depth'"):
+        super_resolve(model_from_trainer(trained), simulate_lr(toy_hr, F), steps=2, patch=20,
+                      overlap=5, progress=False, istar_mix=bad)
+
+
+def test_predict_mixes_and_calibrates_with_the_same_istar_mix(model_file, toy_hr, monkeypatch):
+    import diffst.api as api
+
+    seen = {}
+
+    def spy(lm, sample, result, calibration, calibrate_on, sr_kwargs):
+        seen.update(sr_kwargs)
+        return result
+
+    monkeypatch.setattr(api, "calibrate_prediction", spy)
+    result = predict(toy_hr, model_file, pool=True, n_samples=2, steps=2, progress=False,
+                     istar_mix=0.25, calibration="none")
+    assert seen["istar_mix"] == 0.25 and result.meta["istar_mix"] == 0.25

@@ -321,6 +321,7 @@ def predict(
     calibrate_on: STSample | None = None,
     self_tune: int = 0,
     self_tune_lr: float = SELF_TUNE_LR,
+    istar_mix: float | str = 0.0,
 ) -> SRResult:
     """Super-resolve ``sample`` with the model file ``model``; optionally write ``out``.
 
@@ -360,6 +361,9 @@ def predict(
             itself, its measured map pooled once more by the factor -> the measured map
             (:func:`diffst.selftune.self_tune`, learning rate ``self_tune_lr``); 0: off. The
             model file is not changed.
+        istar_mix: weight in [0, 1] of the sample's own iStar-like map mixed into the maps,
+            or ``"depth"``: a weight that grows as the sample is shallower than the training
+            data (:func:`diffst.infer.istar_mix_weight`); 0: off.
     """
     from diffst.tilestore import remove_store
 
@@ -391,13 +395,13 @@ def predict(
                            batch_size=batch_size, seed=seed,
                            consistency=consistency, resume_dir=tiles, progress=progress,
                            autocast=autocast, eta=eta, match_depth=match_depth,
-                           turns=turns)
+                           turns=turns, istar_mix=istar_mix)
     timings = {"sampling_s": time.perf_counter() - t0}
     t0 = time.perf_counter()
     result = calibrate_prediction(lm, sample, result, calibration, calibrate_on, dict(
         steps=steps, sampler=sampler, n_samples=n_samples, batch_size=batch_size, seed=seed,
         consistency=consistency, autocast=autocast, eta=eta, match_depth=match_depth,
-        turns=turns))
+        turns=turns, istar_mix=istar_mix))
     timings["calibration_s"] = time.perf_counter() - t0
     if log is not None:
         log(f"sampled {result.meta['n_tiles']} tiles in {_duration(timings['sampling_s'])}")

@@ -313,7 +313,7 @@ def coverage(truth: np.ndarray, lo: np.ndarray, hi: np.ndarray, mask: np.ndarray
 # ---------------------------------------------------------------------------- with a model
 def _sr_settings(kw: dict) -> dict:
     keep = ("steps", "sampler", "n_samples", "consistency", "seed", "eta", "match_depth",
-            "turns")
+            "turns", "istar_mix")
     return {k: (str(v) if k == "consistency" else v) for k, v in kw.items() if k in keep}
 
 

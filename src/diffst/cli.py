@@ -11,6 +11,7 @@ import click
 
 from diffst.cli_options import check_ranges, check_writable, reader_kwargs, reader_options
 from diffst.config import (
+    DEPTH_MIX,
     LR_SCHEDULES,
     PAPER_PARTS,
     PATCH_PER_FACTOR,
@@ -19,6 +20,7 @@ from diffst.config import (
     SchedulerConfig,
     TrainConfig,
     default,
+    parse_mix,
 )
 from diffst.data.sample import SampleError
 from diffst.model.config import PREDICTIONS, SAMPLERS, parse_model_setting
@@ -376,6 +378,10 @@ were done; Ctrl-C keeps them.
 @click.option("--self-tune-lr", default=SELF_TUNE_LR, show_default=True,
               type=click.FloatRange(min=0.0, min_open=True),
               help="Learning rate of --self-tune.")
+@click.option("--istar-mix", default="0", show_default=True, callback=lambda c, p, v: _mix(v),
+              help="Weight (0 to 1) of DATA's own iStar-like map mixed into the maps, or "
+                   f"'{DEPTH_MIX}': max(0, 1 - 1/r) for a slide r times shallower than the "
+                   "training data.")
 @reader_options
 @check_ranges(n_samples=1, steps=1, batch_size=1)
 @check_writable(files=("out",), folders=("report_dir", "resume_dir"))
@@ -384,7 +390,7 @@ were done; Ctrl-C keeps them.
 def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, consistency,
             no_consistency, report_dir, report_genes, resume, resume_dir, device, autocast,
             seed, eta, match_depth, turns, calibration, calibrate_on, self_tune,
-            self_tune_lr) -> None:
+            self_tune_lr, istar_mix) -> None:
     from diffst.api import predict as api_predict
     from diffst.tilestore import SamplingInterrupted
 
@@ -398,7 +404,7 @@ def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, 
             autocast=autocast, eta=eta, match_depth=match_depth, turns=turns,
             calibration=calibration,
             calibrate_on=_read(calibrate_on) if calibrate_on else None, log=_log,
-            self_tune=self_tune, self_tune_lr=self_tune_lr,
+            self_tune=self_tune, self_tune_lr=self_tune_lr, istar_mix=istar_mix,
         )
     except SamplingInterrupted as exc:
         click.echo(f"\n{exc}", err=True)
@@ -493,6 +499,12 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
                    "every factor.")
 @click.option("--self-tune-lr", default=None, type=click.FloatRange(min=0.0, min_open=True),
               help=f"Learning rate of --self-tune (default {SELF_TUNE_LR:g}).")
+@click.option("--istar-mix", default=None,
+              callback=lambda c, p, v: None if v is None else _mix(v),
+              help="Weight (0 to 1) of each test slide's own iStar-like map mixed into "
+                   f"Diff-ST's maps, or '{DEPTH_MIX}' (max(0, 1 - 1/r) for a slide r times "
+                   "shallower than the training data; default: the preset's); a value given "
+                   "here holds at every factor.")
 @click.option("--lr-schedule", default=None, type=click.Choice(list(LR_SCHEDULES)),
               help="Override the learning-rate schedule of Diff-ST's (and the regression's) "
                    "training (default: the training default, "
@@ -531,9 +543,9 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
 @_fail_nicely
 def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, methods, ablations,
               steps, seeds, n_samples, match_depth, turns, log1p, disentangle_weight, sampler,
-              consistency_weight, patch_um, self_tune, self_tune_lr, lr_schedule, lr, ema_warmup,
-              t_focus, batch_size, work_um_per_px, n_models, model_settings, paper_variants,
-              thin) -> None:
+              consistency_weight, patch_um, self_tune, self_tune_lr, istar_mix, lr_schedule, lr,
+              ema_warmup, t_focus, batch_size, work_um_per_px, n_models, model_settings,
+              paper_variants, thin) -> None:
     """Train and score Diff-ST and the baselines on held-out data; write tables and figures."""
     from diffst.benchmark import run_benchmark
 
@@ -546,7 +558,8 @@ def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, method
     given = dict(steps=steps, n_samples=n_samples, match_depth=match_depth or None, turns=turns,
                  sampler=sampler, log1p=log1p, disentangle_weight=disentangle_weight,
                  consistency_weight=consistency_weight, patch_um=patch_um, self_tune=self_tune,
-                 self_tune_lr=self_tune_lr, lr_schedule=lr_schedule, lr=lr, ema_warmup=ema_warmup,
+                 self_tune_lr=self_tune_lr, istar_mix=istar_mix, lr_schedule=lr_schedule, lr=lr,
+                 ema_warmup=ema_warmup,
                  t_focus=t_focus, batch_size=batch_size,
                  work_um_per_px=work_um_per_px, n_models=n_models, paper_variants=parts,
                  model=model_settings or None)
@@ -558,6 +571,14 @@ def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, method
         thin=thin,
     )
     click.echo(summary["table"])
+
+
+def _mix(text: str) -> float | str:
+    """An ``--istar-mix`` value: a weight in [0, 1] or 'depth'."""
+    try:
+        return parse_mix(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--istar-mix") from exc
 
 
 def _int_list(text: str, option: str) -> list[int]:

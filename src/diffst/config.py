@@ -158,6 +158,25 @@ LOSSES = ("mse", "charbonnier")
 PAPER_PARTS = ("modulation", "curriculum", "graph", "loss")
 """Parts whose Diff-ST paper variant :func:`paper_variant` can switch on (README table
 "Where diffst differs from the paper")."""
+DEPTH_MIX = "depth"
+"""``istar_mix`` setting whose weight follows the slide's sequencing depth
+(:func:`diffst.infer.istar_mix_weight`)."""
+
+
+def parse_mix(value: float | str) -> float | str:
+    """An ``istar_mix`` setting: :data:`DEPTH_MIX` or a number in [0, 1] (text is parsed)."""
+    if value == DEPTH_MIX:
+        return DEPTH_MIX
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        weight = float("nan")
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"istar_mix must be a number between 0 and 1 or {DEPTH_MIX!r}, "
+                         f"got {value!r}")
+    return weight
+
+
 SELF_TUNE_LR = 3e-5
 """Default learning rate of :func:`diffst.selftune.self_tune` (AdamW, batch 8). Chosen on the
 HER2ST validation folds (``--stage validation``, x2): 30 steps at 3e-5 improved Diff-ST + C on

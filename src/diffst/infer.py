@@ -47,6 +47,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from diffst.config import DEPTH_MIX, parse_mix
 from diffst.consistency import (
     apply_maps,
     consistency_maps,
@@ -69,7 +70,7 @@ from diffst.data.symmetry import N_TRANSFORMS, turn, turn_batch, unturn
 from diffst.diffusion.samplers import make_sampler
 from diffst.diffusion.schedule import NoiseSchedule
 from diffst.model.config import DiffSTConfig
-from diffst.model.upsampler import upsampler_for
+from diffst.model.upsampler import istar_like_base, upsampler_for
 from diffst.pipeline import DiffSTPipeline
 from diffst.precision import autocast as autocast_context
 from diffst.precision import memory_format
@@ -340,6 +341,7 @@ def super_resolve(
     eta: float = 0.0,
     match_depth: bool = False,
     turns: bool = False,
+    istar_mix: float | str = 0.0,
 ) -> SRResult:
     """Super-resolve an LR sample by the model's factor.
 
@@ -372,11 +374,16 @@ def super_resolve(
             map still sum-pools to the measured counts. ``meta["depth_ratio"]`` records it.
         turns: sample ``k`` of each tile sees the tile rotated/mirrored by dihedral transform
             ``k mod 8`` and is turned back (test-time augmentation; :func:`sample_tiles`).
+        istar_mix: weight in [0, 1] of the slide's own iStar-like map in the returned maps
+            (:func:`mixed_with_istar`), or ``"depth"`` for a weight that grows as the slide
+            is shallower than the training data (:func:`istar_mix_weight`; needs a model
+            that records its training depth); 0: Diff-ST's maps alone.
 
     Returns:
         An :class:`SRResult` on the HR raster ``(lr.H * factor, lr.W * factor)``.
     """
     mode = consistency_mode(consistency)
+    parse_mix(istar_mix)  # a bad setting fails before the sampling
     if n_samples < 1 or steps < 1 or batch_size < 1:
         raise ValueError("n_samples, steps and batch_size must be at least 1")
     lr = check_model_fits(lm, lr)
@@ -402,7 +409,51 @@ def super_resolve(
     with memory_format(lm.model, channels_last), autocast_context(lm.device, autocast):
         blender = _accumulate(job, store, progress)
     result = _finish(job, prep, lr, blender)
-    return result if ratio == 1.0 else rescaled(result, measured, ratio)
+    result = result if ratio == 1.0 else rescaled(result, measured, ratio)
+    return mixed_with_istar(result, measured, istar_mix_weight(istar_mix, lm, measured))
+
+
+def istar_mix_weight(setting: float | str, lm: DiffSTPipeline, lr: STSample) -> float:
+    """The weight of the slide's iStar-like map that ``setting`` gives for ``lr``.
+
+    A number is used as given. ``"depth"`` (:data:`diffst.config.DEPTH_MIX`) gives
+    ``max(0, 1 - 1 / r)`` with ``r`` the training depth over the slide's depth
+    (:func:`depth_ratio`): 0 for a slide as deep as the training data or deeper, 0.9 for one
+    sequenced a tenth as deep. Diff-ST's refinement was learnt at the training depth; the
+    shallower the slide, the more the map leans on the fit to the slide's own counts.
+    """
+    if parse_mix(setting) != DEPTH_MIX:
+        return float(setting)
+    return max(0.0, 1.0 - 1.0 / depth_ratio(lm, lr))
+
+
+def mixed_with_istar(result: SRResult, lr: STSample, weight: float) -> SRResult:
+    """``result`` with every draw ``x`` replaced by ``(1 - weight) * x + weight * b``.
+
+    ``b`` is the slide's own iStar-like map (:func:`diffst.model.upsampler.istar_like_base`:
+    fitted on ``lr``'s counts and H&E image, consistent with its counts, 0 off ``result.mask``).
+    The mean and quantile maps mix the same way and the std map shrinks by ``1 - weight``;
+    a mean map that sums to the LR counts still does. ``weight`` 0 returns ``result``.
+
+    Args:
+        result: Diff-ST's maps of ``lr`` (counts per HR cell, ``(G, H, W)``).
+        lr: the measured LR sample, with the result's genes in its order.
+        weight: ``0 <= weight <= 1``; recorded as ``meta["istar_mix"]``.
+    """
+    if parse_mix(weight) == DEPTH_MIX:
+        raise ValueError("mixed_with_istar takes a weight; istar_mix_weight resolves 'depth'")
+    if weight == 0.0:
+        return result
+    f = result.meta["factor"]
+    base = istar_like_base(lr, f, result.mask)
+    keep = 1.0 - weight
+    maps_ = {key: (keep * getattr(result, key) + weight * base).astype(np.float32)
+             for key in ("mean", "q05", "q95")}
+    maps_["std"] = (keep * result.std).astype(np.float32)
+    counts = np.asarray(lr.expr, np.float64)
+    meta = dict(result.meta, istar_mix=weight, consistency_max_rel_err=max_relative_error(
+        maps_["mean"], counts, result.mask, f))
+    return replace(result, **maps_, meta=meta)
 
 
 def depth_ratio(lm: DiffSTPipeline, lr: STSample) -> float:

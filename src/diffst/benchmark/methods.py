@@ -178,7 +178,8 @@ class DiffSTMethod:
     def predict(self, lr: STSample, hr_mask: np.ndarray) -> np.ndarray:
         """Mean of ``n_samples`` samples per tile (the preset's sampler), counts per HR cell,
         averaged over the ensemble members; with the preset's ``self_tune`` each model is
-        first fine-tuned on ``lr`` itself."""
+        first fine-tuned on ``lr`` itself, and with its ``istar_mix`` each member's map is
+        mixed with ``lr``'s own iStar-like map."""
         maps = []
         for seed, trainer in zip(self.member_seeds(), self.trainers, strict=True):
             pipeline = self_tune(trainer.pipeline(), lr, self.preset.self_tune,
@@ -188,7 +189,8 @@ class DiffSTMethod:
                                    steps=self.preset.sample_steps,
                                    n_samples=self.preset.n_samples, hr_mask=hr_mask, seed=seed,
                                    consistency="off", progress=self.progress,
-                                   match_depth=self.preset.match_depth, turns=self.preset.turns)
+                                   match_depth=self.preset.match_depth, turns=self.preset.turns,
+                                   istar_mix=self.preset.istar_mix)
             maps.append(result.mean)
         return np.mean(maps, axis=0).astype(maps[0].dtype, copy=False)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 
 from diffst.api import default_work_um_per_px
-from diffst.config import PAPER_PARTS, SELF_TUNE_LR, paper_variant
+from diffst.config import DEPTH_MIX, PAPER_PARTS, SELF_TUNE_LR, paper_variant, parse_mix
 from diffst.data.sample import STSample
 from diffst.model.config import DiffSTConfig
 from diffst.train import TrainConfig
@@ -33,13 +33,25 @@ SELF_TUNE_SPOTS = (
 )
 SELF_TUNE_STEPS = 30
 """Self-tuning steps of the ``spots`` presets (HER2ST validation folds, README 'More levers')."""
-SPOTS_BY_FACTOR = {3: {"model": {"upsampler": "istar_like"}, "self_tune": 0}}
-"""The ``spots`` presets' settings at x3: the in-slide base map without self-tuning."""
+SPOTS_ISTAR_MIX = 0.5
+"""Weight of the slide's own iStar-like map in Diff-ST's maps for ``spots`` data (x2): the
+best of 0, 0.25, 0.5, 0.75 and 1 on the HER2ST validation folds at full depth, and better
+than no mix at 10 % and 5 % depth too (``benchmarks/blend_validation.py``)."""
+SPOTS_BY_FACTOR = {3: {"model": {"upsampler": "istar_like"}, "self_tune": 0,
+                       "istar_mix": DEPTH_MIX}}
+"""The ``spots`` presets' settings at x3: the in-slide base map without self-tuning, and a mix
+of that map back in that grows as the slide is shallower than the training data."""
 BASE_MAP_SPOTS = (
     "; at x3 Diff-ST refines the in-slide base map (upsampler istar_like) and skips "
     "self-tuning, chosen on the HER2ST validation folds at seeds 0 and 1 with the `short` "
     "preset's training (README 'The in-slide base map'; at x2 that was worse, so x2 keeps the "
     "bicubic base and self-tuning)"
+)
+MIX_SPOTS = (
+    "; Diff-ST's map is mixed with the slide's own iStar-like map, weight 0.5 at x2 and "
+    "max(0, 1 - 1/r) at x3 for a slide r times shallower than the training data (`--istar-mix`), "
+    "chosen on the HER2ST validation folds at full, 10 % and 5 % depth (README 'Mixing in the "
+    "slide's own fit')"
 )
 
 
@@ -84,6 +96,9 @@ class Preset:
         self_tune: steps of self-supervised fine-tuning of Diff-ST (and its ablations) on each
             test slide's own LR map before it is super-resolved (:func:`diffst.selftune.
             self_tune`, learning rate ``self_tune_lr``); 0: none.
+        istar_mix: weight of the test slide's own iStar-like map mixed into Diff-ST's maps
+            (and its ablations'), or ``"depth"`` (:func:`diffst.infer.istar_mix_weight`); 0:
+            none.
         by_factor: settings that differ at one scale factor, ``{factor: {field: value}}`` (a
             ``model`` entry changes the named architecture fields); :meth:`at` applies them.
             A setting given explicitly to :func:`get_preset` holds at every factor.
@@ -119,6 +134,7 @@ class Preset:
     consistency_weight: float | None = None
     self_tune: int = 0
     self_tune_lr: float = SELF_TUNE_LR
+    istar_mix: float | str = 0.0
     paper_variants: tuple[str, ...] = ()
     n_models: int = 1
     by_factor: dict[int, dict] = field(default_factory=dict)
@@ -158,7 +174,8 @@ PRESETS: dict[tuple[str, str], Preset] = {
     ("spots", "default"): Preset(
         "default", "spots", model=dict(tissue_px_per_cell=16), steps=600, batch_size=8,
         lr=1e-3, ema_decay=0.995, patch_um=1600.0, n_genes=50, self_tune=SELF_TUNE_STEPS,
-        by_factor=SPOTS_BY_FACTOR, provenance=PROVENANCE_V01 + SELF_TUNE_SPOTS + BASE_MAP_SPOTS),
+        istar_mix=SPOTS_ISTAR_MIX, by_factor=SPOTS_BY_FACTOR,
+        provenance=PROVENANCE_V01 + SELF_TUNE_SPOTS + BASE_MAP_SPOTS + MIX_SPOTS),
     # sized so that leave-one-section-out over 5 HER2ST sections x 2 factors x 3 seeds (60
     # trainings) fits about two hours on 2 shared CPU cores: a third of the training steps and
     # a 4 µm/px image (the data pipeline dominates a step at 2 µm/px)
@@ -169,16 +186,17 @@ PRESETS: dict[tuple[str, str], Preset] = {
     ("spots", "short"): Preset(
         "short", "spots", model=dict(tissue_px_per_cell=16), steps=200, batch_size=8,
         lr=1e-3, ema_decay=0.995, patch_um=1600.0, work_um_per_px=4.0, n_genes=50,
-        self_tune=SELF_TUNE_STEPS, by_factor=SPOTS_BY_FACTOR,
-        provenance=PROVENANCE_V01 + SELF_TUNE_SPOTS + BASE_MAP_SPOTS + "; fewer steps and a "
-        "coarser image for CPU time, not for accuracy"),
+        self_tune=SELF_TUNE_STEPS, istar_mix=SPOTS_ISTAR_MIX, by_factor=SPOTS_BY_FACTOR,
+        provenance=PROVENANCE_V01 + SELF_TUNE_SPOTS + BASE_MAP_SPOTS + MIX_SPOTS + "; fewer "
+        "steps and a coarser image for CPU time, not for accuracy"),
     # the package's own training defaults (TrainConfig) and ablations at every factor
     ("cells", "full"): Preset(
         "full", "cells", ablation_factors="all"),
     ("spots", "full"): Preset(
         "full", "spots", model=dict(tissue_px_per_cell=16), patch_um=1600.0,
         ablation_factors="all", n_genes=50, self_tune=SELF_TUNE_STEPS,
-        by_factor=SPOTS_BY_FACTOR, provenance=PROVENANCE_V01 + SELF_TUNE_SPOTS + BASE_MAP_SPOTS),
+        istar_mix=SPOTS_ISTAR_MIX, by_factor=SPOTS_BY_FACTOR,
+        provenance=PROVENANCE_V01 + SELF_TUNE_SPOTS + BASE_MAP_SPOTS + MIX_SPOTS),
 }
 """``(profile, name)`` -> :class:`Preset`."""
 
@@ -187,14 +205,15 @@ PAPER_PROVENANCE = (
     "Diff-ST paper's variant (window-wise cross-modal affinity modulation, tiles in ascending "
     "entropy, the fused expression-ratio gene graph, noise prediction with learned variance and "
     "a Charbonnier + VLB loss), sampled as the paper does (mean of 8 samples of 20 respaced "
-    "DDIM steps, no turned tiles), no self-tuning; for comparison with the `short` preset, "
+    "DDIM steps, no turned tiles), no self-tuning and no mix with the slide's own iStar-like "
+    "map; for comparison with the `short` preset, "
     "not a tuned setting"
 )
 for _profile in ("cells", "spots"):
     PRESETS[(_profile, "paper")] = replace(
         PRESETS[(_profile, "short")], name="paper", sampler="ddim", sample_steps=20,
-        n_samples=8, turns=False, self_tune=0, paper_variants=PAPER_PARTS, by_factor={},
-        provenance=PAPER_PROVENANCE)
+        n_samples=8, turns=False, self_tune=0, istar_mix=0.0, paper_variants=PAPER_PARTS,
+        by_factor={}, provenance=PAPER_PROVENANCE)
 
 PRESET_NAMES = ("quick", "short", "default", "full", "paper")
 
@@ -217,7 +236,9 @@ def get_preset(name: str, profile: str, overrides: dict | None = None) -> Preset
         overrides["model"] = {**preset.model, **overrides["model"]}
     chosen = replace(preset, **overrides)
     for factor in (None, *chosen.by_factor):  # a bad value fails here, before any training
-        DiffSTConfig(**(chosen if factor is None else chosen.at(factor)).model)
+        at = chosen if factor is None else chosen.at(factor)
+        DiffSTConfig(**at.model)
+        parse_mix(at.istar_mix)
     return chosen
 
 

@@ -299,6 +299,16 @@ def _factor_sentence(preset: dict, factors: list[int]) -> str:
     return f" Settings of the preset that differ by factor: {'; '.join(said)}." if said else ""
 
 
+def mix_words(value: float | str) -> str:
+    """The ``istar_mix`` setting in words."""
+    if value == "depth":
+        return ("Diff-ST's map mixed with the slide's own iStar-like map, weight max(0, 1 - 1/r) "
+                "for a slide r times shallower than the training data (`--istar-mix depth`)")
+    if value:
+        return f"Diff-ST's map mixed with the slide's own iStar-like map, weight {value:g}"
+    return "no iStar-like mix"
+
+
 def factor_settings_text(changes: dict) -> str:
     """One factor's preset settings (``{"self_tune": 0, "model": {...}}``) in words."""
     words = []
@@ -307,6 +317,8 @@ def factor_settings_text(changes: dict) -> str:
             words += [model_setting_text(k, v, " ") for k, v in value.items()]
         elif key == "self_tune":
             words.append(f"{value} self-tuning steps" if value else "no self-tuning")
+        elif key == "istar_mix":
+            words.append(mix_words(value))
         else:
             words.append(f"{key} {value}")
     return ", ".join(words)
@@ -376,6 +388,7 @@ OVERRIDE_FLAGS = {
     "patch_um": lambda v: f"--patch-um {v:g}",
     "self_tune": lambda v: f"--self-tune {v}",
     "self_tune_lr": lambda v: f"--self-tune-lr {v:g}",
+    "istar_mix": lambda v: f"--istar-mix {v if isinstance(v, str) else format(v, 'g')}",
     "lr_schedule": lambda v: f"--lr-schedule {v}",
     "lr": lambda v: f"--lr {v:g}",
     "ema_warmup": lambda v: f"--ema-warmup {v:g}",
@@ -622,6 +635,7 @@ def format_tables(summary: dict) -> str:
              + (" Each Diff-ST sample saw the tile in another of its 8 orientations (rotations "
                 "and mirrorings, turned back; `--turns`)." if p.get("turns") else "")
              + _self_tune_sentence(p, summary["factors"])
+             + (f" {mix_words(p['istar_mix'])}." if p.get("istar_mix") else "")
              + (f" Diff-ST is an ensemble of {p['n_models']} models (seeds differ), their maps "
                 "averaged (`--models`)." if p.get("n_models", 1) > 1 else "")
              + _model_sentence(p)

@@ -1,0 +1,152 @@
+"""Validation check: Diff-ST's mean map mixed with the slide's own iStar-like map.
+
+Diff-ST's mean map averages a few diffusion samples; the early-stopped iStar-like map is fitted
+on the slide itself. Their errors differ, so a weighted mean ``(1 - w) * Diff-ST + w * base``
+of Diff-ST's raw map and the in-slide base map (:func:`diffst.model.upsampler.istar_like_base`,
+the iStar-like map made consistent with the slide's counts), then the benchmark's consistency
+step, may beat both.
+This script trains Diff-ST once per validation fold (the preset's settings at the factor, as
+``diffst benchmark --stage validation`` trains it) and scores every weight ``w`` of
+``--weights`` on the fold's held-out section: ``w = 0`` is Diff-ST + C, ``w = 1`` is the
+base map (iStar-like + C of the iStar-like fit with seed 0). Validation sections only; the
+truth is used for scoring only. Output: ``per_run.csv`` and ``table.md`` (mean ± sd over
+section x seed, sections won against ``w = 0``, generated sentences).
+
+    python benchmarks/blend_validation.py --data-root ../shared/data/her2st --factor 2 \\
+        --out benchmarks/results/validation/blend/her2st_x2
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from diffst.benchmark.data import load_benchmark_data
+from diffst.benchmark.methods import DiffSTMethod, prediction_mask, with_consistency
+from diffst.benchmark.report import better
+from diffst.benchmark.run import depth_shifted
+from diffst.infer import DEPTH_MIX, istar_mix_weight
+from diffst.io.atomic import atomic_path
+from diffst.metrics import evaluate
+from diffst.model.upsampler import istar_like_base
+
+METRICS = {"rmse": "RMSE ↓", "ssim": "SSIM ↑", "pcc": "PCC ↑"}
+
+
+def fold_rows(fold, factor: int, preset, seed: int, thin: float,
+              weights: list[str]) -> list[dict]:
+    """Scores of every weight on the held-out sections of one fold (one Diff-ST training)."""
+    diffst = DiffSTMethod(preset, seed)
+    diffst.fit(fold.train, fold.genes, factor)
+    pipeline = diffst.trainer.pipeline()
+    rows = []
+    for truth0 in fold.test:
+        lr, truth = depth_shifted(truth0, factor, thin, seed)
+        given = prediction_mask(lr, factor)
+        ours, base = diffst.predict(lr, given), istar_like_base(lr, factor, given)
+        h, w_ = truth.shape
+        for label in weights:
+            w = istar_mix_weight(label if label == DEPTH_MIX else float(label), pipeline, lr)
+            mixed = with_consistency((1.0 - w) * ours + w * base, lr, given, factor)
+            table = evaluate(truth.expr, mixed[:, :h, :w_], truth.mask, truth.genes)
+            rows.append({"factor": factor, "depth": thin, "seed": seed,
+                         "section": truth0.name, "weight": label, "w": w,
+                         **{m: float(table[m].mean()) for m in METRICS}})
+    return rows
+
+
+def write_table(df: pd.DataFrame, out: Path, command: str) -> None:
+    """``table.md``: one row per weight, then a sentence per weight against the first."""
+    df = df.astype({"weight": str})
+    d = df.iloc[0]
+    label = f"x{d.factor}" + (f", depth {d.depth:.0%}" if d.depth != 1.0 else "")
+    order = list(dict.fromkeys(df["weight"]))
+    stats = df.groupby("weight")[[*METRICS, "w"]].agg(["mean", "std", "min", "max"])
+    per_section = df.groupby(["weight", "section"])[list(METRICS)].mean()
+    sections = df["section"].unique()
+    lines = [f"# Diff-ST mixed with the in-slide iStar-like map ({label}, validation)", "",
+             "Weight w of the iStar-like map in the mixed raw map, then the consistency step; "
+             "w = 0 is Diff-ST + C, w = 1 the in-slide base map (iStar-like, seed 0, + C); "
+             f"`{DEPTH_MIX}`: w = max(0, 1 - 1 / r), r = training depth / slide depth, per "
+             "slide (mean and range of w given). Validation sections only, seeds "
+             f"{', '.join(map(str, sorted(df['seed'].unique())))}; mean ± sd over section x "
+             "seed.", "",
+             "| w | " + " | ".join(METRICS.values()) + " |",
+             "|---|" + "---|" * len(METRICS)]
+    for key in order:
+        cells = [f"{stats.loc[key, (m, 'mean')]:.4f} ± {stats.loc[key, (m, 'std')]:.4f}"
+                 for m in METRICS]
+        name = key if key != DEPTH_MIX else (
+            f"{DEPTH_MIX} ({stats.loc[key, ('w', 'mean')]:.2f}, "
+            f"{stats.loc[key, ('w', 'min')]:.2f}-{stats.loc[key, ('w', 'max')]:.2f})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "In words (generated from the table):", ""]
+    base = order[0]
+    for key in order[1:]:
+        said = []
+        for m, title in METRICS.items():
+            a, b = stats.loc[key, (m, "mean")], stats.loc[base, (m, "mean")]
+            won = sum(better(m, per_section.loc[(key, s), m], per_section.loc[(base, s), m])
+                      for s in sections)
+            word = "better" if better(m, a, b) else "WORSE"
+            said.append(f"{title.split()[0]} {word} ({a:.4f} vs {b:.4f}, "
+                        f"{won}/{len(sections)} sections)")
+        lines.append(f"- w = {key} against w = {base}: " + "; ".join(said) + ".")
+    lines += ["", f"Produced by `{command}`; do not edit the numbers by hand."]
+    with atomic_path(out / "table.md") as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-root", type=Path, default=Path("../shared/data/her2st"))
+    parser.add_argument("--dataset", default="her2st")
+    parser.add_argument("--split", default="loo",
+                        help="as diffst benchmark --split (holdout for xenium_crop, simulated)")
+    parser.add_argument("--factor", type=int, default=2)
+    parser.add_argument("--thin", type=float, default=1.0)
+    parser.add_argument("--preset", default="short")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--weights", default=f"0,0.25,0.5,0.75,1,{DEPTH_MIX}",
+                        help=f"weights of the base map; {DEPTH_MIX!r}: the depth rule of "
+                             "diffst.infer.istar_mix_weight")
+    parser.add_argument("--match-depth", action="store_true",
+                        help="Diff-ST samples with the input scaled to the training depth")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.dataset != "simulated" and not args.data_root.is_dir():
+        print(f"skipped: no data folder {args.data_root}", file=sys.stderr)
+        return 1
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    weights = args.weights.split(",")
+    rows = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        torch.manual_seed(seed)
+        data, preset = load_benchmark_data(args.dataset, args.split, "validation", args.preset,
+                                           [args.factor], seed, args.data_root,
+                                           {"match_depth": True} if args.match_depth else None)
+        for fold in tqdm(data.folds, desc=f"folds seed {seed}"):
+            rows += fold_rows(fold, args.factor, preset.at(args.factor), seed, args.thin,
+                              weights)
+    args.out.mkdir(parents=True, exist_ok=True)
+    df = pd.DataFrame(rows)
+    with atomic_path(args.out / "per_run.csv") as tmp:
+        df.to_csv(tmp, index=False)
+    command = (f"python benchmarks/blend_validation.py --data-root DATA_ROOT --dataset "
+               f"{args.dataset} --split {args.split} --factor {args.factor} --thin "
+               f"{args.thin:g} --preset {args.preset} --seeds {args.seeds} --weights {args.weights}"
+               + (" --match-depth" if args.match_depth else ""))
+    write_table(df, args.out, command)
+    print((args.out / "table.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
