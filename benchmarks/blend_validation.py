@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
@@ -28,6 +29,7 @@ from tqdm import tqdm
 
 from diffst.benchmark.data import load_benchmark_data
 from diffst.benchmark.methods import DiffSTMethod, prediction_mask, with_consistency
+from diffst.benchmark.presets import get_preset
 from diffst.benchmark.report import better
 from diffst.benchmark.run import depth_shifted
 from diffst.infer import DEPTH_MIX, istar_mix_weight
@@ -60,46 +62,93 @@ def fold_rows(fold, factor: int, preset, seed: int, thin: float,
     return rows
 
 
-def write_table(df: pd.DataFrame, out: Path, command: str) -> None:
-    """``table.md``: one row per weight, then a sentence per weight against the first."""
-    df = df.astype({"weight": str})
+def case_label(df: pd.DataFrame) -> str:
+    """``her2st x3, depth 5%`` for one case's rows."""
     d = df.iloc[0]
-    label = f"x{d.factor}" + (f", depth {d.depth:.0%}" if d.depth != 1.0 else "")
-    order = list(dict.fromkeys(df["weight"]))
-    stats = df.groupby("weight")[[*METRICS, "w"]].agg(["mean", "std", "min", "max"])
+    return f"x{d.factor}" + (f", depth {d.depth:.0%}" if d.depth != 1.0 else "")
+
+
+def compare(df: pd.DataFrame, key: str, base: str) -> str:
+    """Weight ``key`` against ``base`` on each metric: means and sections won, in words."""
+    stats = df.groupby("weight")[list(METRICS)].mean()
     per_section = df.groupby(["weight", "section"])[list(METRICS)].mean()
     sections = df["section"].unique()
-    lines = [f"# Diff-ST mixed with the in-slide iStar-like map ({label}, validation)", "",
-             "Weight w of the iStar-like map in the mixed raw map, then the consistency step; "
-             "w = 0 is Diff-ST + C, w = 1 the in-slide base map (iStar-like, seed 0, + C); "
-             f"`{DEPTH_MIX}`: w = max(0, 1 - 1 / r), r = training depth / slide depth, per "
-             "slide (mean and range of w given). Validation sections only, seeds "
-             f"{', '.join(map(str, sorted(df['seed'].unique())))}; mean ± sd over section x "
-             "seed.", "",
-             "| w | " + " | ".join(METRICS.values()) + " |",
-             "|---|" + "---|" * len(METRICS)]
-    for key in order:
+    said = []
+    for m, title in METRICS.items():
+        a, b = stats.loc[key, m], stats.loc[base, m]
+        won = sum(better(m, per_section.loc[(key, s), m], per_section.loc[(base, s), m])
+                  for s in sections)
+        word = "better" if better(m, a, b) else "WORSE"
+        said.append(f"{title.split()[0]} {word} ({a:.4f} vs {b:.4f}, {won}/{len(sections)} "
+                    "sections)")
+    return "; ".join(said)
+
+
+def case_rows(df: pd.DataFrame, with_case: bool) -> list[str]:
+    """Table rows (one per weight, in run order) of one case."""
+    stats = df.groupby("weight")[[*METRICS, "w"]].agg(["mean", "std", "min", "max"])
+    rows = []
+    for key in dict.fromkeys(df["weight"]):
         cells = [f"{stats.loc[key, (m, 'mean')]:.4f} ± {stats.loc[key, (m, 'std')]:.4f}"
                  for m in METRICS]
         name = key if key != DEPTH_MIX else (
             f"{DEPTH_MIX} ({stats.loc[key, ('w', 'mean')]:.2f}, "
             f"{stats.loc[key, ('w', 'min')]:.2f}-{stats.loc[key, ('w', 'max')]:.2f})")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += ["", "In words (generated from the table):", ""]
-    base = order[0]
-    for key in order[1:]:
-        said = []
-        for m, title in METRICS.items():
-            a, b = stats.loc[key, (m, "mean")], stats.loc[base, (m, "mean")]
-            won = sum(better(m, per_section.loc[(key, s), m], per_section.loc[(base, s), m])
-                      for s in sections)
-            word = "better" if better(m, a, b) else "WORSE"
-            said.append(f"{title.split()[0]} {word} ({a:.4f} vs {b:.4f}, "
-                        f"{won}/{len(sections)} sections)")
-        lines.append(f"- w = {key} against w = {base}: " + "; ".join(said) + ".")
-    lines += ["", f"Produced by `{command}`; do not edit the numbers by hand."]
+        rows.append("| " + (f"{case_label(df)} | " if with_case else "") + f"{name} | "
+                    + " | ".join(cells) + " |")
+    return rows
+
+
+def best_words(df: pd.DataFrame) -> str:
+    """The fixed weight with the best mean on each metric."""
+    fixed = df[df["weight"] != DEPTH_MIX]
+    stats = fixed.groupby("weight")[list(METRICS)].mean()
+    best = {m: stats[m].idxmin() if m == "rmse" else stats[m].idxmax() for m in METRICS}
+    return ", ".join(f"{METRICS[m].split()[0]} w = {w}" for m, w in best.items())
+
+
+def write_table(df: pd.DataFrame, out: Path, command: str, adopted: dict[int, str]) -> None:
+    """``table.md``: rows per case and weight; per case, the adopted weight (``adopted``:
+    factor -> weight label, the preset's) against w = 0 and the best fixed weights, in words."""
+    df = df.astype({"weight": str})
+    cases = [group for _, group in df.groupby(["factor", "depth"], sort=False)]
+    several = len(cases) > 1
+    title = "HER2ST" if several else case_label(df)
+    lines = [f"# Diff-ST mixed with the slide's own iStar-like map ({title}, validation)", "",
+             "Weight w of the iStar-like map in the mixed raw map, then the consistency step; "
+             "w = 0 is Diff-ST + C, w = 1 the in-slide base map (iStar-like, seed 0, + C); "
+             f"`{DEPTH_MIX}`: w = max(0, 1 - 1/r), r = training depth / slide depth, per "
+             "slide (mean and range of w given). Validation sections only, seeds "
+             f"{', '.join(map(str, sorted(df['seed'].unique())))}; mean ± sd over section x "
+             "seed.", "",
+             "| " + ("Case | " if several else "") + "w | " + " | ".join(METRICS.values())
+             + " |",
+             "|---|" + ("---|" if several else "") + "---|" * len(METRICS)]
+    sentences = []
+    for case in cases:
+        lines += case_rows(case, several)
+        factor, weights = int(case.iloc[0].factor), list(dict.fromkeys(case["weight"]))
+        chosen = adopted.get(factor)
+        if chosen is not None and chosen in weights and chosen != weights[0]:
+            sentences.append(f"- {case_label(case)}: the preset's w = {chosen} against "
+                             f"w = {weights[0]}: {compare(case, chosen, weights[0])}; best "
+                             f"fixed weight: {best_words(case)}.")
+        else:
+            sentences.append(f"- {case_label(case)}: best fixed weight: {best_words(case)}.")
+    lines += ["", "In words (generated from the table):", "", *sentences,
+              "", f"Produced by `{command}`; do not edit the numbers by hand."]
     with atomic_path(out / "table.md") as tmp:
         Path(tmp).write_text("\n".join(lines) + "\n")
+
+
+def adopted_weights(preset_name: str, factors: list[int]) -> dict[int, str]:
+    """The ``spots`` preset's ``istar_mix`` at each factor, as the table labels weights."""
+    preset = get_preset(preset_name, "spots")
+    labels = {}
+    for f in factors:
+        value = preset.at(f).istar_mix
+        labels[f] = value if isinstance(value, str) else f"{value:g}"
+    return labels
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,7 +168,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="Diff-ST samples with the input scaled to the training depth")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--combine", type=Path, nargs="+", default=None,
+                        help="write one table of these output folders' per_run.csv to --out")
     args = parser.parse_args(argv)
+    if args.combine:
+        df = pd.concat([pd.read_csv(d / "per_run.csv", dtype={"weight": str})
+                        for d in args.combine], ignore_index=True)
+        args.out.mkdir(parents=True, exist_ok=True)
+        factors = sorted(int(f) for f in df["factor"].unique())
+        write_table(df, args.out, "python benchmarks/blend_validation.py --combine " + " ".join(
+            str(d) for d in args.combine) + f" --out {args.out}",
+            adopted_weights(args.preset, factors))
+        print((args.out / "table.md").read_text())
+        return 0
     if args.dataset != "simulated" and not args.data_root.is_dir():
         print(f"skipped: no data folder {args.data_root}", file=sys.stderr)
         return 1
@@ -133,17 +194,17 @@ def main(argv: list[str] | None = None) -> int:
                                            [args.factor], seed, args.data_root,
                                            {"match_depth": True} if args.match_depth else None)
         for fold in tqdm(data.folds, desc=f"folds seed {seed}"):
-            rows += fold_rows(fold, args.factor, preset.at(args.factor), seed, args.thin,
-                              weights)
+            unmixed = replace(preset.at(args.factor), istar_mix=0.0)  # mixed here, per weight
+            rows += fold_rows(fold, args.factor, unmixed, seed, args.thin, weights)
     args.out.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
     with atomic_path(args.out / "per_run.csv") as tmp:
         df.to_csv(tmp, index=False)
     command = (f"python benchmarks/blend_validation.py --data-root DATA_ROOT --dataset "
                f"{args.dataset} --split {args.split} --factor {args.factor} --thin "
-               f"{args.thin:g} --preset {args.preset} --seeds {args.seeds} --weights {args.weights}"
-               + (" --match-depth" if args.match_depth else ""))
-    write_table(df, args.out, command)
+               f"{args.thin:g} --preset {args.preset} --seeds {args.seeds} --weights "
+               f"{args.weights}" + (" --match-depth" if args.match_depth else ""))
+    write_table(df, args.out, command, adopted_weights(args.preset, [args.factor]))
     print((args.out / "table.md").read_text())
     return 0
 

@@ -559,8 +559,7 @@ def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, method
                  sampler=sampler, log1p=log1p, disentangle_weight=disentangle_weight,
                  consistency_weight=consistency_weight, patch_um=patch_um, self_tune=self_tune,
                  self_tune_lr=self_tune_lr, istar_mix=istar_mix, lr_schedule=lr_schedule, lr=lr,
-                 ema_warmup=ema_warmup,
-                 t_focus=t_focus, batch_size=batch_size,
+                 ema_warmup=ema_warmup, t_focus=t_focus, batch_size=batch_size,
                  work_um_per_px=work_um_per_px, n_models=n_models, paper_variants=parts,
                  model=model_settings or None)
     summary = run_benchmark(

@@ -206,8 +206,7 @@ PAPER_PROVENANCE = (
     "entropy, the fused expression-ratio gene graph, noise prediction with learned variance and "
     "a Charbonnier + VLB loss), sampled as the paper does (mean of 8 samples of 20 respaced "
     "DDIM steps, no turned tiles), no self-tuning and no mix with the slide's own iStar-like "
-    "map; for comparison with the `short` preset, "
-    "not a tuned setting"
+    "map; for comparison with the `short` preset, not a tuned setting"
 )
 for _profile in ("cells", "spots"):
     PRESETS[(_profile, "paper")] = replace(

@@ -31,7 +31,7 @@ from diffst.benchmark.methods import (
     method_label,
 )
 from diffst.benchmark.presets import PRESETS, Preset, factor_changes, train_config
-from diffst.config import TrainConfig, paper_variant
+from diffst.config import DEPTH_MIX, TrainConfig, paper_variant
 from diffst.data.image import aligned_image
 from diffst.data.lr import simulate_lr, upsample_nearest
 from diffst.infer import draws_in_words
@@ -301,7 +301,7 @@ def _factor_sentence(preset: dict, factors: list[int]) -> str:
 
 def mix_words(value: float | str) -> str:
     """The ``istar_mix`` setting in words."""
-    if value == "depth":
+    if value == DEPTH_MIX:
         return ("Diff-ST's map mixed with the slide's own iStar-like map, weight max(0, 1 - 1/r) "
                 "for a slide r times shallower than the training data (`--istar-mix depth`)")
     if value:
