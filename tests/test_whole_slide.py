@@ -392,3 +392,23 @@ def test_predict_mixes_and_calibrates_with_the_same_istar_mix(model_file, toy_hr
     result = predict(toy_hr, model_file, pool=True, n_samples=2, steps=2, progress=False,
                      istar_mix=0.25, calibration="none")
     assert seen["istar_mix"] == 0.25 and result.meta["istar_mix"] == 0.25
+
+
+def test_predict_cli_istar_mix_option(model_file, toy_hr, tmp_path):
+    from click.testing import CliRunner
+
+    from diffst.cli import main
+
+    data = str(simulate_lr(toy_hr, F).save_npz(tmp_path / "lr.npz"))
+    args = ["predict", data, "--model", str(model_file), "--samples", "2", "--steps", "2",
+            "--calibration", "none", "--no-resume"]
+    runner = CliRunner()
+    for name, mix in (("plain", "0"), ("mixed", "1")):
+        done = runner.invoke(main, [*args, "--out", str(tmp_path / f"{name}.npz"),
+                                    "--istar-mix", mix])
+        assert done.exit_code == 0, done.output
+    plain, mixed = (np.load(tmp_path / f"{n}.npz") for n in ("plain", "mixed"))
+    assert not np.allclose(plain["expr"], mixed["expr"])
+    done = runner.invoke(main, [*args, "--out", str(tmp_path / "bad.npz"), "--istar-mix", "2"])
+    assert done.exit_code != 0 and "--istar-mix" in done.output
+    assert not (tmp_path / "bad.npz").exists()
