@@ -141,9 +141,12 @@ def write_table(df: pd.DataFrame, out: Path, command: str, adopted: dict[int, st
         Path(tmp).write_text("\n".join(lines) + "\n")
 
 
-def adopted_weights(preset_name: str, factors: list[int]) -> dict[int, str]:
-    """The ``spots`` preset's ``istar_mix`` at each factor, as the table labels weights."""
-    preset = get_preset(preset_name, "spots")
+def adopted_weights(preset_name: str, df: pd.DataFrame) -> dict[int, str]:
+    """The preset's ``istar_mix`` at each factor of the runs ``df``, as the table labels
+    weights (the data profile of the runs; files written before that column: HER2ST, spots)."""
+    factors = sorted(int(f) for f in df["factor"].unique())
+    profile = df["profile"].iloc[0] if "profile" in df else "spots"
+    preset = get_preset(preset_name, profile)
     labels = {}
     for f in factors:
         value = preset.at(f).istar_mix
@@ -175,10 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         df = pd.concat([pd.read_csv(d / "per_run.csv", dtype={"weight": str})
                         for d in args.combine], ignore_index=True)
         args.out.mkdir(parents=True, exist_ok=True)
-        factors = sorted(int(f) for f in df["factor"].unique())
         write_table(df, args.out, "python benchmarks/blend_validation.py --combine " + " ".join(
             str(d) for d in args.combine) + f" --out {args.out}",
-            adopted_weights(args.preset, factors))
+            adopted_weights(args.preset, df))
         print((args.out / "table.md").read_text())
         return 0
     if args.dataset != "simulated" and not args.data_root.is_dir():
@@ -195,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
                                            {"match_depth": True} if args.match_depth else None)
         for fold in tqdm(data.folds, desc=f"folds seed {seed}"):
             unmixed = replace(preset.at(args.factor), istar_mix=0.0)  # mixed here, per weight
-            rows += fold_rows(fold, args.factor, unmixed, seed, args.thin, weights)
+            rows += [{**row, "profile": preset.profile} for row in
+                     fold_rows(fold, args.factor, unmixed, seed, args.thin, weights)]
     args.out.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
     with atomic_path(args.out / "per_run.csv") as tmp:
@@ -204,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                f"{args.dataset} --split {args.split} --factor {args.factor} --thin "
                f"{args.thin:g} --preset {args.preset} --seeds {args.seeds} --weights "
                f"{args.weights}" + (" --match-depth" if args.match_depth else ""))
-    write_table(df, args.out, command, adopted_weights(args.preset, [args.factor]))
+    write_table(df, args.out, command, adopted_weights(args.preset, df))
     print((args.out / "table.md").read_text())
     return 0
 

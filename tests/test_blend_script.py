@@ -51,3 +51,14 @@ def test_the_combined_table_says_the_presets_weight_against_no_mix(tmp_path):
     assert "- x3, depth 5%: the preset's w = depth against w = 0: RMSE better" in text
     assert "best fixed weight: RMSE w = 1" in text  # the x3 case's best fixed weight
     assert "SSIM WORSE" not in text.split("x3, depth 5%: the preset's")[1].split("\n")[0]
+
+
+def test_runs_on_cells_data_are_compared_with_the_cells_presets_weight(tmp_path):
+    script = _script()
+    x5 = _runs(5, 1.0, {"0": 0.12, "0.5": 0.11, "1": 0.13}, 0.0).assign(profile="cells")
+    (tmp_path / "c").mkdir()
+    x5.to_csv(tmp_path / "c" / "per_run.csv", index=False)
+    assert script.main(["--combine", str(tmp_path / "c"), "--out", str(tmp_path / "out")]) == 0
+    text = (tmp_path / "out" / "table.md").read_text()
+    # the cells presets do not mix (w = 0), so only the best fixed weight is said
+    assert "- x5: best fixed weight: RMSE w = 0.5" in text and "the preset's" not in text
