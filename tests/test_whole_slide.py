@@ -324,7 +324,8 @@ def test_match_depth_needs_a_model_that_records_its_depth(trained, toy_hr):
                       progress=False, match_depth=True)
 
 
-def test_predict_calibrates_with_the_same_depth_matching(model_file, toy_hr, monkeypatch):
+def _predict_and_calibration_settings(monkeypatch, model_file, toy_hr, **kwargs):
+    """``predict``'s result and the sampler settings it hands to the calibration."""
     import diffst.api as api
 
     seen = {}
@@ -334,8 +335,14 @@ def test_predict_calibrates_with_the_same_depth_matching(model_file, toy_hr, mon
         return result
 
     monkeypatch.setattr(api, "calibrate_prediction", spy)
-    predict(toy_hr, model_file, pool=True, n_samples=2, steps=2, progress=False,
-            match_depth=True, calibration="none")
+    result = predict(toy_hr, model_file, pool=True, n_samples=2, steps=2, progress=False,
+                     calibration="none", **kwargs)
+    return result, seen
+
+
+def test_predict_calibrates_with_the_same_depth_matching(model_file, toy_hr, monkeypatch):
+    _, seen = _predict_and_calibration_settings(monkeypatch, model_file, toy_hr,
+                                                match_depth=True)
     assert seen["match_depth"] is True
 
 
@@ -380,17 +387,8 @@ def test_a_bad_istar_mix_is_refused_before_sampling(trained, toy_hr, bad):
 
 
 def test_predict_mixes_and_calibrates_with_the_same_istar_mix(model_file, toy_hr, monkeypatch):
-    import diffst.api as api
-
-    seen = {}
-
-    def spy(lm, sample, result, calibration, calibrate_on, sr_kwargs):
-        seen.update(sr_kwargs)
-        return result
-
-    monkeypatch.setattr(api, "calibrate_prediction", spy)
-    result = predict(toy_hr, model_file, pool=True, n_samples=2, steps=2, progress=False,
-                     istar_mix=0.25, calibration="none")
+    result, seen = _predict_and_calibration_settings(monkeypatch, model_file, toy_hr,
+                                                     istar_mix=0.25)
     assert seen["istar_mix"] == 0.25 and result.meta["istar_mix"] == 0.25
 
 
