@@ -10,10 +10,11 @@ This script trains Diff-ST once per validation fold (the preset's settings at th
 ``--weights`` on the fold's held-out section: ``w = 0`` is Diff-ST + C, ``w = 1`` is the
 base map (iStar-like + C of the iStar-like fit with seed 0). Validation sections only; the
 truth is used for scoring only. Output: ``per_run.csv`` and ``table.md`` (mean ± sd over
-section x seed, sections won against ``w = 0``, generated sentences).
+section x seed; generated sentences: the preset's weight against ``w = 0`` in sections won,
+and the best fixed weight). ``--combine`` writes one such table for several output folders.
 
     python benchmarks/blend_validation.py --data-root ../shared/data/her2st --factor 2 \\
-        --out benchmarks/results/validation/blend/her2st_x2
+        --out benchmarks/results/validation/blend/x2
 """
 
 from __future__ import annotations
@@ -23,16 +24,18 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
-from diffst.benchmark.data import load_benchmark_data
+from diffst.benchmark.data import Fold, load_benchmark_data
 from diffst.benchmark.methods import DiffSTMethod, prediction_mask, with_consistency
-from diffst.benchmark.presets import get_preset
+from diffst.benchmark.presets import Preset, get_preset
 from diffst.benchmark.report import better
 from diffst.benchmark.run import depth_shifted
-from diffst.infer import DEPTH_MIX, istar_mix_weight
+from diffst.config import DEPTH_MIX
+from diffst.infer import istar_mix_weight
 from diffst.io.atomic import atomic_path
 from diffst.metrics import evaluate
 from diffst.model.upsampler import istar_like_base
@@ -40,7 +43,7 @@ from diffst.model.upsampler import istar_like_base
 METRICS = {"rmse": "RMSE ↓", "ssim": "SSIM ↑", "pcc": "PCC ↑"}
 
 
-def fold_rows(fold, factor: int, preset, seed: int, thin: float,
+def fold_rows(fold: Fold, factor: int, preset: Preset, seed: int, thin: float,
               weights: list[str]) -> list[dict]:
     """Scores of every weight on the held-out sections of one fold (one Diff-ST training)."""
     diffst = DiffSTMethod(preset, seed)
@@ -60,6 +63,11 @@ def fold_rows(fold, factor: int, preset, seed: int, thin: float,
                          "section": truth0.name, "weight": label, "w": w,
                          **{m: float(table[m].mean()) for m in METRICS}})
     return rows
+
+
+def mean_sd(mean: float, sd: float) -> str:
+    """``mean ± sd`` (4 decimals); the mean alone for a single run."""
+    return f"{mean:.4f}" if not np.isfinite(sd) else f"{mean:.4f} ± {sd:.4f}"
 
 
 def case_label(df: pd.DataFrame) -> str:
@@ -89,7 +97,7 @@ def case_rows(df: pd.DataFrame, with_case: bool) -> list[str]:
     stats = df.groupby("weight")[[*METRICS, "w"]].agg(["mean", "std", "min", "max"])
     rows = []
     for key in dict.fromkeys(df["weight"]):
-        cells = [f"{stats.loc[key, (m, 'mean')]:.4f} ± {stats.loc[key, (m, 'std')]:.4f}"
+        cells = [mean_sd(stats.loc[key, (m, "mean")], stats.loc[key, (m, "std")])
                  for m in METRICS]
         name = key if key != DEPTH_MIX else (
             f"{DEPTH_MIX} ({stats.loc[key, ('w', 'mean')]:.2f}, "
@@ -113,7 +121,8 @@ def write_table(df: pd.DataFrame, out: Path, command: str, adopted: dict[int, st
     df = df.astype({"weight": str})
     cases = [group for _, group in df.groupby(["factor", "depth"], sort=False)]
     several = len(cases) > 1
-    title = "HER2ST" if several else case_label(df)
+    name = df["dataset"].iloc[0] if "dataset" in df else "her2st"  # older files: HER2ST
+    title = name if several else f"{name} {case_label(df)}"
     lines = [f"# Diff-ST mixed with the slide's own iStar-like map ({title}, validation)", "",
              "Weight w of the iStar-like map in the mixed raw map, then the consistency step; "
              "w = 0 is Diff-ST + C, w = 1 the in-slide base map (iStar-like, seed 0, + C); "
@@ -197,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                                            {"match_depth": True} if args.match_depth else None)
         for fold in tqdm(data.folds, desc=f"folds seed {seed}"):
             unmixed = replace(preset.at(args.factor), istar_mix=0.0)  # mixed here, per weight
-            rows += [{**row, "profile": preset.profile} for row in
+            rows += [{**row, "dataset": data.name, "profile": preset.profile} for row in
                      fold_rows(fold, args.factor, unmixed, seed, args.thin, weights)]
     args.out.mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows)
