@@ -24,7 +24,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
@@ -32,15 +31,15 @@ from tqdm import tqdm
 from diffst.benchmark.data import Fold, load_benchmark_data
 from diffst.benchmark.methods import DiffSTMethod, prediction_mask, with_consistency
 from diffst.benchmark.presets import Preset, get_preset
-from diffst.benchmark.report import better
+from diffst.benchmark.report import HEADLINE, MAIN_METRICS, mean_sd, paired_words
 from diffst.benchmark.run import depth_shifted
 from diffst.config import DEPTH_MIX
 from diffst.infer import istar_mix_weight
 from diffst.io.atomic import atomic_path
-from diffst.metrics import evaluate
+from diffst.metrics import HIGHER_IS_BETTER, evaluate
 from diffst.model.upsampler import istar_like_base
 
-METRICS = {"rmse": "RMSE ↓", "ssim": "SSIM ↑", "pcc": "PCC ↑"}
+METRICS = {m: MAIN_METRICS[m] for m in HEADLINE}
 
 
 def fold_rows(fold: Fold, factor: int, preset: Preset, seed: int, thin: float,
@@ -65,31 +64,10 @@ def fold_rows(fold: Fold, factor: int, preset: Preset, seed: int, thin: float,
     return rows
 
 
-def mean_sd(mean: float, sd: float) -> str:
-    """``mean ± sd`` (4 decimals); the mean alone for a single run."""
-    return f"{mean:.4f}" if not np.isfinite(sd) else f"{mean:.4f} ± {sd:.4f}"
-
-
 def case_label(df: pd.DataFrame) -> str:
-    """``her2st x3, depth 5%`` for one case's rows."""
+    """``x3, depth 5%`` for one case's rows."""
     d = df.iloc[0]
     return f"x{d.factor}" + (f", depth {d.depth:.0%}" if d.depth != 1.0 else "")
-
-
-def compare(df: pd.DataFrame, key: str, base: str) -> str:
-    """Weight ``key`` against ``base`` on each metric: means and sections won, in words."""
-    stats = df.groupby("weight")[list(METRICS)].mean()
-    per_section = df.groupby(["weight", "section"])[list(METRICS)].mean()
-    sections = df["section"].unique()
-    said = []
-    for m, title in METRICS.items():
-        a, b = stats.loc[key, m], stats.loc[base, m]
-        won = sum(better(m, per_section.loc[(key, s), m], per_section.loc[(base, s), m])
-                  for s in sections)
-        word = "better" if better(m, a, b) else "WORSE"
-        said.append(f"{title.split()[0]} {word} ({a:.4f} vs {b:.4f}, {won}/{len(sections)} "
-                    "sections)")
-    return "; ".join(said)
 
 
 def case_rows(df: pd.DataFrame, with_case: bool) -> list[str]:
@@ -111,7 +89,8 @@ def best_words(df: pd.DataFrame) -> str:
     """The fixed weight with the best mean on each metric."""
     fixed = df[df["weight"] != DEPTH_MIX]
     stats = fixed.groupby("weight")[list(METRICS)].mean()
-    best = {m: stats[m].idxmin() if m == "rmse" else stats[m].idxmax() for m in METRICS}
+    best = {m: stats[m].idxmax() if HIGHER_IS_BETTER.get(m) else stats[m].idxmin()
+            for m in METRICS}
     return ", ".join(f"{METRICS[m].split()[0]} w = {w}" for m, w in best.items())
 
 
@@ -139,9 +118,9 @@ def write_table(df: pd.DataFrame, out: Path, command: str, adopted: dict[int, st
         factor, weights = int(case.iloc[0].factor), list(dict.fromkeys(case["weight"]))
         chosen = adopted.get(factor)
         if chosen is not None and chosen in weights and chosen != weights[0]:
+            said = paired_words(case, "weight", chosen, weights[0], tuple(METRICS))
             sentences.append(f"- {case_label(case)}: the preset's w = {chosen} against "
-                             f"w = {weights[0]}: {compare(case, chosen, weights[0])}; best "
-                             f"fixed weight: {best_words(case)}.")
+                             f"w = {weights[0]}: {said}; best fixed weight: {best_words(case)}.")
         else:
             sentences.append(f"- {case_label(case)}: best fixed weight: {best_words(case)}.")
     lines += ["", "In words (generated from the table):", "", *sentences,

@@ -27,14 +27,14 @@ from tqdm import tqdm
 from diffst.baselines import BASELINES
 from diffst.benchmark.data import load_benchmark_data
 from diffst.benchmark.methods import prediction_mask, with_consistency
-from diffst.benchmark.report import better
+from diffst.benchmark.report import HEADLINE, MAIN_METRICS, mean_sd, paired_words
 from diffst.benchmark.run import depth_shifted
 from diffst.data.sample import STSample
 from diffst.io.atomic import atomic_path
 from diffst.metrics import evaluate
 from diffst.model.istar_like import IStarLike, istar_settings
 
-METRICS = {"rmse": "RMSE ↓", "ssim": "SSIM ↑", "pcc": "PCC ↑"}
+METRICS = {m: MAIN_METRICS[m] for m in HEADLINE}
 FIXED, CHOSEN, BICUBIC = "iStar-like + C, fixed steps", "iStar-like + C, chosen steps", \
     "Bicubic + C"
 
@@ -88,16 +88,9 @@ def score_case(case: Case, seed: int, truth0: STSample, select_folds: int) -> li
     return rows
 
 
-def mean_sd(mean: float, sd: float) -> str:
-    """``mean ± sd`` (4 decimals); the mean alone for a single run."""
-    return f"{mean:.4f}" if not np.isfinite(sd) else f"{mean:.4f} ± {sd:.4f}"
-
-
 def case_lines(df: pd.DataFrame) -> tuple[list[str], list[str]]:
     """Table rows and one sentence for one case's runs."""
     stats = df.groupby("method")[list(METRICS)].agg(["mean", "std"])
-    per_section = df.groupby(["method", "section"])[list(METRICS)].mean()
-    n_sec = df["section"].nunique()
     d = df.iloc[0]
     label = f"{d.dataset} x{d.factor}" + (f", depth {d.depth:.0%}" if d.depth != 1.0 else "")
     steps = df[df.method == CHOSEN]["steps"]
@@ -109,14 +102,8 @@ def case_lines(df: pd.DataFrame) -> tuple[list[str], list[str]]:
                 else str(int(df[df.method == FIXED]["steps"].iloc[0])) if method == FIXED
                 else "")
         rows.append(f"| {label} | {method} | " + " | ".join(cells) + f" | {note} |")
-    verdicts = []
-    for m, title in METRICS.items():
-        a, b = stats.loc[CHOSEN, (m, "mean")], stats.loc[FIXED, (m, "mean")]
-        won = sum(better(m, per_section.loc[(CHOSEN, s), m], per_section.loc[(FIXED, s), m])
-                  for s in df["section"].unique())
-        word = "better" if better(m, a, b) else "WORSE"
-        verdicts.append(f"{title.split()[0]} {word} ({a:.4f} vs {b:.4f}, {won}/{n_sec} sections)")
-    sentence = f"- {label}: chosen steps against fixed steps: " + "; ".join(verdicts) + "."
+    sentence = (f"- {label}: chosen steps against fixed steps: "
+                f"{paired_words(df, 'method', CHOSEN, FIXED, tuple(METRICS))}.")
     return rows, [sentence]
 
 

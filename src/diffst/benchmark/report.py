@@ -94,6 +94,30 @@ def better(metric: str, a: float | None, b: float | None) -> bool:
     return a > b if HIGHER_IS_BETTER.get(metric, False) else a < b
 
 
+def mean_sd(mean: float, sd: float) -> str:
+    """``mean ± sd`` (4 decimals); the mean alone where the sd is undefined (a single run)."""
+    return f"{mean:.4f}" if not math.isfinite(sd) else f"{mean:.4f} ± {sd:.4f}"
+
+
+def paired_words(df: pd.DataFrame, column: str, key: object, base: object,
+                 metrics: tuple[str, ...] = HEADLINE) -> str:
+    """Rows with ``column == key`` against rows with ``column == base``, per metric: the means
+    over all their rows and the sections (``section``; rows averaged per section) where
+    ``key`` is better, in words, e.g. ``RMSE better (0.1200 vs 0.1300, 4/5 sections)``."""
+    means = df.groupby(column)[list(metrics)].mean()
+    per_section = df.groupby([column, "section"])[list(metrics)].mean()
+    sections = df["section"].unique()
+    said = []
+    for m in metrics:
+        a, b = means.loc[key, m], means.loc[base, m]
+        won = sum(better(m, per_section.loc[(key, s), m], per_section.loc[(base, s), m])
+                  for s in sections)
+        word = "better" if better(m, a, b) else "WORSE"
+        said.append(f"{MAIN_METRICS[m].split()[0]} {word} ({a:.4f} vs {b:.4f}, "
+                    f"{won}/{len(sections)} sections)")
+    return "; ".join(said)
+
+
 def compare(units: pd.DataFrame, reference: str = REFERENCE,
             metrics: tuple[str, ...] = (*HEADLINE, "psnr")) -> dict[str, dict[str, dict]]:
     """``reference`` against the other methods + C, the reference rows and raw Diff-ST: runs
