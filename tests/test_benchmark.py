@@ -626,13 +626,19 @@ def test_a_model_value_the_network_cannot_take_fails_before_training():
         get_preset("short", "spots", {"model": {"attn_dim": 30}})
 
 
-def test_headline_names_the_changed_architecture_only():
-    from diffst.benchmark.presets import train_config
-
+def _headline_script():
+    """``benchmarks/headline.py`` as a module."""
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "headline.py"
     spec = importlib.util.spec_from_file_location("diffst_headline_script", script)
     headline = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(headline)
+    return headline
+
+
+def test_headline_names_the_changed_architecture_only():
+    from diffst.benchmark.presets import train_config
+
+    headline = _headline_script()
     preset = get_preset("short", "spots", {"model": {"channels": 48}})
     tc = asdict(train_config(preset, make_sample(), factor=2, seed=0))
     summary = json.loads(json.dumps({"preset": asdict(preset), "protocol": {}, "seeds": [0],
@@ -648,10 +654,7 @@ def test_headline_names_the_changed_architecture_only():
 def test_headline_compares_each_factor_with_that_factors_preset():
     from diffst.benchmark.presets import train_config
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "headline.py"
-    spec = importlib.util.spec_from_file_location("diffst_headline_script", script)
-    headline = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(headline)
+    headline = _headline_script()
     # a run made before the rule: the x3 settings given on the command line, at every factor
     preset = get_preset("short", "spots", {"self_tune": 0, "model": {"upsampler": "istar_like"}})
     tcs = {str(f): asdict(train_config(preset, make_sample(), factor=f, seed=0)) for f in (2, 3)}
@@ -720,10 +723,7 @@ def test_diffst_method_samples_with_the_presets_mix(monkeypatch):
 def test_headline_names_runs_made_without_the_mix():
     from diffst.benchmark.presets import train_config
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "headline.py"
-    spec = importlib.util.spec_from_file_location("diffst_headline_script", script)
-    headline = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(headline)
+    headline = _headline_script()
     preset = json.loads(json.dumps(asdict(get_preset("short", "spots"))))
     tcs = {str(f): asdict(train_config(get_preset("short", "spots"), make_sample(), factor=f,
                                        seed=0)) for f in (2, 3)}
