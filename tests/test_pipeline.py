@@ -60,7 +60,8 @@ def test_save_load_round_trip_and_call(trainer, tmp_path):
     assert loaded.scheduler.prediction == "epsilon"
     assert loaded.config == trainer.model_config
     assert loaded.record == {"trained_steps": 2, "batch_size": 2,
-                             "counts_per_um2": pytest.approx(trainer.counts_per_um2)}
+                             "counts_per_um2": pytest.approx(trainer.counts_per_um2),
+                             "lr_counts_per_um2": pytest.approx(trainer.lr_counts_per_um2)}
     for a, b in zip(loaded.model.state_dict().values(), trainer.ema.state_dict().values(),
                     strict=True):
         torch.testing.assert_close(a, b)

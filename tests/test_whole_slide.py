@@ -282,9 +282,28 @@ def test_model_records_its_training_depth_and_keeps_it_in_the_file(trained, mode
     samples = [make_sample(seed=0), make_sample(seed=1)]
     counts = sum(float(s.expr[:, s.mask].sum()) for s in samples)
     area = sum(float(s.mask.sum()) * s.cell_um ** 2 for s in samples)
+    pooled = [simulate_lr(s, F) for s in samples]
+    lr_area = sum(float(p.mask.sum()) * p.cell_um ** 2 for p in pooled)
     assert training_depth(samples) == pytest.approx(counts / area)
-    assert trained.pipeline().record["counts_per_um2"] == pytest.approx(counts / area)
-    assert load_model(model_file).record["counts_per_um2"] == pytest.approx(counts / area)
+    assert training_depth(samples, F) == pytest.approx(counts / lr_area)
+    assert lr_area > area  # edge LR cells count in full: pooled tissue reads shallower
+    for record in (trained.pipeline().record, load_model(model_file).record):
+        assert record["counts_per_um2"] == pytest.approx(counts / area)
+        assert record["lr_counts_per_um2"] == pytest.approx(counts / lr_area)
+
+
+def test_a_training_section_pooled_reads_as_deep_as_the_training_data(trained):
+    from diffst.train import training_depth
+
+    section = make_sample(seed=0)
+    lm = model_from_trainer(trained)
+    lm.record = {"counts_per_um2": training_depth([section]),
+                 "lr_counts_per_um2": training_depth([section], F)}
+    assert infer.depth_ratio(lm, simulate_lr(section, F)) == pytest.approx(1.0)
+    # a model file with only the HR depth compares unlike with like, and says so
+    lm.record = {"counts_per_um2": training_depth([section])}
+    with pytest.warns(UserWarning, match="shallower than they are"):
+        assert infer.depth_ratio(lm, simulate_lr(section, F)) > 1.05
 
 
 def test_match_depth_feeds_a_shallow_slide_at_the_training_depth(trained, toy_hr, monkeypatch):
@@ -304,7 +323,7 @@ def test_match_depth_feeds_a_shallow_slide_at_the_training_depth(trained, toy_hr
     deep = super_resolve(lm, lr, match_depth=True, **kw)
     low = super_resolve(lm, shallow, match_depth=True, **kw)
     # both inputs reach the model at the training depth
-    ref = lm.record["counts_per_um2"] * float(lr.mask.sum()) * lr.cell_um ** 2
+    ref = lm.record["lr_counts_per_um2"] * float(lr.mask.sum()) * lr.cell_um ** 2
     assert seen == pytest.approx([ref, ref], rel=1e-5)
     assert low.meta["depth_ratio"] / deep.meta["depth_ratio"] == pytest.approx(
         lr.expr[:, lr.mask].sum() / shallow.expr[:, shallow.mask].sum(), rel=1e-6)
@@ -318,7 +337,7 @@ def test_match_depth_feeds_a_shallow_slide_at_the_training_depth(trained, toy_hr
 
 def test_match_depth_needs_a_model_that_records_its_depth(trained, toy_hr):
     lm = model_from_trainer(trained)
-    lm.record = {k: v for k, v in lm.record.items() if k != "counts_per_um2"}
+    lm.record = {k: v for k, v in lm.record.items() if "counts_per_um2" not in k}
     with pytest.raises(ValueError, match="training depth"):
         super_resolve(lm, simulate_lr(toy_hr, F), steps=2, patch=20, overlap=5,
                       progress=False, match_depth=True)

@@ -39,6 +39,7 @@ noise seeds) skips it and gives the same result; other settings are refused with
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -56,7 +57,7 @@ from diffst.consistency import (
     unplaced_counts,
 )
 from diffst.data.image import px_per_cell_for
-from diffst.data.lr import hr_frame_affine
+from diffst.data.lr import hr_frame_affine, tissue_depth
 from diffst.data.patches import (
     PatchBatch,
     PreparedSample,
@@ -457,13 +458,24 @@ def mixed_with_istar(result: SRResult, lr: STSample, weight: float) -> SRResult:
 
 
 def depth_ratio(lm: DiffSTPipeline, lr: STSample) -> float:
-    """Training depth / depth of ``lr`` (counts of the model's genes per µm² of tissue)."""
-    ref = lm.record.get("counts_per_um2")
+    """Training depth / depth of ``lr`` (counts of the model's genes per µm² of tissue).
+
+    The training depth is that of the training sections pooled by the model's factor
+    (``lm.record["lr_counts_per_um2"]``), read like ``lr``'s: an LR cell at the tissue edge
+    counts in full on both sides. Model files from before that record hold only the HR depth
+    (``counts_per_um2``), which makes every slide read shallower than it is (a warning says
+    so; on HER2ST sections pooled by 2-3, about 1.3-1.6 times).
+    """
+    ref = lm.record.get("lr_counts_per_um2")
     if not ref:
-        raise ValueError("match_depth needs the training depth, which this model file does not "
-                         "record (trained before diffst 0.2); train it again")
-    counts = float(np.asarray(lr.expr)[:, lr.mask].sum())
-    area = float(lr.mask.sum()) * lr.cell_um ** 2
+        ref = lm.record.get("counts_per_um2")
+        if not ref:
+            raise ValueError("match_depth needs the training depth, which this model file does "
+                             "not record (trained before diffst 0.2); train it again")
+        warnings.warn("this model file records only the depth of its HR training data, so "
+                      "slides read shallower than they are; train it again for a like-with-"
+                      "like depth", stacklevel=2)
+    counts, area = tissue_depth(lr)
     if counts <= 0 or area <= 0:
         raise ValueError(f"sample '{lr.name}': no counts in tissue to measure its depth")
     return float(ref) / (counts / area)

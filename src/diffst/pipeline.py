@@ -18,8 +18,10 @@ and tensors only) and written atomically. ``format`` is ``"diffst.model/N"``:
 
 Both versions also hold ``state_dict`` (EMA weights), ``scaler``, ``genes``, ``factor``, ``k``
 (image pixels per HR cell), ``cell_um``, ``patch``, ``work_um_per_px``, ``spots_only`` and,
-as a record of the training run, ``trained_steps``, ``batch_size`` and (from diffst 0.2 on)
-``counts_per_um2``, the training data's depth. Files of an unknown or
+as a record of the training run (:data:`RECORD_KEYS`), ``trained_steps``, ``batch_size``,
+from diffst 0.2 on ``counts_per_um2``, the training data's depth, and in newer files
+``lr_counts_per_um2``, that depth with the data pooled by the factor (what
+:func:`diffst.infer.depth_ratio` compares a slide with). Files of an unknown or
 newer version, and files lacking a key, raise :class:`ModelFileError` naming the problem.
 
 This module imports nothing from :mod:`diffst.train` or :mod:`diffst.infer` at import time:
@@ -51,6 +53,7 @@ MODEL_FORMAT_VERSION = 2
 MODEL_FORMAT = f"{MODEL_FORMAT_NAME}/{MODEL_FORMAT_VERSION}"
 """The format string this diffst writes into model files."""
 
+RECORD_KEYS = ("trained_steps", "batch_size", "counts_per_um2", "lr_counts_per_um2")
 _GEOMETRY_KEYS = ("genes", "factor", "k", "cell_um", "patch", "work_um_per_px", "spots_only")
 MODEL_KEYS = {
     1: ("model_config", "state_dict", "scaler", *_GEOMETRY_KEYS),
@@ -161,7 +164,9 @@ class DiffSTPipeline:
         work_um_per_px: the image resolution the model works at, µm per pixel.
         spots_only: trained on spots pooled by the factor (no finer truth).
         record: how it was trained (``trained_steps``, ``batch_size``, ``counts_per_um2``: the
-            training data's counts of the modelled genes per µm² of tissue), stored in the file.
+            training data's counts of the modelled genes per µm² of tissue, and
+            ``lr_counts_per_um2``: the same with the data pooled by the factor), stored in the
+            file.
     """
 
     model: DiffST
@@ -245,8 +250,7 @@ class DiffSTPipeline:
             config = DiffSTConfig.from_dict(arch)
             model = DiffST(config, np.eye(config.n_genes, dtype=np.float32))
             model.load_state_dict(state["state_dict"])
-            record = {k: state[k] for k in ("trained_steps", "batch_size", "counts_per_um2")
-                      if k in state}
+            record = {k: state[k] for k in RECORD_KEYS if k in state}
             return cls(model=model.to(dev).eval(), scheduler=SchedulerConfig.from_dict(sched),
                        scaler=GeneScaler.from_state_dict(state["scaler"]),
                        genes=list(state["genes"]), factor=int(state["factor"]),

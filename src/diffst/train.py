@@ -34,7 +34,7 @@ from diffst.config import (  # noqa: F401 - TrainConfig etc.: re-exported
 from diffst.consistency import redistribute
 from diffst.data.device_patches import DevicePatchSampler
 from diffst.data.image import px_per_cell_for
-from diffst.data.lr import pool_sum
+from diffst.data.lr import pool_sum, simulate_lr, tissue_depth
 from diffst.data.normalize import GeneScaler
 from diffst.data.patches import PatchBatch, PatchSampler, PreparedSample, prepare_training_sample
 from diffst.data.sample import SampleError, STSample
@@ -151,6 +151,7 @@ class Trainer:
         self.scaler = start.scaler if start is not None else GeneScaler.fit(
             [s.expr for s in samples], [s.mask for s in samples], log1p=self.tc.log1p)
         self.counts_per_um2 = training_depth(samples)
+        self.lr_counts_per_um2 = training_depth(samples, self.factor)
         if start is None:
             mc = replace(model_config or DiffSTConfig(), n_genes=len(self.genes),
                          factor=self.factor)
@@ -327,7 +328,8 @@ class Trainer:
             patch=self.tc.patch, device=self.device, work_um_per_px=self.tc.work_um_per_px,
             spots_only=self.spots_only,
             record={"trained_steps": self.step, "batch_size": self.tc.batch_size,
-                    "counts_per_um2": self.counts_per_um2})
+                    "counts_per_um2": self.counts_per_um2,
+                    "lr_counts_per_um2": self.lr_counts_per_um2})
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write a resumable checkpoint atomically."""
@@ -412,12 +414,18 @@ def check_choices(tc: TrainConfig) -> None:
         raise ValueError(f"t_focus must be in [0, 1), got {tc.t_focus!r}")
 
 
-def training_depth(samples: list[STSample]) -> float:
-    """Sequencing depth of the training data: counts of the modelled genes per µm² of tissue
-    (all samples pooled; what :func:`diffst.infer.super_resolve` ``match_depth`` matches)."""
-    counts = sum(float(np.asarray(s.expr)[:, s.mask].sum()) for s in samples)
-    area = sum(float(s.mask.sum()) * s.cell_um ** 2 for s in samples)
-    return counts / max(area, 1e-12)
+def training_depth(samples: list[STSample], factor: int = 1) -> float:
+    """Sequencing depth of the training data: counts of the modelled genes per µm² of tissue,
+    all samples pooled, each first sum-pooled by ``factor`` as the model's LR input is
+    (:func:`~diffst.data.lr.simulate_lr`; ``factor=1``: the HR samples as given).
+
+    The depth of a measured LR slide is read the same way (:func:`diffst.infer.depth_ratio`),
+    so with ``factor`` set it is compared like with like: an LR tissue cell at the edge
+    counts in full on both sides.
+    """
+    totals = [tissue_depth(simulate_lr(s, factor) if factor > 1 else s) for s in samples]
+    area = sum(a for _, a in totals)
+    return sum(c for c, _ in totals) / max(area, 1e-12)
 
 
 def curriculum_keep(valid: torch.Tensor, fraction: float,

@@ -84,6 +84,18 @@ def simulate_lr(sample: STSample, factor: int) -> STSample:
     )
 
 
+def tissue_depth(sample: STSample) -> tuple[float, float]:
+    """``(counts, area)`` of ``sample``'s tissue: counts of all its genes summed over its
+    tissue cells, and the tissue area in µm² (tissue cells x ``cell_um``²).
+
+    An LR cell at the tissue edge counts in full, so a pooled sample (:func:`simulate_lr`)
+    reads shallower than the HR sample it came from; compare like with like.
+    """
+    counts = float(np.asarray(sample.expr)[:, sample.mask].sum())
+    area = float(sample.mask.sum()) * sample.cell_um ** 2
+    return counts, area
+
+
 def thin_counts(sample: STSample, fraction: float, seed: int = 0) -> STSample:
     """Binomial thinning: keep each molecule of ``sample`` with probability ``fraction``.
 
