@@ -358,9 +358,9 @@ were done; Ctrl-C keeps them.
 @click.option("--eta", default=0.0, show_default=True,
               help="DDIM stochasticity (0: deterministic steps; 1: DDPM variance).")
 @click.option("--match-depth", is_flag=True,
-              help="Scale the counts to the training data's depth (counts per µm² of tissue) "
-                   "while sampling, and the maps back: for a slide sequenced much shallower or "
-                   "deeper than the training data.")
+              help="Scale the counts to the training data's depth (counts per µm² of tissue, "
+                   "the training sections pooled by the factor) while sampling, and the maps "
+                   "back: for a slide sequenced much shallower or deeper than the training data.")
 @click.option("--turns", is_flag=True,
               help="Sample k sees each tile rotated/mirrored (k mod 8) and is turned back "
                    "(test-time augmentation; with --sampler mean the most accurate mean map).")

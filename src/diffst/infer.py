@@ -370,7 +370,8 @@ def super_resolve(
         eta: DDIM stochasticity (0: deterministic steps; 1: DDPM variance); more spread between
             the draws (see :mod:`diffst.calibration` for turning the spread into intervals).
         match_depth: scale the LR counts to the training data's depth (counts per µm² of
-            tissue, ``lm.record["counts_per_um2"]``) before sampling and the maps back after,
+            tissue, the training sections pooled by the factor: :func:`depth_ratio`) before
+            sampling and the maps back after,
             for a slide sequenced much shallower or deeper than the training data; the mean
             map still sum-pools to the measured counts. ``meta["depth_ratio"]`` records it.
         turns: sample ``k`` of each tile sees the tile rotated/mirrored by dihedral transform
