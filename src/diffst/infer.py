@@ -371,9 +371,9 @@ def super_resolve(
             the draws (see :mod:`diffst.calibration` for turning the spread into intervals).
         match_depth: scale the LR counts to the training data's depth (counts per µm² of
             tissue, the training sections pooled by the factor: :func:`depth_ratio`) before
-            sampling and the maps back after,
-            for a slide sequenced much shallower or deeper than the training data; the mean
-            map still sum-pools to the measured counts. ``meta["depth_ratio"]`` records it.
+            sampling and the maps back after, for a slide sequenced much shallower or deeper
+            than the training data; the mean map still sum-pools to the measured counts.
+            ``meta["depth_ratio"]`` records it.
         turns: sample ``k`` of each tile sees the tile rotated/mirrored by dihedral transform
             ``k mod 8`` and is turned back (test-time augmentation; :func:`sample_tiles`).
         istar_mix: weight in [0, 1] of the slide's own iStar-like map in the returned maps
