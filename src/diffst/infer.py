@@ -465,7 +465,7 @@ def depth_ratio(lm: DiffSTPipeline, lr: STSample) -> float:
     (``lm.record["lr_counts_per_um2"]``), read like ``lr``'s: an LR cell at the tissue edge
     counts in full on both sides. Model files from before that record hold only the HR depth
     (``counts_per_um2``), which makes every slide read shallower than it is (a warning says
-    so; on HER2ST sections pooled by 2-3, about 1.3-1.6 times).
+    so; HER2ST sections pooled by 2 read 1.2-1.3 times, by 3 1.4-1.5 times too shallow).
     """
     ref = lm.record.get("lr_counts_per_um2")
     if not ref:
