@@ -377,7 +377,7 @@ def test_spots_presets_take_the_base_map_at_x3_and_an_explicit_setting_everywher
     for name in ("default", "full"):
         assert get_preset(name, "spots").at(3).model["upsampler"] == "istar_like"
     assert get_preset("paper", "spots").at(3) == get_preset("paper", "spots")
-    assert get_preset("short", "cells").at(5) == get_preset("short", "cells")
+    assert get_preset("paper", "cells").at(5) == get_preset("paper", "cells")
     # a setting given on the command line holds at every factor; the rest of the rule stays
     tuned = get_preset("short", "spots", {"self_tune": 5})
     assert tuned.at(3).self_tune == tuned.at(2).self_tune == 5
@@ -677,7 +677,10 @@ def test_spots_presets_mix_in_the_slides_own_fit_by_factor(monkeypatch):
     short = get_preset("short", "spots")
     assert short.at(2).istar_mix == 0.5 and short.at(3).istar_mix == "depth"
     assert get_preset("paper", "spots").at(3).istar_mix == 0.0
-    assert get_preset("short", "cells").at(5).istar_mix == 0.0
+    for name in ("short", "default", "full"):  # cells: half and half at x5, no mix at x10
+        cells = get_preset(name, "cells")
+        assert cells.at(5).istar_mix == 0.5 and cells.at(10).istar_mix == cells.istar_mix == 0
+    assert get_preset("paper", "cells").at(5).istar_mix == 0.0
     # given on the command line it holds at every factor and is recorded in the command
     seen = _preset_overrides(monkeypatch, ["--preset", "short", "--istar-mix", "0"])
     assert seen == {"istar_mix": 0.0}

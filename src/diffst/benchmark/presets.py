@@ -41,6 +41,16 @@ SPOTS_BY_FACTOR = {3: {"model": {"upsampler": "istar_like"}, "self_tune": 0,
                        "istar_mix": DEPTH_MIX}}
 """The ``spots`` presets' settings at x3: the in-slide base map without self-tuning, and a mix
 of that map back in that grows as the slide is shallower than the training data."""
+CELLS_BY_FACTOR = {5: {"istar_mix": 0.5}}
+"""The ``cells`` presets' settings at x5: Diff-ST's maps mixed half and half with the slide's
+own iStar-like map, the weight with the best RMSE on both single-cell-scale validation sets
+(the Xenium validation strip and the simulated validation tissue; at x10 they disagree, so
+there is no mix)."""
+MIX_CELLS = (
+    "; at x5 Diff-ST's map is mixed with the slide's own iStar-like map, weight 0.5 "
+    "(`--istar-mix`), chosen on the Xenium validation strip and the simulated validation tissue "
+    "(README 'Mixing in the slide's own fit'; at x10 the two disagreed, so x10 does not mix)"
+)
 BASE_MAP_SPOTS = (
     "; at x3 Diff-ST refines the in-slide base map (upsampler istar_like) and skips "
     "self-tuning, chosen on the HER2ST validation folds at seeds 0 and 1 with the `short` "
@@ -170,7 +180,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
     # patches); HER2ST x2 0.22 s/step (8x8-cell patches at 2 µm/px).
     ("cells", "default"): Preset(
         "default", "cells", steps=500, batch_size=8, lr=1e-3, ema_decay=0.995,
-        patch_um=320.0),
+        patch_um=320.0, by_factor=CELLS_BY_FACTOR, provenance=PROVENANCE_V01 + MIX_CELLS),
     ("spots", "default"): Preset(
         "default", "spots", model=dict(tissue_px_per_cell=16), steps=600, batch_size=8,
         lr=1e-3, ema_decay=0.995, patch_um=1600.0, n_genes=50, self_tune=SELF_TUNE_STEPS,
@@ -181,8 +191,8 @@ PRESETS: dict[tuple[str, str], Preset] = {
     # a 4 µm/px image (the data pipeline dominates a step at 2 µm/px)
     ("cells", "short"): Preset(
         "short", "cells", steps=200, batch_size=8, lr=1e-3, ema_decay=0.995,
-        patch_um=320.0,
-        provenance=PROVENANCE_V01 + "; fewer steps for CPU time, not for accuracy"),
+        patch_um=320.0, by_factor=CELLS_BY_FACTOR,
+        provenance=PROVENANCE_V01 + MIX_CELLS + "; fewer steps for CPU time, not for accuracy"),
     ("spots", "short"): Preset(
         "short", "spots", model=dict(tissue_px_per_cell=16), steps=200, batch_size=8,
         lr=1e-3, ema_decay=0.995, patch_um=1600.0, work_um_per_px=4.0, n_genes=50,
@@ -191,7 +201,8 @@ PRESETS: dict[tuple[str, str], Preset] = {
         "steps and a coarser image for CPU time, not for accuracy"),
     # the package's own training defaults (TrainConfig) and ablations at every factor
     ("cells", "full"): Preset(
-        "full", "cells", ablation_factors="all"),
+        "full", "cells", ablation_factors="all", by_factor=CELLS_BY_FACTOR,
+        provenance=PROVENANCE_V01 + MIX_CELLS),
     ("spots", "full"): Preset(
         "full", "spots", model=dict(tissue_px_per_cell=16), patch_um=1600.0,
         ablation_factors="all", n_genes=50, self_tune=SELF_TUNE_STEPS,
