@@ -60,24 +60,24 @@ class Step:
     estimate: bool = False  # stop after the printed estimate (see the module docstring)
 
 
+HER2ST_TIMES = (r"these\s+took (\d+) s \(train, reading included\), (\d+) s, (\d+) s and "
+                r"(\d+) s")
+"""The README sentence stating the times of the four HER2ST walk-through commands."""
+
 STEPS = [
     Step("quick", "quick demo", r"`(diffst demo --quick)` is a smoke run",
          r"about (\d+) s wall time on the 2-core machine\s+beside a busy process", 1, "s"),
     Step("her2st_train", "HER2ST: train C2-C5 (spots-only, x2)",
-         r"^diffst train \$H/C2\.counts.*", r"these took ([\d.]+) min \(train, reading "
-         r"included\), (\d+) s, (\d+) s and (\d+) s", 1, "min"),
+         r"^diffst train \$H/C2\.counts.*", HER2ST_TIMES, 1, "s"),
     Step("her2st_predict", "HER2ST: predict C6 with report",
-         r"^diffst predict \$H/C6\.counts\.tsv\.gz --model \S+ --samples 4 --out C6_x2.*",
-         r"these took ([\d.]+) min \(train, reading included\), (\d+) s, (\d+) s and (\d+) s",
-         2, "s"),
+         r"^diffst predict \$H/C6\.counts\.tsv\.gz --model \S+ --out C6_x2.*",
+         HER2ST_TIMES, 2, "s"),
     Step("her2st_pool", "HER2ST: predict C6 pooled (--pool)",
          r"^diffst predict \$H/C6\.counts\.tsv\.gz .*--pool.*",
-         r"these took ([\d.]+) min \(train, reading included\), (\d+) s, (\d+) s and (\d+) s",
-         3, "s"),
+         HER2ST_TIMES, 3, "s"),
     Step("her2st_evaluate", "HER2ST: evaluate",
          r"^diffst evaluate --truth \$H/C6.*",
-         r"these took ([\d.]+) min \(train, reading included\), (\d+) s, (\d+) s and (\d+) s",
-         4, "s"),
+         HER2ST_TIMES, 4, "s"),
     Step("simulate", "HR truth: simulate (setup, no stated time)", r"^diffst simulate hr\.npz.*",
          "", 0, "s"),
     Step("hr_train", "HR truth: train (projected)", r"^diffst train hr\.npz .*",

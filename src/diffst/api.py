@@ -14,6 +14,7 @@ import pandas as pd
 from diffst.calibration import Calibration, calibrate_prediction, describe
 from diffst.config import (
     PATCH_PER_FACTOR,
+    PREDICT_SETTING_KEYS,
     SELF_TUNE_LR,
     TOP_GENES,
     TrainConfig,
@@ -200,6 +201,7 @@ def train_model(
     steps: int = default(TrainConfig, "steps"),
     batch_size: int = default(TrainConfig, "batch_size"),
     lr: float = default(TrainConfig, "lr"),
+    ema_decay: float = default(TrainConfig, "ema_decay"),
     patch: int | None = None,
     work_um_per_px: float | None = None,
     checkpoint: str | Path | None = None,
@@ -219,6 +221,7 @@ def train_model(
     trainer_kwargs: dict | None = None,
     log: Callable[[str], None] | None = None,
     save_on_interrupt: bool = False,
+    predict_settings: dict | None = None,
 ) -> Path:
     """Train Diff-ST and write the model file ``out``; returns its path.
 
@@ -249,6 +252,10 @@ def train_model(
             :class:`diffst.distributed.DistributedTrainer`).
         log: called with lines of text: the plan (:func:`describe_plan`), whether training
             resumes, a time estimate after the first steps and a summary at the end.
+        predict_settings: sampling settings kept in the model file (keys of
+            :data:`diffst.config.PREDICT_SETTING_KEYS`, e.g. a preset's:
+            :func:`diffst.benchmark.presets.predict_settings`); ``diffst predict`` uses them
+            for this model unless its flags say otherwise (:func:`recorded_predict_settings`).
         save_on_interrupt: on Ctrl-C save the state to ``checkpoint`` (default
             :func:`default_checkpoint`) and raise :class:`TrainingInterrupted`. The state is
             that of the last finished step or, if the interrupt hit inside a step, of a step
@@ -262,13 +269,19 @@ def train_model(
         sc = replace(sc, prediction=prediction)
     model_variant, scheduler_variant, train_variant = paper_variant(paper_variants)
     cfg, sc = replace(cfg, **model_variant), replace(sc, **scheduler_variant)
-    tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, bf16=bf16,
-                     device=device, log1p=log1p, disentangle_weight=disentangle_weight,
+    unknown = sorted(set(predict_settings or {}) - set(PREDICT_SETTING_KEYS))
+    if unknown:
+        raise ValueError(f"unknown predict settings {unknown}: choose from "
+                         f"{list(PREDICT_SETTING_KEYS)}")
+    tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
+                     bf16=bf16, device=device, log1p=log1p,
+                     disentangle_weight=disentangle_weight,
                      patch=patch or PATCH_PER_FACTOR * factor,
                      work_um_per_px=work_um_per_px or default_work_um_per_px(samples[0]),
                      **train_variant)
     trainer = trainer_cls(samples, gene_list, factor, cfg, tc, spots_only=spots_only,
                           scheduler_config=sc, **(trainer_kwargs or {}))
+    trainer.predict_settings = dict(predict_settings) if predict_settings else None
     say = log or (lambda _msg: None)
     say(describe_plan(trainer, samples))
     if checkpoint is not None and Path(checkpoint).exists():
@@ -441,6 +454,15 @@ def training_summary(model: str | Path | DiffSTPipeline) -> str:
             f"{float(state['work_um_per_px']):g} µm/px; {budget}")
 
 
+def recorded_predict_settings(model: str | Path | DiffSTPipeline) -> dict:
+    """The sampling settings a model keeps (``diffst train --preset``; keys of
+    :data:`diffst.config.PREDICT_SETTING_KEYS`), or ``{}`` for a model trained without one."""
+    from diffst.pipeline import read_model_file
+
+    state = model.metadata() if isinstance(model, DiffSTPipeline) else read_model_file(model)
+    return dict(state.get("predict_settings") or {})
+
+
 def _predict_plan(lm, sample: STSample, model: str | Path, n_samples: int, steps: int,
                   sampler: str) -> str:
     import torch
@@ -450,7 +472,8 @@ def _predict_plan(lm, sample: STSample, model: str | Path, n_samples: int, steps
                               if lm.device.type == "cpu" else "")
     return (f"plan: {len(lm.genes)} genes, {sample.cell_um:g} µm cells -> "
             f"{sample.cell_um / lm.factor:g} µm (factor {lm.factor}), {n_samples} samples x "
-            f"{steps} {sampler} steps per tile, on {where}\n"
+            f"{'1 posterior-mean step' if sampler == 'mean' else f'{steps} {sampler} steps'} "
+            f"per tile, on {where}\n"
             f"      model {model_name(model)}: trained {training_summary(model)}")
 
 

@@ -15,6 +15,7 @@ from diffst.config import (
     LR_SCHEDULES,
     PAPER_PARTS,
     PATCH_PER_FACTOR,
+    PRESET_NAMES,
     SELF_TUNE_LR,
     TOP_GENES,
     SchedulerConfig,
@@ -264,6 +265,12 @@ that resumes.
               help="auto, cpu or cuda[:N].")
 @click.option("--seed", default=default(TrainConfig, "seed"), show_default=True,
               help="Seed of the model initialisation and the patch sampling.")
+@click.option("--preset", default=None, type=click.Choice(list(PRESET_NAMES)),
+              help="Train with a benchmark preset's settings for this kind of data (spots or "
+                   "cells) at --factor: training length, lr, EMA, patch, image resolution and "
+                   "architecture; the model file also keeps the preset's sampling settings "
+                   "(sampler, samples, turns, self-tuning, iStar-like mix), which `diffst "
+                   "predict` then uses. Flags given here override the preset's values.")
 @reader_options
 @check_ranges(positive=("learning_rate", "work_um_per_px"), factor=2, top_genes=1, steps=1,
               batch_size=1, patch=1)
@@ -272,7 +279,7 @@ that resumes.
 @_fail_nicely
 def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate, patch,
           work_um_per_px, checkpoint, spots_only, hr_truth, ablate, model_settings, prediction,
-          paper_variants, bf16, log1p, disentangle_weight, device, seed) -> None:
+          paper_variants, bf16, log1p, disentangle_weight, device, seed, preset) -> None:
     from diffst.api import TrainingInterrupted, model_config_for, spot_data_message, train_model
 
     if spots_only and hr_truth:
@@ -287,16 +294,19 @@ def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate,
             click.echo(note)
             spots_only = True
     gene_list = genes.split(",") if genes else None
+    settings = dict(steps=steps, batch_size=batch_size, lr=learning_rate, patch=patch,
+                    work_um_per_px=work_um_per_px, paper_variants=paper_variants, log1p=log1p,
+                    disentangle_weight=disentangle_weight)
+    if preset is not None:
+        settings, model_settings = _with_preset(preset, samples, factor, spots_only, seed,
+                                                settings, model_settings)
     try:
         path = train_model(
-            samples, factor, out, genes=gene_list, top_genes=top_genes, steps=steps,
-            batch_size=batch_size, lr=learning_rate, patch=patch, work_um_per_px=work_um_per_px,
-            checkpoint=checkpoint, spots_only=spots_only, seed=seed,
+            samples, factor, out, genes=gene_list, top_genes=top_genes, checkpoint=checkpoint,
+            spots_only=spots_only, seed=seed,
             model_config=model_config_for(list(ablate), **model_settings),
-            prediction=prediction,
-            paper_variants=paper_variants, bf16=bf16,
-            log1p=log1p, disentangle_weight=disentangle_weight, device=device, log=_log,
-            save_on_interrupt=True,
+            prediction=prediction, bf16=bf16, device=device, log=_log,
+            save_on_interrupt=True, **settings,
         )
     except TrainingInterrupted as exc:
         again = _command_line()
@@ -305,6 +315,65 @@ def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate,
         click.echo(f"\n{exc}\nresume with: {again}", err=True)
         sys.exit(130)
     click.echo(f"wrote {path}")
+
+
+TRAIN_OPTIONS = {"steps": "steps", "batch_size": "batch_size", "lr": "learning_rate",
+                 "patch": "patch", "work_um_per_px": "work_um_per_px",
+                 "paper_variants": "paper_variants", "log1p": "log1p",
+                 "disentangle_weight": "disentangle_weight"}
+"""``train_model`` keyword -> the `diffst train` parameter that sets it (for --preset)."""
+
+
+def _given(name: str) -> bool:
+    """Whether the current command's parameter ``name`` was set by the user (not a default)."""
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, click.core.ParameterSource.DEFAULT)
+
+
+def _with_preset(name: str, samples: list, factor: int, spots_only: bool, seed: int,
+                 settings: dict, model_settings: dict) -> tuple[dict, dict]:
+    """``train_model`` keywords and architecture settings with the preset ``name`` applied
+    where the user gave no flag, plus ``predict_settings``; prints what the preset set."""
+    from diffst.benchmark.presets import get_preset, predict_settings, train_config
+
+    profile = "spots" if spots_only else "cells"
+    p = get_preset(name, profile).at(factor)
+    tc = train_config(p, samples[0], factor, seed)
+    chosen = {"steps": tc.steps, "batch_size": tc.batch_size, "lr": tc.lr, "patch": tc.patch,
+              "work_um_per_px": tc.work_um_per_px, "paper_variants": p.paper_variants,
+              "log1p": tc.log1p, "disentangle_weight": tc.disentangle_weight}
+    out = {key: value if _given(TRAIN_OPTIONS[key]) else chosen[key]
+           for key, value in settings.items()}
+    out["ema_decay"] = tc.ema_decay
+    out["predict_settings"] = predict_settings(p)
+    model = {**p.model, **model_settings}
+    click.echo(f"preset {name} ({profile} data, x{factor}): {out['steps']} steps of batch "
+               f"{out['batch_size']} at lr {out['lr']:g}, EMA {tc.ema_decay:g}, patch "
+               f"{out['patch']} cells, image at {out['work_um_per_px']:g} µm/px"
+               + "".join(f", {k}={v}" for k, v in model.items())
+               + (f", paper variants {', '.join(out['paper_variants'])}"
+                  if out["paper_variants"] else ""))
+    click.echo(f"  diffst predict will use: {describe_predict_settings(out['predict_settings'])}")
+    return out, model
+
+
+PREDICT_FLAGS = {"sampler": "--sampler", "n_samples": "--samples", "steps": "--steps",
+                 "turns": "--turns", "self_tune": "--self-tune",
+                 "self_tune_lr": "--self-tune-lr", "istar_mix": "--istar-mix",
+                 "match_depth": "--match-depth"}
+"""``diffst predict`` flag of each key of :data:`diffst.config.PREDICT_SETTING_KEYS`."""
+
+
+def describe_predict_settings(settings: dict) -> str:
+    """``settings`` (keys of PREDICT_SETTING_KEYS) as the `diffst predict` flags that set them."""
+    parts = []
+    for key, value in settings.items():
+        flag = PREDICT_FLAGS[key]
+        if isinstance(value, bool):
+            parts.append(flag if value else flag.replace("--", "--no-", 1))
+        else:
+            parts.append(f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}")
+    return " ".join(parts)
 
 
 # ---------------------------------------------------------------------------- predict
@@ -317,6 +386,10 @@ The slide is cut into overlapping tiles; each tile is denoised --steps times for
 --samples draws, so the progress bar counts tile-steps (tiles x sampler steps). Finished
 batches of tiles are kept in OUT.tiles: a rerun of the same command resumes and says how many
 were done; Ctrl-C keeps them.
+
+A model trained with `diffst train --preset` keeps that preset's sampling settings (--sampler,
+--samples, --steps, --turns, --self-tune, --self-tune-lr, --istar-mix, --match-depth): they
+replace the defaults shown below, and the flags given here replace them.
 """
 
 
@@ -357,11 +430,11 @@ were done; Ctrl-C keeps them.
 @click.option("--seed", default=0, show_default=True, help="Seed of the sampler noise.")
 @click.option("--eta", default=0.0, show_default=True,
               help="DDIM stochasticity (0: deterministic steps; 1: DDPM variance).")
-@click.option("--match-depth", is_flag=True,
+@click.option("--match-depth/--no-match-depth", default=False,
               help="Scale the counts to the training data's depth (counts per µm² of tissue, "
                    "the training sections pooled by the factor) while sampling, and the maps "
                    "back: for a slide sequenced much shallower or deeper than the training data.")
-@click.option("--turns", is_flag=True,
+@click.option("--turns/--no-turns", default=False,
               help="Sample k sees each tile rotated/mirrored (k mod 8) and is turned back "
                    "(test-time augmentation; with --sampler mean the most accurate mean map).")
 @click.option("--calibration", default="auto", show_default=True,
@@ -392,19 +465,26 @@ def predict(data, model_path, out, pool, n_samples, steps, sampler, batch_size, 
             seed, eta, match_depth, turns, calibration, calibrate_on, self_tune,
             self_tune_lr, istar_mix) -> None:
     from diffst.api import predict as api_predict
+    from diffst.api import recorded_predict_settings
     from diffst.tilestore import SamplingInterrupted
 
+    given = dict(n_samples=n_samples, steps=steps, sampler=sampler, turns=turns,
+                 self_tune=self_tune, self_tune_lr=self_tune_lr, istar_mix=istar_mix,
+                 match_depth=match_depth)
+    recorded = {key: value for key, value in recorded_predict_settings(model_path).items()
+                if key in given and not _given(key)}
+    if recorded:
+        click.echo(f"sampling settings kept in the model (diffst train --preset): "
+                   f"{describe_predict_settings(recorded)}")
+        given.update(recorded)
     try:
         result = api_predict(
-            _read(data), model_path, out, pool=pool, n_samples=n_samples, steps=steps,
-            sampler=sampler, batch_size=batch_size, seed=seed,
+            _read(data), model_path, out, pool=pool, batch_size=batch_size, seed=seed,
             consistency="off" if no_consistency else consistency, resume=resume,
             resume_dir=resume_dir, report_dir=report_dir,
             report_genes=report_genes.split(",") if report_genes else None, device=device,
-            autocast=autocast, eta=eta, match_depth=match_depth, turns=turns,
-            calibration=calibration,
-            calibrate_on=_read(calibrate_on) if calibrate_on else None, log=_log,
-            self_tune=self_tune, self_tune_lr=self_tune_lr, istar_mix=istar_mix,
+            autocast=autocast, eta=eta, calibration=calibration,
+            calibrate_on=_read(calibrate_on) if calibrate_on else None, log=_log, **given,
         )
     except SamplingInterrupted as exc:
         click.echo(f"\n{exc}", err=True)
@@ -458,7 +538,7 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
               type=click.Choice(["test", "validation"]),
               help="'validation' never touches the test sections: choose settings there.")
 @click.option("--preset", default="default", show_default=True,
-              type=click.Choice(["quick", "short", "default", "full", "paper"]),
+              type=click.Choice(list(PRESET_NAMES)),
               help="Training budget: quick (smoke test, minutes), short (the README's "
                    "tables on 2 CPU cores), default, full (longer training); paper: short's "
                    "budget with every part as the Diff-ST paper describes it.")

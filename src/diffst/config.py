@@ -177,6 +177,16 @@ def parse_mix(value: float | str) -> float | str:
     return weight
 
 
+PRESET_NAMES = ("quick", "short", "default", "full", "paper")
+"""Names of the benchmark presets (:mod:`diffst.benchmark.presets`), which ``diffst train
+--preset`` also offers."""
+PREDICT_SETTING_KEYS = ("sampler", "n_samples", "steps", "turns", "self_tune", "self_tune_lr",
+                        "istar_mix", "match_depth")
+"""Sampling settings a model file can carry (``record["predict_settings"]``, written by
+``diffst train --preset``): the keyword arguments of :func:`diffst.api.predict` that
+``diffst predict`` then uses unless its own flags say otherwise."""
+
+
 SELF_TUNE_LR = 3e-5
 """Default learning rate of :func:`diffst.selftune.self_tune` (AdamW, batch 8). Chosen on the
 HER2ST validation folds (``--stage validation``, x2): 30 steps at 3e-5 improved Diff-ST + C on

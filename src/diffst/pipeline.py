@@ -21,7 +21,9 @@ Both versions also hold ``state_dict`` (EMA weights), ``scaler``, ``genes``, ``f
 as a record of the training run (:data:`RECORD_KEYS`), ``trained_steps``, ``batch_size``,
 from diffst 0.2 on ``counts_per_um2``, the training data's depth, and in newer files
 ``lr_counts_per_um2``, that depth with the data pooled by the factor (what
-:func:`diffst.infer.depth_ratio` compares a slide with). Files of an unknown or
+:func:`diffst.infer.depth_ratio` compares a slide with), and for a model trained with a
+preset ``predict_settings``, the sampling settings of that preset
+(:data:`diffst.config.PREDICT_SETTING_KEYS`). Files of an unknown or
 newer version, and files lacking a key, raise :class:`ModelFileError` naming the problem.
 
 This module imports nothing from :mod:`diffst.train` or :mod:`diffst.infer` at import time:
@@ -53,7 +55,8 @@ MODEL_FORMAT_VERSION = 2
 MODEL_FORMAT = f"{MODEL_FORMAT_NAME}/{MODEL_FORMAT_VERSION}"
 """The format string this diffst writes into model files."""
 
-RECORD_KEYS = ("trained_steps", "batch_size", "counts_per_um2", "lr_counts_per_um2")
+RECORD_KEYS = ("trained_steps", "batch_size", "counts_per_um2", "lr_counts_per_um2",
+               "predict_settings")
 _GEOMETRY_KEYS = ("genes", "factor", "k", "cell_um", "patch", "work_um_per_px", "spots_only")
 MODEL_KEYS = {
     1: ("model_config", "state_dict", "scaler", *_GEOMETRY_KEYS),

@@ -125,7 +125,9 @@ class Trainer:
     ``train_module``, when set (by :mod:`diffst.distributed`: a DistributedDataParallel around
     a :class:`DenoisingStep` of ``model``), is what :meth:`train_step` passes to :meth:`loss`
     instead of ``model``. ``model`` always stays the plain denoiser that EMA, checkpoints and
-    exports use.
+    exports use. ``predict_settings``, when set (keys of
+    :data:`diffst.config.PREDICT_SETTING_KEYS`), goes into the model file's record: the
+    sampling settings that ``diffst predict`` uses for that model unless told otherwise.
 
     With ``start`` (a trained :class:`~diffst.pipeline.DiffSTPipeline`) training continues
     from its weights, gene graph, gene scaler and scheduler (``model_config`` and
@@ -152,6 +154,7 @@ class Trainer:
             [s.expr for s in samples], [s.mask for s in samples], log1p=self.tc.log1p)
         self.counts_per_um2 = training_depth(samples)
         self.lr_counts_per_um2 = training_depth(samples, self.factor)
+        self.predict_settings: dict | None = None  # kept in the model file when set
         if start is None:
             mc = replace(model_config or DiffSTConfig(), n_genes=len(self.genes),
                          factor=self.factor)
@@ -329,7 +332,9 @@ class Trainer:
             spots_only=self.spots_only,
             record={"trained_steps": self.step, "batch_size": self.tc.batch_size,
                     "counts_per_um2": self.counts_per_um2,
-                    "lr_counts_per_um2": self.lr_counts_per_um2})
+                    "lr_counts_per_um2": self.lr_counts_per_um2,
+                    **({"predict_settings": dict(self.predict_settings)}
+                       if self.predict_settings else {})})
 
     def save_checkpoint(self, path: str | Path) -> Path:
         """Write a resumable checkpoint atomically."""

@@ -15,7 +15,7 @@ import numpy as np
 from diffst.api import ABLATIONS, model_config_for
 from diffst.baselines import BASELINES, IStarLike
 from diffst.baselines.regression import HistologyRegression
-from diffst.benchmark.presets import Preset, train_config
+from diffst.benchmark.presets import Preset, predict_settings, train_config
 from diffst.config import paper_variant
 from diffst.consistency import redistribute_np
 from diffst.data.lr import hr_mask_from_lr
@@ -181,16 +181,13 @@ class DiffSTMethod:
         first fine-tuned on ``lr`` itself, and with its ``istar_mix`` each member's map is
         mixed with ``lr``'s own iStar-like map."""
         maps = []
+        how = predict_settings(self.preset)
+        tune, tune_lr = how.pop("self_tune"), how.pop("self_tune_lr")
         for seed, trainer in zip(self.member_seeds(), self.trainers, strict=True):
-            pipeline = self_tune(trainer.pipeline(), lr, self.preset.self_tune,
-                                 self.preset.self_tune_lr, seed=seed, progress=self.progress,
-                                 match_depth=self.preset.match_depth)
-            result = super_resolve(pipeline, lr, sampler=self.preset.sampler,
-                                   steps=self.preset.sample_steps,
-                                   n_samples=self.preset.n_samples, hr_mask=hr_mask, seed=seed,
-                                   consistency="off", progress=self.progress,
-                                   match_depth=self.preset.match_depth, turns=self.preset.turns,
-                                   istar_mix=self.preset.istar_mix)
+            pipeline = self_tune(trainer.pipeline(), lr, tune, tune_lr, seed=seed,
+                                 progress=self.progress, match_depth=how["match_depth"])
+            result = super_resolve(pipeline, lr, hr_mask=hr_mask, seed=seed, consistency="off",
+                                   progress=self.progress, **how)
             maps.append(result.mean)
         return np.mean(maps, axis=0).astype(maps[0].dtype, copy=False)
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields, replace
 
 from diffst.api import default_work_um_per_px
-from diffst.config import DEPTH_MIX, PAPER_PARTS, SELF_TUNE_LR, paper_variant, parse_mix
+from diffst.config import (
+    DEPTH_MIX,
+    PAPER_PARTS,
+    PRESET_NAMES,
+    SELF_TUNE_LR,
+    paper_variant,
+    parse_mix,
+)
 from diffst.data.sample import STSample
 from diffst.model.config import DiffSTConfig
 from diffst.train import TrainConfig
@@ -225,8 +232,6 @@ for _profile in ("cells", "spots"):
         n_samples=8, turns=False, self_tune=0, istar_mix=0.0, paper_variants=PAPER_PARTS,
         by_factor={}, provenance=PAPER_PROVENANCE)
 
-PRESET_NAMES = ("quick", "short", "default", "full", "paper")
-
 
 def get_preset(name: str, profile: str, overrides: dict | None = None) -> Preset:
     """The preset ``name`` for a data ``profile``, with ``overrides`` (field -> value) applied;
@@ -263,6 +268,17 @@ def _without(changes: dict, overrides: dict) -> dict:
         if not kept["model"]:
             del kept["model"]
     return kept
+
+
+def predict_settings(preset: Preset) -> dict:
+    """How Diff-ST's maps are drawn under ``preset`` (already at one factor: :meth:`Preset.at`),
+    as keyword arguments of :func:`diffst.api.predict` (:data:`diffst.config.
+    PREDICT_SETTING_KEYS`): what the benchmark scores, and what ``diffst train --preset`` keeps
+    in the model file for ``diffst predict``."""
+    return {"sampler": preset.sampler, "n_samples": preset.n_samples,
+            "steps": preset.sample_steps, "turns": preset.turns, "self_tune": preset.self_tune,
+            "self_tune_lr": preset.self_tune_lr, "istar_mix": preset.istar_mix,
+            "match_depth": preset.match_depth}
 
 
 def patch_cells(preset: Preset, cell_um: float, factor: int) -> int:

@@ -1,0 +1,113 @@
+"""`diffst train --preset`: the benchmark's settings for a user's own data, and the sampling
+settings the model file keeps for `diffst predict`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import make_sample
+
+import diffst.api as api
+from diffst.benchmark.presets import get_preset, predict_settings
+from diffst.cli import describe_predict_settings, main
+from diffst.config import DEPTH_MIX
+from diffst.pipeline import DiffSTPipeline
+
+
+def run(*args: object):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+@pytest.fixture
+def toy_npz(tmp_path) -> Path:
+    return make_sample(seed=0).save_npz(tmp_path / "toy.npz")
+
+
+@pytest.fixture
+def train_calls(monkeypatch) -> list[dict]:
+    calls: list[dict] = []
+
+    def record(samples, factor, out, **kwargs):
+        calls.append(dict(kwargs, factor=factor))
+        return out
+
+    monkeypatch.setattr(api, "train_model", record)
+    return calls
+
+
+def test_cells_preset_sets_training_and_keeps_its_sampling(toy_npz, tmp_path, train_calls):
+    result = run("train", toy_npz, "--factor", "5", "--preset", "short", "--out",
+                 tmp_path / "m.pt")
+    assert result.exit_code == 0, result.output
+    kw = train_calls[0]
+    assert (kw["steps"], kw["batch_size"], kw["lr"], kw["ema_decay"]) == (200, 8, 1e-3, 0.995)
+    assert kw["patch"] == 40  # 320 µm of 8 µm cells
+    expected = predict_settings(get_preset("short", "cells").at(5))
+    assert kw["predict_settings"] == expected
+    assert expected["istar_mix"] == 0.5 and expected["sampler"] == "mean" and expected["turns"]
+    assert "preset short (cells data, x5): 200 steps" in result.output
+    assert "--sampler mean --samples 8" in result.output and "--istar-mix 0.5" in result.output
+
+
+def test_flags_given_override_the_preset(toy_npz, tmp_path, train_calls):
+    result = run("train", toy_npz, "--factor", "5", "--preset", "short", "--steps", "7",
+                 "--lr", "0.01", "--out", tmp_path / "m.pt")
+    assert result.exit_code == 0, result.output
+    kw = train_calls[0]
+    assert (kw["steps"], kw["lr"], kw["batch_size"]) == (7, 0.01, 8)
+
+
+def test_spots_preset_follows_the_factor(toy_npz, tmp_path, train_calls):
+    for factor in (2, 3):
+        result = run("train", toy_npz, "--factor", factor, "--spots-only", "--preset", "short",
+                     "--out", tmp_path / f"m{factor}.pt")
+        assert result.exit_code == 0, result.output
+    x2, x3 = train_calls
+    assert x2["work_um_per_px"] == 4.0 and x2["model_config"].upsampler == "bicubic"
+    assert (x2["predict_settings"]["self_tune"], x2["predict_settings"]["istar_mix"]) == (30, 0.5)
+    assert x3["model_config"].upsampler == "istar_like"
+    assert (x3["predict_settings"]["self_tune"], x3["predict_settings"]["istar_mix"]) == (
+        0, DEPTH_MIX)
+
+
+def test_without_preset_nothing_is_kept(toy_npz, tmp_path, train_calls):
+    assert run("train", toy_npz, "--factor", "5", "--out", tmp_path / "m.pt").exit_code == 0
+    assert "predict_settings" not in train_calls[0] and "ema_decay" not in train_calls[0]
+
+
+def test_model_file_keeps_the_settings_and_predict_uses_them(toy_npz, tmp_path, monkeypatch):
+    model = tmp_path / "m.pt"
+    result = run("train", toy_npz, "--factor", "5", "--preset", "quick", "--out", model)
+    assert result.exit_code == 0, result.output
+    kept = DiffSTPipeline.load(model).record["predict_settings"]
+    assert kept == predict_settings(get_preset("quick", "cells").at(5))
+    assert api.recorded_predict_settings(model) == kept
+    seen: list[dict] = []
+
+    def record(sample, model, out, **kwargs):
+        seen.append(kwargs)
+        raise SystemExit(0)  # stop before sampling: only the settings are checked
+
+    monkeypatch.setattr(api, "predict", record)
+    run("predict", toy_npz, "--pool", "--model", model, "--out", tmp_path / "a.npz")
+    assert {k: seen[0][k] for k in kept} == kept
+    run("predict", toy_npz, "--pool", "--model", model, "--out", tmp_path / "b.npz",
+        "--samples", "3", "--no-turns", "--sampler", "ddim")
+    assert (seen[1]["n_samples"], seen[1]["turns"], seen[1]["sampler"]) == (3, False, "ddim")
+    assert seen[1]["istar_mix"] == kept["istar_mix"]
+
+
+def test_train_model_refuses_unknown_sampling_settings(toy_npz, tmp_path):
+    with pytest.raises(ValueError, match="unknown predict settings"):
+        api.train_model([make_sample()], 5, tmp_path / "m.pt", steps=1,
+                        predict_settings={"samplr": "mean"})
+
+
+def test_settings_read_as_predict_flags():
+    text = describe_predict_settings({"sampler": "mean", "n_samples": 8, "turns": True,
+                                      "istar_mix": DEPTH_MIX, "match_depth": False,
+                                      "self_tune_lr": 3e-5})
+    assert text == ("--sampler mean --samples 8 --turns --istar-mix depth --no-match-depth "
+                    "--self-tune-lr 3e-05")
