@@ -334,21 +334,14 @@ def _with_preset(name: str, samples: list, factor: int, spots_only: bool, seed: 
                  settings: dict, model_settings: dict) -> tuple[dict, dict]:
     """``train_model`` keywords and architecture settings with the preset ``name`` applied
     where the user gave no flag, plus ``predict_settings``; prints what the preset set."""
-    from diffst.benchmark.presets import get_preset, predict_settings, train_config
+    from diffst.benchmark.presets import training_settings
 
-    profile = "spots" if spots_only else "cells"
-    p = get_preset(name, profile).at(factor)
-    tc = train_config(p, samples[0], factor, seed)
-    chosen = {"steps": tc.steps, "batch_size": tc.batch_size, "lr": tc.lr, "patch": tc.patch,
-              "work_um_per_px": tc.work_um_per_px, "paper_variants": p.paper_variants,
-              "log1p": tc.log1p, "disentangle_weight": tc.disentangle_weight}
-    out = {key: value if _given(TRAIN_OPTIONS[key]) else chosen[key]
-           for key, value in settings.items()}
-    out["ema_decay"] = tc.ema_decay
-    out["predict_settings"] = predict_settings(p)
-    model = {**p.model, **model_settings}
-    click.echo(f"preset {name} ({profile} data, x{factor}): {out['steps']} steps of batch "
-               f"{out['batch_size']} at lr {out['lr']:g}, EMA {tc.ema_decay:g}, patch "
+    preset, chosen = training_settings(name, samples, factor, spots_only, seed)
+    out = {**chosen, **{key: value for key, value in settings.items()
+                        if _given(TRAIN_OPTIONS[key])}}
+    model = {**preset.model, **model_settings}
+    click.echo(f"preset {name} ({preset.profile} data, x{factor}): {out['steps']} steps of "
+               f"batch {out['batch_size']} at lr {out['lr']:g}, EMA {out['ema_decay']:g}, patch "
                f"{out['patch']} cells, image at {out['work_um_per_px']:g} µm/px"
                + "".join(f", {k}={v}" for k, v in model.items())
                + (f", paper variants {', '.join(out['paper_variants'])}"

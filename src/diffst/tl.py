@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import anndata as ad
 
-from diffst.api import model_name, predict, train_model
+from diffst.api import model_config_for, model_name, predict, recorded_predict_settings, train_model
 from diffst.io.anndata_io import anndata_to_sample, sample_to_anndata
 from diffst.io.spatialdata_io import is_spatialdata
 from diffst.pipeline import DiffSTPipeline
@@ -42,7 +42,10 @@ def super_resolve(adata: ad.AnnData | SpatialData, model: str | Path | DiffSTPip
         key_added: ``adata.uns[key_added]`` records what was run (model, factor, settings, the
             number of HR cells); the result carries the same record. For SpatialData it also
             names the elements added (:func:`diffst.io.spatialdata_io.element_names`).
-        n_samples, steps, consistency, seed, device: as :func:`diffst.api.predict`.
+        n_samples, steps, consistency, seed, device: as :func:`diffst.api.predict`. The
+            model's other sampling settings, when its file keeps them (trained with a preset:
+            :func:`train` ``preset``, ``diffst train --preset``), apply too: sampler, turns,
+            self-tuning, iStar-like mix and depth matching.
         read_kw: options for :func:`diffst.io.anndata_to_sample` (``library_id``, ``layer``...);
             for SpatialData those of :func:`diffst.io.spatialdata_io.spatialdata_to_sample`
             (``table_key``, ``image_key``, ``region``, ``coordinate_system``, ``layer``...).
@@ -62,13 +65,21 @@ def super_resolve(adata: ad.AnnData | SpatialData, model: str | Path | DiffSTPip
         return _super_resolve_spatialdata(adata, model, key_added, n_samples, steps,
                                           consistency, seed, device, progress, read_kw)
     sample = _to_sample(adata, read_kw)
-    result = predict(sample, model, n_samples=n_samples, steps=steps, consistency=consistency,
-                     seed=seed, device=device, resume=False, progress=progress)
+    result = _predict(sample, model, n_samples, steps, consistency, seed, device, progress)
     out = sample_to_anndata(result.as_sample(sample), layers=result.layers(), max_image_px=None)
     record = _record(result, model, n_samples, steps, seed)
     adata.uns[key_added] = record
     out.uns[key_added] = dict(record)
     return out
+
+
+def _predict(sample, model, n_samples: int, steps: int, consistency: bool | str, seed: int,
+             device: str, progress: bool) -> SRResult:
+    """:func:`diffst.api.predict` with the sampling settings the model keeps, ``n_samples``
+    and ``steps`` as given."""
+    settings = {**recorded_predict_settings(model), "n_samples": n_samples, "steps": steps}
+    return predict(sample, model, consistency=consistency, seed=seed, device=device,
+                   resume=False, progress=progress, **settings)
 
 
 def _record(result: SRResult, model: str | Path | DiffSTPipeline, n_samples: int, steps: int,
@@ -92,8 +103,7 @@ def _super_resolve_spatialdata(sdata: SpatialData, model, key_added, n_samples, 
     link = sample.meta["spatialdata"]
     inputs = (link["image"], link["table"], link["region"])
     check_result_key(key_added, inputs)  # before the (long) sampling
-    result = predict(sample, model, n_samples=n_samples, steps=steps, consistency=consistency,
-                     seed=seed, device=device, resume=False, progress=progress)
+    result = _predict(sample, model, n_samples, steps, consistency, seed, device, progress)
     record = _record(result, model, n_samples, steps, seed)
     add_to_spatialdata(sdata, result.as_sample(sample), key=key_added, layers=result.layers(),
                        image_key=link["image"], scale=link["scale"], protect=inputs,
@@ -112,13 +122,27 @@ def _to_sample(data: ad.AnnData | SpatialData, read_kw: dict[str, Any] | None):
 
 def train(adatas: list[ad.AnnData] | ad.AnnData, factor: int, out: str | Path, *,
           spots_only: bool = False, read_kw: dict[str, Any] | None = None,
-          **kw: Any) -> Path:
+          preset: str | None = None, **kw: Any) -> Path:
     """Train Diff-ST on AnnData (or SpatialData) sections (HR truth, or measured spots with
     ``spots_only``) and write the model file ``out``; keyword arguments go to
-    :func:`diffst.api.train_model`."""
+    :func:`diffst.api.train_model`.
+
+    With ``preset`` (a benchmark preset name, e.g. ``"short"``) the settings that preset
+    trains with for this kind of data at ``factor`` fill in every keyword not given (the
+    architecture too, unless ``model_config`` is), and the model file keeps the preset's
+    sampling settings for :func:`super_resolve`
+    (:func:`diffst.benchmark.presets.training_settings`).
+    """
     items = [adatas] if isinstance(adatas, ad.AnnData) or is_spatialdata(adatas) \
         else list(adatas)
     samples = [_to_sample(a, read_kw) for a in items]
+    if preset is not None:
+        from diffst.benchmark.presets import training_settings
+
+        chosen, settings = training_settings(preset, samples, factor, spots_only,
+                                             kw.get("seed", 0))
+        kw = {**settings, "model_config": model_config_for(kw.get("ablate"), **chosen.model),
+              **kw}
     return train_model(samples, factor, out, spots_only=spots_only, **kw)
 
 

@@ -1,5 +1,5 @@
-"""`diffst train --preset`: the benchmark's settings for a user's own data, and the sampling
-settings the model file keeps for `diffst predict`."""
+"""Benchmark presets for a user's own data (`diffst train --preset`, ``ds.tl.train(preset=)``),
+and the sampling settings the model file keeps for `diffst predict` and ``ds.tl.super_resolve``."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from click.testing import CliRunner
 from conftest import make_sample
 
 import diffst.api as api
+import diffst.tl as tl
 from diffst.benchmark.presets import get_preset, predict_settings
 from diffst.cli import describe_predict_settings, main
 from diffst.config import DEPTH_MIX
+from diffst.io import sample_to_anndata
 from diffst.pipeline import DiffSTPipeline
 
 
@@ -111,3 +113,23 @@ def test_settings_read_as_predict_flags():
                                       "self_tune_lr": 3e-5})
     assert text == ("--sampler mean --samples 8 --turns --istar-mix depth --no-match-depth "
                     "--self-tune-lr 3e-05")
+
+
+def test_scanpy_style_tools_train_with_a_preset_and_sample_with_its_settings(tmp_path,
+                                                                             monkeypatch):
+    adata = sample_to_anndata(make_sample())
+    model = tl.train(adata, 5, tmp_path / "m.pt", preset="quick", steps=2, progress=False)
+    kept = api.recorded_predict_settings(model)
+    assert kept == predict_settings(get_preset("quick", "cells").at(5))
+    assert DiffSTPipeline.load(model).record["trained_steps"] == 2  # the keyword given wins
+    seen: list[dict] = []
+
+    def record(sample, model, **kwargs):
+        seen.append(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(tl, "predict", record)
+    with pytest.raises(SystemExit):
+        tl.super_resolve(adata, model, n_samples=3, steps=4, progress=False)
+    assert (seen[0]["sampler"], seen[0]["turns"]) == (kept["sampler"], kept["turns"])
+    assert (seen[0]["n_samples"], seen[0]["steps"]) == (3, 4)
