@@ -167,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                         for d in args.combine], ignore_index=True)
         args.out.mkdir(parents=True, exist_ok=True)
         write_table(df, args.out, "python benchmarks/blend_validation.py --combine " + " ".join(
-            str(d) for d in args.combine) + f" --out {args.out}",
+            str(d) for d in args.combine) + f" --preset {args.preset} --out {args.out}",
             adopted_weights(args.preset, df))
         print((args.out / "table.md").read_text())
         return 0
