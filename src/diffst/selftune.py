@@ -57,7 +57,8 @@ def self_tune(pipeline: DiffSTPipeline, sample: STSample, steps: int, lr: float 
                           spots_only=True, start=pipeline)
     except SampleError as exc:
         raise SampleError(f"sample '{sample.name}' cannot be used for self-tuning ({exc}); "
-                          "run without it") from exc
+                          "run without it (--self-tune 0; a model trained with --preset "
+                          "self-tunes by default at x2 for spot data)") from exc
     trainer.fit(progress=progress)
     record = {**pipeline.record, "self_tune_steps": steps}
     return replace(pipeline, model=trainer.ema.eval(), record=record)
