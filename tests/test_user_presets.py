@@ -115,21 +115,33 @@ def test_settings_read_as_predict_flags():
                     "--self-tune-lr 3e-05")
 
 
-def test_scanpy_style_tools_train_with_a_preset_and_sample_with_its_settings(tmp_path,
-                                                                             monkeypatch):
+def test_scanpy_style_tools_train_with_a_preset_and_sample_with_its_settings(tmp_path):
+    import diffst as ds
+
     adata = sample_to_anndata(make_sample())
     model = tl.train(adata, 5, tmp_path / "m.pt", preset="quick", steps=2, progress=False)
     kept = api.recorded_predict_settings(model)
     assert kept == predict_settings(get_preset("quick", "cells").at(5))
     assert DiffSTPipeline.load(model).record["trained_steps"] == 2  # the keyword given wins
+    sr = tl.super_resolve(ds.pp.pool(adata, factor=5), model, n_samples=2, steps=3,
+                          progress=False)
+    record = sr.uns["diffst_sr"]
+    assert (record["sampler"], record["turns"]) == (kept["sampler"], kept["turns"])
+    assert (record["n_samples"], record["steps"]) == (2, 3)
+
+
+def test_scanpy_style_super_resolve_passes_the_kept_settings(tmp_path, monkeypatch):
+    adata = sample_to_anndata(make_sample())
+    model = tl.train(adata, 5, tmp_path / "m.pt", preset="quick", steps=1, progress=False)
     seen: list[dict] = []
 
     def record(sample, model, **kwargs):
         seen.append(kwargs)
-        raise SystemExit(0)
+        raise SystemExit(0)  # stop before sampling: only the settings are checked
 
     monkeypatch.setattr(tl, "predict", record)
     with pytest.raises(SystemExit):
         tl.super_resolve(adata, model, n_samples=3, steps=4, progress=False)
+    kept = api.recorded_predict_settings(model)
     assert (seen[0]["sampler"], seen[0]["turns"]) == (kept["sampler"], kept["turns"])
     assert (seen[0]["n_samples"], seen[0]["steps"]) == (3, 4)
