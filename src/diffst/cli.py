@@ -593,6 +593,10 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
               help="Probability that a training example's noise step is the last one, the "
                    "step `--sampler mean` queries, instead of uniform (default "
                    f"{default(TrainConfig, 't_focus'):g}).")
+@click.option("--grid-shifts", default=None, type=click.IntRange(min=1),
+              help="Pool each training section on this many grids per axis (n x n shifted "
+                   "copies; at most the factor): more distinct training pairs from the same "
+                   f"truth (default {default(TrainConfig, 'grid_shifts')}: one grid).")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
               help="Override the preset's training batch size (patches per step).")
 @click.option("--work-um-per-px", default=None, type=click.FloatRange(min=0.0, min_open=True),
@@ -617,8 +621,8 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
 def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, methods, ablations,
               steps, seeds, n_samples, match_depth, turns, log1p, disentangle_weight, sampler,
               consistency_weight, patch_um, self_tune, self_tune_lr, istar_mix, lr_schedule, lr,
-              ema_warmup, t_focus, batch_size, work_um_per_px, n_models, model_settings,
-              paper_variants, thin) -> None:
+              ema_warmup, t_focus, grid_shifts, batch_size, work_um_per_px, n_models,
+              model_settings, paper_variants, thin) -> None:
     """Train and score Diff-ST and the baselines on held-out data; write tables and figures."""
     from diffst.benchmark import run_benchmark
 
@@ -632,7 +636,8 @@ def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, method
                  sampler=sampler, log1p=log1p, disentangle_weight=disentangle_weight,
                  consistency_weight=consistency_weight, patch_um=patch_um, self_tune=self_tune,
                  self_tune_lr=self_tune_lr, istar_mix=istar_mix, lr_schedule=lr_schedule, lr=lr,
-                 ema_warmup=ema_warmup, t_focus=t_focus, batch_size=batch_size,
+                 ema_warmup=ema_warmup, t_focus=t_focus, grid_shifts=grid_shifts,
+                 batch_size=batch_size,
                  work_um_per_px=work_um_per_px, n_models=n_models, paper_variants=parts,
                  model=model_settings or None)
     summary = run_benchmark(

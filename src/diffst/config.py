@@ -73,6 +73,12 @@ class TrainConfig:
     one-step posterior-mean sampler (``sampler="mean"``) queries the denoiser. 0 (default):
     uniform, as in DDPM training.
 
+    ``grid_shifts`` (``n``, 1 to the factor) pools every training section on ``n`` grids per
+    axis instead of one: ``n * n`` copies of the section, cropped by ``round(i * factor / n)``
+    HR cells (``i < n``) at the top and left, so that the LR cells of each copy straddle those
+    of the others (:func:`diffst.data.lr.grid_shifted`). Same truth, more distinct LR inputs:
+    data augmentation for small training sets. 1 (default): one grid.
+
     ``lr_schedule``: ``"constant"`` (default) or ``"cosine"``: the learning rate follows
     ``lr * (1 + cos(pi * step / steps)) / 2`` from ``lr`` down to 0 at ``steps``
     (:meth:`TrainConfig.lr_factor`; it depends on the step only, so a resumed run continues
@@ -108,6 +114,7 @@ class TrainConfig:
     ema_decay: float = 0.999
     ema_warmup: float = 10.0
     t_focus: float = 0.0
+    grid_shifts: int = 1
     grad_clip: float = 1.0
     patch: int | None = None
     min_tissue: float = 0.3

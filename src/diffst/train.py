@@ -34,7 +34,7 @@ from diffst.config import (  # noqa: F401 - TrainConfig etc.: re-exported
 from diffst.consistency import redistribute
 from diffst.data.device_patches import DevicePatchSampler
 from diffst.data.image import px_per_cell_for
-from diffst.data.lr import pool_sum, simulate_lr, tissue_depth
+from diffst.data.lr import grid_shifted, pool_sum, simulate_lr, tissue_depth
 from diffst.data.normalize import GeneScaler
 from diffst.data.patches import PatchBatch, PatchSampler, PreparedSample, prepare_training_sample
 from diffst.data.sample import SampleError, STSample
@@ -161,6 +161,7 @@ class Trainer:
         else:  # fine-tuning: the start's weights, gene graph, scaling and diffusion variable
             mc = start.model.config
         upsampler = upsampler_for(mc.upsampler)
+        samples = grid_shifted(samples, self.factor, self.tc.grid_shifts)
         prepared = [prepare_training_sample(s, factor, self.scaler, self.k, upsampler)
                     for s in samples]
         self.device = resolve_device(self.tc.device)

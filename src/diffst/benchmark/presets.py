@@ -83,6 +83,7 @@ class Preset:
         lr_schedule: learning-rate schedule of that training [TrainConfig, constant].
         ema_warmup: the EMA's warm-up, which sets how many late steps a short training's
             weights average over [TrainConfig, 10].
+        grid_shifts: pooling grids per axis of the training pairs [TrainConfig].
         t_focus: probability of training at the last noise step, the one ``sampler="mean"``
             queries [TrainConfig, 0: uniform steps].
         patch_um: HR patch side in µm, rounded to a multiple of factor x cell [8 x factor
@@ -132,6 +133,7 @@ class Preset:
     lr_schedule: str | None = None
     ema_warmup: float | None = None
     t_focus: float | None = None
+    grid_shifts: int | None = None
     patch_um: float | None = None
     work_um_per_px: float | None = None
     sample_steps: int = 20
@@ -317,6 +319,7 @@ def train_config(preset: Preset, sample: STSample, factor: int, seed: int) -> Tr
         lr_schedule=preset.lr_schedule or base.lr_schedule,
         ema_warmup=preset.ema_warmup or base.ema_warmup,
         t_focus=base.t_focus if preset.t_focus is None else preset.t_focus,
+        grid_shifts=base.grid_shifts if preset.grid_shifts is None else preset.grid_shifts,
         patch=patch_cells(preset, sample.cell_um, factor),
         work_um_per_px=preset.work_um_per_px or default_work_um_per_px(sample),
         seed=seed,

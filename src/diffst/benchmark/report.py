@@ -417,6 +417,7 @@ OVERRIDE_FLAGS = {
     "lr": lambda v: f"--lr {v:g}",
     "ema_warmup": lambda v: f"--ema-warmup {v:g}",
     "t_focus": lambda v: f"--t-focus {v:g}",
+    "grid_shifts": lambda v: f"--grid-shifts {v}",
     "batch_size": lambda v: f"--batch-size {v}",
     "work_um_per_px": lambda v: f"--work-um-per-px {v:g}",
     "n_models": lambda v: f"--models {v}",
@@ -645,6 +646,9 @@ def format_tables(summary: dict) -> str:
               if tc.get("ema_warmup", TrainConfig.ema_warmup) != TrainConfig.ema_warmup else "")
     focus = (f", {tc['t_focus']:.0%} of examples at the last noise step"
              if tc.get("t_focus", TrainConfig.t_focus) else "")
+    shifts = tc.get("grid_shifts", TrainConfig.grid_shifts)
+    focus += (f", each section pooled on {shifts} x {shifts} grids (`--grid-shifts`)"
+              if shifts != 1 else "")
     lines += [
              f"Training (Diff-ST, ablations, histology regression): {tc['steps']} steps, batch "
              f"{tc['batch_size']}, lr {tc['lr']:g}{cosine}, EMA {tc['ema_decay']:g}{warmup}"

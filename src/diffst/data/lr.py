@@ -84,6 +84,26 @@ def simulate_lr(sample: STSample, factor: int) -> STSample:
     )
 
 
+def grid_shifted(samples: list[STSample], factor: int, shifts: int) -> list[STSample]:
+    """``samples``, each followed by copies whose pooling by ``factor`` falls on other grids.
+
+    With ``shifts`` = n every sample appears n * n times: cropped by ``(dy, dx)`` raster cells
+    at the top and left, for ``dy`` and ``dx`` in ``round(i * factor / n)``, ``i < n`` (the
+    ``(0, 0)`` copy is the sample itself). Sum-pooling a copy by ``factor`` gives LR cells that
+    straddle those of the original: distinct training pairs from the same truth. The crops
+    share the sample's image (the affine is shifted). ``shifts`` = 1 returns ``samples``.
+    """
+    if not 1 <= shifts <= factor:
+        raise ValueError(f"grid_shifts must be between 1 and the factor {factor}, got {shifts}")
+    offsets = sorted({round(i * factor / shifts) for i in range(shifts)})
+    out = []
+    for s in samples:
+        h, w = s.shape
+        out += [s if dy == dx == 0 else s.crop(dy, dx, h - dy, w - dx)
+                for dy in offsets for dx in offsets]
+    return out
+
+
 def tissue_depth(sample: STSample) -> tuple[float, float]:
     """``(counts, area)`` of ``sample``'s tissue: counts of all its genes summed over its
     tissue cells, and the tissue area in µm² (tissue cells x ``cell_um``²).
