@@ -223,6 +223,11 @@ that resumes.
               type=float,
               help="AdamW learning rate (1e-4 as in the Diff-ST release; short CPU runs such as "
                    "the benchmark presets and the demo train faster with 1e-3).")
+@click.option("--grid-shifts", default=default(TrainConfig, "grid_shifts"), show_default=True,
+              type=click.IntRange(min=1),
+              help="Pool each training section on this many grids per axis (n x n shifted "
+                   "copies, at most the factor): more distinct training pairs from the same "
+                   "data.")
 @click.option("--patch", default=None, type=int,
               help=f"Training patch side in HR cells, a multiple of --factor (default "
                    f"{PATCH_PER_FACTOR} x factor; with spots-only training the HR cells are the "
@@ -277,9 +282,10 @@ that resumes.
 @check_writable(files=("out", "checkpoint"))
 @threads_option
 @_fail_nicely
-def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate, patch,
-          work_um_per_px, checkpoint, spots_only, hr_truth, ablate, model_settings, prediction,
-          paper_variants, bf16, log1p, disentangle_weight, device, seed, preset) -> None:
+def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate, grid_shifts,
+          patch, work_um_per_px, checkpoint, spots_only, hr_truth, ablate, model_settings,
+          prediction, paper_variants, bf16, log1p, disentangle_weight, device, seed,
+          preset) -> None:
     from diffst.api import TrainingInterrupted, model_config_for, spot_data_message, train_model
 
     if spots_only and hr_truth:
@@ -287,6 +293,9 @@ def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate,
     if patch is not None and (patch < factor or patch % factor):
         raise click.BadParameter(f"{patch} is not a multiple of --factor {factor} "
                                  f"(e.g. {PATCH_PER_FACTOR * factor})", param_hint="--patch")
+    if grid_shifts > factor:
+        raise click.BadParameter(f"{grid_shifts} grids per axis, more than --factor {factor}",
+                                 param_hint="--grid-shifts")
     samples = [_read(p) for p in data]
     if not spots_only and not hr_truth:
         note = spot_data_message(samples, factor)
@@ -294,7 +303,8 @@ def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate,
             click.echo(note)
             spots_only = True
     gene_list = genes.split(",") if genes else None
-    settings = dict(steps=steps, batch_size=batch_size, lr=learning_rate, patch=patch,
+    settings = dict(steps=steps, batch_size=batch_size, lr=learning_rate,
+                    grid_shifts=grid_shifts, patch=patch,
                     work_um_per_px=work_um_per_px, paper_variants=paper_variants, log1p=log1p,
                     disentangle_weight=disentangle_weight)
     if preset is not None:
@@ -318,6 +328,7 @@ def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate,
 
 
 TRAIN_OPTIONS = {"steps": "steps", "batch_size": "batch_size", "lr": "learning_rate",
+                 "grid_shifts": "grid_shifts",
                  "patch": "patch", "work_um_per_px": "work_um_per_px",
                  "paper_variants": "paper_variants", "log1p": "log1p",
                  "disentangle_weight": "disentangle_weight"}
@@ -343,6 +354,8 @@ def _with_preset(name: str, samples: list, factor: int, spots_only: bool, seed: 
     click.echo(f"preset {name} ({preset.profile} data, x{factor}): {out['steps']} steps of "
                f"batch {out['batch_size']} at lr {out['lr']:g}, EMA {out['ema_decay']:g}, patch "
                f"{out['patch']} cells, image at {out['work_um_per_px']:g} µm/px"
+               + (f", {out['grid_shifts']} x {out['grid_shifts']} pooling grids"
+                  if out["grid_shifts"] != 1 else "")
                + "".join(f", {k}={v}" for k, v in model.items())
                + (f", paper variants {', '.join(out['paper_variants'])}"
                   if out["paper_variants"] else ""))

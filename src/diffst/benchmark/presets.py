@@ -53,6 +53,15 @@ CELLS_BY_FACTOR = {5: {"istar_mix": 0.5}}
 own iStar-like map, the weight with the best RMSE on both single-cell-scale validation sets
 (the Xenium validation strip and the simulated validation tissue; at x10 they disagree, so
 there is no mix)."""
+GRID_SHIFTS_CELLS = 2
+"""Pooling grids per axis of the ``cells`` presets' training pairs (``TrainConfig.grid_shifts``):
+2 x 2 shifted copies of every training section. On the Xenium validation strip it improved
+Diff-ST + C on every metric at x5 and x10; on the simulated validation tissue it was equal or
+slightly better (``benchmarks/results/validation/grid_shifts/``)."""
+GRID_CELLS = (
+    "; training pairs pooled on 2 x 2 shifted grids (`--grid-shifts 2`), chosen on the Xenium "
+    "validation strip and the simulated validation tissue (README 'Shifted pooling grids')"
+)
 MIX_CELLS = (
     "; at x5 Diff-ST's map is mixed with the slide's own iStar-like map, weight 0.5 "
     "(`--istar-mix`), chosen on the Xenium validation strip and the simulated validation tissue "
@@ -189,7 +198,8 @@ PRESETS: dict[tuple[str, str], Preset] = {
     # patches); HER2ST x2 0.22 s/step (8x8-cell patches at 2 µm/px).
     ("cells", "default"): Preset(
         "default", "cells", steps=500, batch_size=8, lr=1e-3, ema_decay=0.995,
-        patch_um=320.0, by_factor=CELLS_BY_FACTOR, provenance=PROVENANCE_V01 + MIX_CELLS),
+        patch_um=320.0, grid_shifts=GRID_SHIFTS_CELLS, by_factor=CELLS_BY_FACTOR,
+        provenance=PROVENANCE_V01 + MIX_CELLS + GRID_CELLS),
     ("spots", "default"): Preset(
         "default", "spots", model=dict(tissue_px_per_cell=16), steps=600, batch_size=8,
         lr=1e-3, ema_decay=0.995, patch_um=1600.0, n_genes=50, self_tune=SELF_TUNE_STEPS,
@@ -200,8 +210,9 @@ PRESETS: dict[tuple[str, str], Preset] = {
     # a 4 µm/px image (the data pipeline dominates a step at 2 µm/px)
     ("cells", "short"): Preset(
         "short", "cells", steps=200, batch_size=8, lr=1e-3, ema_decay=0.995,
-        patch_um=320.0, by_factor=CELLS_BY_FACTOR,
-        provenance=PROVENANCE_V01 + MIX_CELLS + "; fewer steps for CPU time, not for accuracy"),
+        patch_um=320.0, grid_shifts=GRID_SHIFTS_CELLS, by_factor=CELLS_BY_FACTOR,
+        provenance=PROVENANCE_V01 + MIX_CELLS + GRID_CELLS
+        + "; fewer steps for CPU time, not for accuracy"),
     ("spots", "short"): Preset(
         "short", "spots", model=dict(tissue_px_per_cell=16), steps=200, batch_size=8,
         lr=1e-3, ema_decay=0.995, patch_um=1600.0, work_um_per_px=4.0, n_genes=50,
@@ -210,8 +221,8 @@ PRESETS: dict[tuple[str, str], Preset] = {
         "steps and a coarser image for CPU time, not for accuracy"),
     # the package's own training defaults (TrainConfig) and ablations at every factor
     ("cells", "full"): Preset(
-        "full", "cells", ablation_factors="all", by_factor=CELLS_BY_FACTOR,
-        provenance=PROVENANCE_V01 + MIX_CELLS),
+        "full", "cells", ablation_factors="all", grid_shifts=GRID_SHIFTS_CELLS,
+        by_factor=CELLS_BY_FACTOR, provenance=PROVENANCE_V01 + MIX_CELLS + GRID_CELLS),
     ("spots", "full"): Preset(
         "full", "spots", model=dict(tissue_px_per_cell=16), patch_um=1600.0,
         ablation_factors="all", n_genes=50, self_tune=SELF_TUNE_STEPS,
@@ -231,7 +242,8 @@ PAPER_PROVENANCE = (
 for _profile in ("cells", "spots"):
     PRESETS[(_profile, "paper")] = replace(
         PRESETS[(_profile, "short")], name="paper", sampler="ddim", sample_steps=20,
-        n_samples=8, turns=False, self_tune=0, istar_mix=0.0, paper_variants=PAPER_PARTS,
+        n_samples=8, turns=False, self_tune=0, istar_mix=0.0, grid_shifts=None,
+        paper_variants=PAPER_PARTS,
         by_factor={}, provenance=PAPER_PROVENANCE)
 
 
@@ -293,7 +305,7 @@ def training_settings(name: str, samples: list[STSample], factor: int, spots_onl
     preset = get_preset(name, "spots" if spots_only else "cells").at(factor)
     tc = train_config(preset, samples[0], factor, seed)
     return preset, {"steps": tc.steps, "batch_size": tc.batch_size, "lr": tc.lr,
-                    "ema_decay": tc.ema_decay, "patch": tc.patch,
+                    "ema_decay": tc.ema_decay, "grid_shifts": tc.grid_shifts, "patch": tc.patch,
                     "work_um_per_px": tc.work_um_per_px, "paper_variants": preset.paper_variants,
                     "log1p": tc.log1p, "disentangle_weight": tc.disentangle_weight,
                     "predict_settings": predict_settings(preset)}
