@@ -46,6 +46,7 @@ def test_cells_preset_sets_training_and_keeps_its_sampling(toy_npz, tmp_path, tr
     kw = train_calls[0]
     assert (kw["steps"], kw["batch_size"], kw["lr"], kw["ema_decay"]) == (200, 8, 1e-3, 0.995)
     assert kw["patch"] == 40  # 320 µm of 8 µm cells
+    assert kw["grid_shifts"] == 2  # the cells presets' shifted pooling grids
     expected = predict_settings(get_preset("short", "cells").at(5))
     assert kw["predict_settings"] == expected
     assert expected["istar_mix"] == 0.5 and expected["sampler"] == "mean" and expected["turns"]
@@ -67,6 +68,7 @@ def test_spots_preset_follows_the_factor(toy_npz, tmp_path, train_calls):
                      "--out", tmp_path / f"m{factor}.pt")
         assert result.exit_code == 0, result.output
     x2, x3 = train_calls
+    assert x2["grid_shifts"] == x3["grid_shifts"] == 1  # not validated on spot data
     assert x2["work_um_per_px"] == 4.0 and x2["model_config"].upsampler == "bicubic"
     assert (x2["predict_settings"]["self_tune"], x2["predict_settings"]["istar_mix"]) == (30, 0.5)
     assert x3["model_config"].upsampler == "istar_like"
@@ -145,3 +147,10 @@ def test_scanpy_style_super_resolve_passes_the_kept_settings(tmp_path, monkeypat
     kept = api.recorded_predict_settings(model)
     assert (seen[0]["sampler"], seen[0]["turns"]) == (kept["sampler"], kept["turns"])
     assert (seen[0]["n_samples"], seen[0]["steps"]) == (3, 4)
+
+
+def test_more_grids_than_the_factor_are_refused_before_reading(toy_npz, tmp_path, train_calls):
+    result = run("train", toy_npz, "--factor", "2", "--grid-shifts", "3", "--out",
+                 tmp_path / "m.pt")
+    assert result.exit_code == 2 and "more than --factor 2" in result.output
+    assert not train_calls
