@@ -308,8 +308,8 @@ def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate,
                     work_um_per_px=work_um_per_px, paper_variants=paper_variants, log1p=log1p,
                     disentangle_weight=disentangle_weight)
     if preset is not None:
-        settings, model_settings = _with_preset(preset, samples, factor, spots_only, seed,
-                                                settings, model_settings)
+        settings, model_settings = _with_preset(preset, samples, factor, spots_only, settings,
+                                                model_settings)
     try:
         path = train_model(
             samples, factor, out, genes=gene_list, top_genes=top_genes, checkpoint=checkpoint,
@@ -327,12 +327,8 @@ def train(data, factor, out, genes, top_genes, steps, batch_size, learning_rate,
     click.echo(f"wrote {path}")
 
 
-TRAIN_OPTIONS = {"steps": "steps", "batch_size": "batch_size", "lr": "learning_rate",
-                 "grid_shifts": "grid_shifts",
-                 "patch": "patch", "work_um_per_px": "work_um_per_px",
-                 "paper_variants": "paper_variants", "log1p": "log1p",
-                 "disentangle_weight": "disentangle_weight"}
-"""``train_model`` keyword -> the `diffst train` parameter that sets it (for --preset)."""
+TRAIN_PARAMETERS = {"lr": "learning_rate"}
+"""``train_model`` keywords whose `diffst train` parameter has another name (for --preset)."""
 
 
 def _given(name: str) -> bool:
@@ -341,15 +337,15 @@ def _given(name: str) -> bool:
     return source not in (None, click.core.ParameterSource.DEFAULT)
 
 
-def _with_preset(name: str, samples: list, factor: int, spots_only: bool, seed: int,
-                 settings: dict, model_settings: dict) -> tuple[dict, dict]:
+def _with_preset(name: str, samples: list, factor: int, spots_only: bool, settings: dict,
+                 model_settings: dict) -> tuple[dict, dict]:
     """``train_model`` keywords and architecture settings with the preset ``name`` applied
     where the user gave no flag, plus ``predict_settings``; prints what the preset set."""
     from diffst.benchmark.presets import training_settings
 
-    preset, chosen = training_settings(name, samples, factor, spots_only, seed)
+    preset, chosen = training_settings(name, samples, factor, spots_only)
     out = {**chosen, **{key: value for key, value in settings.items()
-                        if _given(TRAIN_OPTIONS[key])}}
+                        if _given(TRAIN_PARAMETERS.get(key, key))}}
     model = {**preset.model, **model_settings}
     click.echo(f"preset {name} ({preset.profile} data, x{factor}): {out['steps']} steps of "
                f"batch {out['batch_size']} at lr {out['lr']:g}, EMA {out['ema_decay']:g}, patch "

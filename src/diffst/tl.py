@@ -65,29 +65,25 @@ def super_resolve(adata: ad.AnnData | SpatialData, model: str | Path | DiffSTPip
         return _super_resolve_spatialdata(adata, model, key_added, n_samples, steps,
                                           consistency, seed, device, progress, read_kw)
     sample = _to_sample(adata, read_kw)
-    settings = _settings(model, n_samples, steps)
-    result = predict(sample, model, consistency=consistency, seed=seed, device=device,
-                     resume=False, progress=progress, **settings)
+    result, record = _run(sample, model, n_samples, steps, consistency, seed, device, progress)
     out = sample_to_anndata(result.as_sample(sample), layers=result.layers(), max_image_px=None)
-    record = _record(result, model, settings, seed)
     adata.uns[key_added] = record
     out.uns[key_added] = dict(record)
     return out
 
 
-def _settings(model: str | Path | DiffSTPipeline, n_samples: int, steps: int) -> dict:
-    """Sampling keywords of :func:`diffst.api.predict`: those the model keeps, ``n_samples``
-    and ``steps`` as given."""
-    return {**recorded_predict_settings(model), "n_samples": n_samples, "steps": steps}
-
-
-def _record(result: SRResult, model: str | Path | DiffSTPipeline, settings: dict,
-            seed: int) -> dict[str, Any]:
-    """What a super-resolution run did, for ``uns[key_added]``."""
-    return {"model": model_name(model), "factor": int(result.meta["factor"]), **settings,
-            "seed": seed,
-            "consistency": str(result.meta["consistency"]),
-            "n_hr_cells": int(result.mask.sum()), "hr_cell_um": float(result.cell_um)}
+def _run(sample, model: str | Path | DiffSTPipeline, n_samples: int, steps: int,
+         consistency: bool | str, seed: int, device: str,
+         progress: bool) -> tuple[SRResult, dict[str, Any]]:
+    """:func:`diffst.api.predict` with the sampling settings the model keeps (``n_samples`` and
+    ``steps`` as given), and what it did, for ``uns[key_added]``."""
+    settings = {**recorded_predict_settings(model), "n_samples": n_samples, "steps": steps}
+    result = predict(sample, model, consistency=consistency, seed=seed, device=device,
+                     resume=False, progress=progress, **settings)
+    record = {"model": model_name(model), "factor": int(result.meta["factor"]), **settings,
+              "seed": seed, "consistency": str(result.meta["consistency"]),
+              "n_hr_cells": int(result.mask.sum()), "hr_cell_um": float(result.cell_um)}
+    return result, record
 
 
 def _super_resolve_spatialdata(sdata: SpatialData, model, key_added, n_samples, steps,
@@ -102,10 +98,7 @@ def _super_resolve_spatialdata(sdata: SpatialData, model, key_added, n_samples, 
     link = sample.meta["spatialdata"]
     inputs = (link["image"], link["table"], link["region"])
     check_result_key(key_added, inputs)  # before the (long) sampling
-    settings = _settings(model, n_samples, steps)
-    result = predict(sample, model, consistency=consistency, seed=seed, device=device,
-                     resume=False, progress=progress, **settings)
-    record = _record(result, model, settings, seed)
+    result, record = _run(sample, model, n_samples, steps, consistency, seed, device, progress)
     add_to_spatialdata(sdata, result.as_sample(sample), key=key_added, layers=result.layers(),
                        image_key=link["image"], scale=link["scale"], protect=inputs,
                        uns={key_added: dict(record, input_table=link["table"],
@@ -140,8 +133,7 @@ def train(adatas: list[ad.AnnData] | ad.AnnData, factor: int, out: str | Path, *
     if preset is not None:
         from diffst.benchmark.presets import training_settings
 
-        chosen, settings = training_settings(preset, samples, factor, spots_only,
-                                             kw.get("seed", 0))
+        chosen, settings = training_settings(preset, samples, factor, spots_only)
         kw = {**settings, "model_config": model_config_for(kw.get("ablate"), **chosen.model),
               **kw}
     return train_model(samples, factor, out, spots_only=spots_only, **kw)

@@ -295,15 +295,15 @@ def predict_settings(preset: Preset) -> dict:
             "match_depth": preset.match_depth}
 
 
-def training_settings(name: str, samples: list[STSample], factor: int, spots_only: bool,
-                      seed: int = 0) -> tuple[Preset, dict]:
+def training_settings(name: str, samples: list[STSample], factor: int,
+                      spots_only: bool) -> tuple[Preset, dict]:
     """The preset ``name`` for ``samples`` at ``factor`` (the ``spots`` presets for spots-only
     training, else the ``cells`` ones) and the keyword arguments of
     :func:`diffst.api.train_model` that it sets, ``predict_settings`` included; its
     architecture settings are the returned preset's ``model``. What ``diffst train --preset``
     and :func:`diffst.tl.train` apply where the caller gave no value."""
     preset = get_preset(name, "spots" if spots_only else "cells").at(factor)
-    tc = train_config(preset, samples[0], factor, seed)
+    tc = train_config(preset, samples[0], factor, seed=0)  # no seed among the settings
     return preset, {"steps": tc.steps, "batch_size": tc.batch_size, "lr": tc.lr,
                     "ema_decay": tc.ema_decay, "grid_shifts": tc.grid_shifts, "patch": tc.patch,
                     "work_um_per_px": tc.work_um_per_px, "paper_variants": preset.paper_variants,

@@ -647,12 +647,12 @@ def format_tables(summary: dict) -> str:
     focus = (f", {tc['t_focus']:.0%} of examples at the last noise step"
              if tc.get("t_focus", TrainConfig.t_focus) else "")
     shifts = tc.get("grid_shifts", TrainConfig.grid_shifts)
-    focus += (f", each section pooled on {shifts} x {shifts} grids (`--grid-shifts`)"
-              if shifts != 1 else "")
+    grids = (f", each section pooled on {shifts} x {shifts} grids (`--grid-shifts`)"
+             if shifts != 1 else "")
     lines += [
              f"Training (Diff-ST, ablations, histology regression): {tc['steps']} steps, batch "
              f"{tc['batch_size']}, lr {tc['lr']:g}{cosine}, EMA {tc['ema_decay']:g}{warmup}"
-             f"{focus}, patch "
+             f"{focus}{grids}, patch "
              f"{patches} HR "
              f"cells at {scales}, image at {tc['work_um_per_px']:g} µm/px, "
              f"{'log1p' if tc.get('log1p', True) else 'linear'} count scaling; Diff-ST maps "
