@@ -657,7 +657,8 @@ def test_headline_compares_each_factor_with_that_factors_preset():
     headline = _headline_script()
     # a run made before the rule: the x3 settings given on the command line, at every factor
     preset = get_preset("short", "spots", {"self_tune": 0, "model": {"upsampler": "istar_like"}})
-    tcs = {str(f): asdict(train_config(preset, make_sample(), factor=f, seed=0)) for f in (2, 3)}
+    tcs = {str(f): asdict(train_config(preset.at(f), make_sample(), factor=f, seed=0))
+           for f in (2, 3)}
     summary = json.loads(json.dumps({"preset": asdict(preset), "protocol": {}, "seeds": [0],
                                      "train_config": tcs, "istar_settings": istar_settings()}))
     assert headline.settings(summary, factor=3) == "`short`"
@@ -728,8 +729,8 @@ def test_headline_names_runs_made_without_the_mix():
 
     headline = _headline_script()
     preset = json.loads(json.dumps(asdict(get_preset("short", "spots"))))
-    tcs = {str(f): asdict(train_config(get_preset("short", "spots"), make_sample(), factor=f,
-                                       seed=0)) for f in (2, 3)}
+    tcs = {str(f): asdict(train_config(get_preset("short", "spots").at(f), make_sample(),
+                                       factor=f, seed=0)) for f in (2, 3)}
     summary = {"preset": preset, "protocol": {}, "seeds": [0], "train_config": tcs,
                "istar_settings": istar_settings()}
     assert headline.settings(summary, factor=2) == headline.settings(summary, factor=3) == (

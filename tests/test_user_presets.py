@@ -68,7 +68,7 @@ def test_spots_preset_follows_the_factor(toy_npz, tmp_path, train_calls):
                      "--out", tmp_path / f"m{factor}.pt")
         assert result.exit_code == 0, result.output
     x2, x3 = train_calls
-    assert x2["grid_shifts"] == x3["grid_shifts"] == 1  # not validated on spot data
+    assert (x2["grid_shifts"], x3["grid_shifts"]) == (1, 2)  # HER2ST validation: x3 only
     assert x2["work_um_per_px"] == 4.0 and x2["model_config"].upsampler == "bicubic"
     assert (x2["predict_settings"]["self_tune"], x2["predict_settings"]["istar_mix"]) == (30, 0.5)
     assert x3["model_config"].upsampler == "istar_like"

@@ -343,6 +343,8 @@ def factor_settings_text(changes: dict) -> str:
             words.append(f"{value} self-tuning steps" if value else "no self-tuning")
         elif key == "istar_mix":
             words.append(mix_words(value))
+        elif key == "grid_shifts":
+            words.append(f"training pairs pooled on {value} x {value} shifted grids")
         else:
             words.append(f"{key} {value}")
     return ", ".join(words)
