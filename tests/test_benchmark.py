@@ -696,6 +696,21 @@ def test_spots_presets_mix_in_the_slides_own_fit_by_factor(monkeypatch):
         get_preset("short", "spots", {"istar_mix": 1.5})
 
 
+def test_spots_presets_pool_x3_pairs_on_shifted_grids():
+    from diffst.benchmark.report import _factor_sentence
+
+    for name in ("short", "default", "full"):  # HER2ST validation: x3 gained, x2 did not
+        spots = get_preset(name, "spots")
+        assert (spots.at(2).grid_shifts, spots.at(3).grid_shifts) == (None, 2)
+    assert get_preset("paper", "spots").at(3).grid_shifts is None
+    one = get_preset("short", "spots", {"grid_shifts": 1})  # given: holds at every factor
+    assert one.at(2).grid_shifts == one.at(3).grid_shifts == 1
+    sentence = _factor_sentence(json.loads(json.dumps(asdict(get_preset("short", "spots")))),
+                                [2, 3])
+    assert "at x3:" in sentence and "pooled on 2 x 2 shifted grids" in sentence
+    assert "at x2" not in sentence
+
+
 def test_a_bad_istar_mix_on_the_command_line_names_the_option():
     from click.testing import CliRunner
 
