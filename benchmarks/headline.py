@@ -74,6 +74,7 @@ def run_settings(summary: dict, factor: int | None = None) -> dict:
             "ema_warmup": tc.get("ema_warmup", 10.0),
             "t_focus": tc.get("t_focus", 0.0),
             "grid_shifts": tc.get("grid_shifts", 1),
+            "thin_inputs": tc.get("thin_inputs", 0.0),
             "work_um_per_px": preset.get("work_um_per_px"),
             "n_models": preset.get("n_models", 1),
             "istar_mix": preset.get("istar_mix", 0.0),
@@ -101,6 +102,8 @@ WORDS = {
     "t_focus": lambda v: (f"{v:.0%} of training at the last noise step" if v
                           else "uniform noise steps"),
     "grid_shifts": lambda v: f"{v} x {v} pooling grids" if v != 1 else "one pooling grid",
+    "thin_inputs": lambda v: (f"inputs also thinned to {v:.0%} in training" if v
+                              else "no thinned training inputs"),
     "work_um_per_px": lambda v: f"image at {v:g} µm/px" if v else "",
     "n_models": lambda v: f"ensemble of {v}" if v > 1 else "one model",
     "istar_mix": lambda v: (f"`--istar-mix {v}`" if v else "no iStar-like mix"),

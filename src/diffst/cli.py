@@ -606,6 +606,11 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
               help="Pool each training section on this many grids per axis (n x n shifted "
                    "copies; at most the factor): more distinct training pairs from the same "
                    f"truth (default {default(TrainConfig, 'grid_shifts')}: one grid).")
+@click.option("--thin-inputs", default=None,
+              type=click.FloatRange(min=0.0, max=1.0, min_open=True, max_open=True),
+              help="Also train on every section with its input thinned to this fraction of "
+                   "its counts and depth-matched (the target unchanged), e.g. 0.1 (default: "
+                   "none).")
 @click.option("--batch-size", default=None, type=click.IntRange(min=1),
               help="Override the preset's training batch size (patches per step).")
 @click.option("--work-um-per-px", default=None, type=click.FloatRange(min=0.0, min_open=True),
@@ -630,8 +635,8 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
 def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, methods, ablations,
               steps, seeds, n_samples, match_depth, turns, log1p, disentangle_weight, sampler,
               consistency_weight, patch_um, self_tune, self_tune_lr, istar_mix, lr_schedule, lr,
-              ema_warmup, t_focus, grid_shifts, batch_size, work_um_per_px, n_models,
-              model_settings, paper_variants, thin) -> None:
+              ema_warmup, t_focus, grid_shifts, thin_inputs, batch_size, work_um_per_px,
+              n_models, model_settings, paper_variants, thin) -> None:
     """Train and score Diff-ST and the baselines on held-out data; write tables and figures."""
     from diffst.benchmark import run_benchmark
 
@@ -646,7 +651,7 @@ def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, method
                  consistency_weight=consistency_weight, patch_um=patch_um, self_tune=self_tune,
                  self_tune_lr=self_tune_lr, istar_mix=istar_mix, lr_schedule=lr_schedule, lr=lr,
                  ema_warmup=ema_warmup, t_focus=t_focus, grid_shifts=grid_shifts,
-                 batch_size=batch_size,
+                 thin_inputs=thin_inputs, batch_size=batch_size,
                  work_um_per_px=work_um_per_px, n_models=n_models, paper_variants=parts,
                  model=model_settings or None)
     summary = run_benchmark(

@@ -79,6 +79,13 @@ class TrainConfig:
     of the others (:func:`diffst.data.lr.grid_shifted`). Same truth, more distinct LR inputs:
     data augmentation for small training sets. 1 (default): one grid.
 
+    ``thin_inputs`` (``p`` in ``(0, 1)``; 0, the default: none) adds a shallow copy of every
+    training section (after ``grid_shifts``): its LR input is pooled from counts binomially
+    thinned to ``p`` (:func:`diffst.data.lr.thin_counts`) and multiplied by ``1 / p``, its HR
+    target is the section's own. These are the inputs ``--match-depth`` feeds the model for a
+    slide ``1 / p`` times shallower than the training data; the model learns to map them to the
+    full-depth map (augmentation for the depth shift; integer counts only).
+
     ``lr_schedule``: ``"constant"`` (default) or ``"cosine"``: the learning rate follows
     ``lr * (1 + cos(pi * step / steps)) / 2`` from ``lr`` down to 0 at ``steps``
     (:meth:`TrainConfig.lr_factor`; it depends on the step only, so a resumed run continues
@@ -115,6 +122,7 @@ class TrainConfig:
     ema_warmup: float = 10.0
     t_focus: float = 0.0
     grid_shifts: int = 1
+    thin_inputs: float = 0.0
     grad_clip: float = 1.0
     patch: int | None = None
     min_tissue: float = 0.3

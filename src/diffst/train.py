@@ -162,15 +162,21 @@ class Trainer:
             mc = start.model.config
         upsampler = upsampler_for(mc.upsampler)
         samples = grid_shifted(samples, self.factor, self.tc.grid_shifts)
-        prepared = [prepare_training_sample(s, factor, self.scaler, self.k, upsampler)
-                    for s in samples]
+        full_depth = [prepare_training_sample(s, factor, self.scaler, self.k, upsampler)
+                      for s in samples]
+        # shallow copies (thinned, depth-matched inputs, the same targets); the gene graph and
+        # the diffusion variable's scale come from the sections as they are
+        shallow = [prepare_training_sample(s, factor, self.scaler, self.k, upsampler,
+                                           self.tc.thin_inputs, self.tc.seed + i)
+                   for i, s in enumerate(samples)] if self.tc.thin_inputs else []
+        prepared = full_depth + shallow
         self.device = resolve_device(self.tc.device)
         torch.manual_seed(self.tc.seed)
         if start is None:
-            adjacency = gene_adjacency([p.hr for p in prepared], [p.mask for p in prepared],
-                                       mc.graph_edges)
+            adjacency = gene_adjacency([p.hr for p in full_depth],
+                                       [p.mask for p in full_depth], mc.graph_edges)
             self.scheduler_config = replace(scheduler_config or SchedulerConfig(),
-                                            residual_scale=residual_scale(prepared))
+                                            residual_scale=residual_scale(full_depth))
             self.model = DiffST(mc, adjacency).to(self.device)
         else:
             self.scheduler_config = start.scheduler
@@ -405,8 +411,8 @@ def trains_channels_last(tc: TrainConfig, device: torch.device) -> bool:
 
 def check_choices(tc: TrainConfig) -> None:
     """Refuse unknown ``curriculum_order``, ``loss`` and ``lr_schedule`` names of a
-    :class:`TrainConfig`, an ``ema_warmup`` of 1 or less and a ``t_focus`` outside
-    ``[0, 1)``."""
+    :class:`TrainConfig`, an ``ema_warmup`` of 1 or less, and a ``t_focus`` or
+    ``thin_inputs`` outside ``[0, 1)``."""
     if tc.curriculum_order not in CURRICULUM_ORDERS:
         raise ValueError(f"curriculum_order must be one of {CURRICULUM_ORDERS}, "
                          f"got {tc.curriculum_order!r}")
@@ -418,6 +424,8 @@ def check_choices(tc: TrainConfig) -> None:
         raise ValueError(f"ema_warmup must be > 1, got {tc.ema_warmup!r}")
     if not 0 <= tc.t_focus < 1:
         raise ValueError(f"t_focus must be in [0, 1), got {tc.t_focus!r}")
+    if not 0 <= tc.thin_inputs < 1:
+        raise ValueError(f"thin_inputs must be in [0, 1), got {tc.thin_inputs!r}")
 
 
 def training_depth(samples: list[STSample], factor: int = 1) -> float:

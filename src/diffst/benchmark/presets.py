@@ -101,6 +101,8 @@ class Preset:
         ema_warmup: the EMA's warm-up, which sets how many late steps a short training's
             weights average over [TrainConfig, 10].
         grid_shifts: pooling grids per axis of the training pairs [TrainConfig].
+        thin_inputs: depth fraction of the shallow, depth-matched copies of the training
+            sections [TrainConfig, 0: none].
         t_focus: probability of training at the last noise step, the one ``sampler="mean"``
             queries [TrainConfig, 0: uniform steps].
         patch_um: HR patch side in µm, rounded to a multiple of factor x cell [8 x factor
@@ -151,6 +153,7 @@ class Preset:
     ema_warmup: float | None = None
     t_focus: float | None = None
     grid_shifts: int | None = None
+    thin_inputs: float | None = None
     patch_um: float | None = None
     work_um_per_px: float | None = None
     sample_steps: int = 20
@@ -340,6 +343,7 @@ def train_config(preset: Preset, sample: STSample, factor: int, seed: int) -> Tr
         ema_warmup=preset.ema_warmup or base.ema_warmup,
         t_focus=base.t_focus if preset.t_focus is None else preset.t_focus,
         grid_shifts=base.grid_shifts if preset.grid_shifts is None else preset.grid_shifts,
+        thin_inputs=base.thin_inputs if preset.thin_inputs is None else preset.thin_inputs,
         patch=patch_cells(preset, sample.cell_um, factor),
         work_um_per_px=preset.work_um_per_px or default_work_um_per_px(sample),
         seed=seed,

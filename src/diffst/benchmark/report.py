@@ -420,6 +420,7 @@ OVERRIDE_FLAGS = {
     "ema_warmup": lambda v: f"--ema-warmup {v:g}",
     "t_focus": lambda v: f"--t-focus {v:g}",
     "grid_shifts": lambda v: f"--grid-shifts {v}",
+    "thin_inputs": lambda v: f"--thin-inputs {v:g}",
     "batch_size": lambda v: f"--batch-size {v}",
     "work_um_per_px": lambda v: f"--work-um-per-px {v:g}",
     "n_models": lambda v: f"--models {v}",
@@ -651,6 +652,9 @@ def format_tables(summary: dict) -> str:
     shifts = tc.get("grid_shifts", TrainConfig.grid_shifts)
     grids = (f", each section pooled on {shifts} x {shifts} grids (`--grid-shifts`)"
              if shifts != 1 else "")
+    if tc.get("thin_inputs"):
+        grids += (f", each section also with its input thinned to {tc['thin_inputs']:.0%} and "
+                  "depth-matched (`--thin-inputs`)")
     lines += [
              f"Training (Diff-ST, ablations, histology regression): {tc['steps']} steps, batch "
              f"{tc['batch_size']}, lr {tc['lr']:g}{cosine}, EMA {tc['ema_decay']:g}{warmup}"

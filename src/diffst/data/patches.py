@@ -10,7 +10,7 @@ Patches and batches of patches are :class:`PatchBatch` objects.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from diffst.data.lr import (
     hr_frame_affine,
     hr_mask_from_lr,
     simulate_lr,
+    thin_counts,
     upsample_bicubic,
 )
 from diffst.data.normalize import GeneScaler
@@ -131,11 +132,17 @@ class PreparedSample:
 
 
 def prepare_training_sample(
-    hr: STSample, factor: int, scaler: GeneScaler, k: int, upsampler: Upsampler | None = None
+    hr: STSample, factor: int, scaler: GeneScaler, k: int, upsampler: Upsampler | None = None,
+    input_fraction: float = 1.0, seed: int = 0,
 ) -> PreparedSample:
     """Pool an HR sample to LR and bring both into model units (see :class:`PreparedSample`);
-    ``upsampler`` as in :func:`prepare_inference_sample` (it sees the pooled map only)."""
-    lr = simulate_lr(hr, factor)
+    ``upsampler`` as in :func:`prepare_inference_sample` (it sees the pooled map only).
+
+    With ``input_fraction`` p < 1 the LR input is pooled from the counts binomially thinned to
+    p (draws from ``seed``) and multiplied by 1 / p: a shallow slide's input brought back to
+    the section's depth; the HR target stays the section's own counts."""
+    lr = simulate_lr(hr, factor) if input_fraction == 1.0 else depth_matched_lr(
+        hr, factor, input_fraction, seed)
     h, w = lr.shape[0] * factor, lr.shape[1] * factor
     hr_expr = np.zeros((hr.n_genes, h, w), np.float32)
     hr_expr[:, : hr.shape[0], : hr.shape[1]] = hr.expr
@@ -144,6 +151,12 @@ def prepare_training_sample(
     prep = prepare_inference_sample(lr, factor, scaler, k, hr_mask=mask, upsampler=upsampler)
     prep.hr = scaler.transform(hr_expr)
     return prep
+
+
+def depth_matched_lr(hr: STSample, factor: int, fraction: float, seed: int) -> STSample:
+    """LR map of ``hr`` thinned to ``fraction`` of its counts, times ``1 / fraction``."""
+    lr = simulate_lr(thin_counts(hr, fraction, seed), factor)
+    return replace(lr, expr=(lr.expr / fraction).astype(np.float32))
 
 
 def prepare_inference_sample(
