@@ -652,13 +652,12 @@ def format_tables(summary: dict) -> str:
     shifts = tc.get("grid_shifts", TrainConfig.grid_shifts)
     grids = (f", each section pooled on {shifts} x {shifts} grids (`--grid-shifts`)"
              if shifts != 1 else "")
-    if tc.get("thin_inputs"):
-        grids += (f", each section also with its input thinned to {tc['thin_inputs']:.0%} and "
-                  "depth-matched (`--thin-inputs`)")
+    thinned = (f", each section also with its input thinned to {tc['thin_inputs']:.0%} and "
+               "depth-matched (`--thin-inputs`)" if tc.get("thin_inputs") else "")
     lines += [
              f"Training (Diff-ST, ablations, histology regression): {tc['steps']} steps, batch "
              f"{tc['batch_size']}, lr {tc['lr']:g}{cosine}, EMA {tc['ema_decay']:g}{warmup}"
-             f"{focus}{grids}, patch "
+             f"{focus}{grids}{thinned}, patch "
              f"{patches} HR "
              f"cells at {scales}, image at {tc['work_um_per_px']:g} µm/px, "
              f"{'log1p' if tc.get('log1p', True) else 'linear'} count scaling; Diff-ST maps "
