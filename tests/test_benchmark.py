@@ -696,6 +696,22 @@ def test_spots_presets_mix_in_the_slides_own_fit_by_factor(monkeypatch):
         get_preset("short", "spots", {"istar_mix": 1.5})
 
 
+def test_cells_presets_pool_x10_pairs_on_more_grids():
+    from diffst.benchmark.report import _factor_sentence, overridden
+
+    for name in ("short", "default", "full"):  # Xenium + simulated validation: x10 gained
+        cells = get_preset(name, "cells")
+        assert (cells.at(5).grid_shifts, cells.at(10).grid_shifts) == (2, 5)
+        assert cells.at(7).grid_shifts == 2  # other factors keep the preset's 2 x 2
+    two = get_preset("short", "cells", {"grid_shifts": 2})  # given: holds at every factor
+    assert two.at(5).grid_shifts == two.at(10).grid_shifts == 2
+    assert two.at(5).istar_mix == 0.5  # the rest of the x5 settings stay
+    assert overridden(two) == {"grid_shifts": 2}
+    sentence = _factor_sentence(json.loads(json.dumps(asdict(get_preset("short", "cells")))),
+                                [5, 10])
+    assert "at x10: training pairs pooled on 5 x 5 shifted grids" in sentence
+
+
 def test_spots_presets_pool_x3_pairs_on_shifted_grids():
     from diffst.benchmark.report import _factor_sentence
 

@@ -54,6 +54,15 @@ def test_cells_preset_sets_training_and_keeps_its_sampling(toy_npz, tmp_path, tr
     assert "--sampler mean --samples 8" in result.output and "--istar-mix 0.5" in result.output
 
 
+def test_cells_preset_pools_more_grids_at_x10(toy_npz, tmp_path, train_calls):
+    result = run("train", toy_npz, "--factor", "10", "--preset", "short", "--out",
+                 tmp_path / "m.pt")
+    assert result.exit_code == 0, result.output
+    kw = train_calls[0]
+    assert kw["grid_shifts"] == 5  # 5 x 5 grids at x10 (Xenium + simulated validation)
+    assert kw["predict_settings"]["istar_mix"] == 0.0  # x10 does not mix
+
+
 def test_flags_given_override_the_preset(toy_npz, tmp_path, train_calls):
     result = run("train", toy_npz, "--factor", "5", "--preset", "short", "--steps", "7",
                  "--lr", "0.01", "--out", tmp_path / "m.pt")

@@ -44,11 +44,18 @@ SPOTS_ISTAR_MIX = 0.5
 """Weight of the slide's own iStar-like map in Diff-ST's maps for ``spots`` data (x2): the
 best of 0, 0.25, 0.5, 0.75 and 1 on the HER2ST validation folds at full depth, and better
 than no mix at 10 % and 5 % depth too (``benchmarks/blend_validation.py``)."""
-CELLS_BY_FACTOR = {5: {"istar_mix": 0.5}}
-"""The ``cells`` presets' settings at x5: Diff-ST's maps mixed half and half with the slide's
-own iStar-like map, the weight with the best RMSE on both single-cell-scale validation sets
-(the Xenium validation strip and the simulated validation tissue; at x10 they disagree, so
-there is no mix)."""
+GRID_SHIFTS_X10 = 5
+"""Pooling grids per axis of the ``cells`` presets' training pairs at x10: 5 x 5 shifted copies
+(offsets of 0, 2, 4, 6 and 8 HR cells). Against 2 x 2 it improved Diff-ST + C on every metric
+at x10 on both the Xenium validation strip and the simulated validation tissue (seeds 0 and
+1); at x5 it was worse on every metric on the Xenium strip, so x5 keeps 2 x 2
+(``benchmarks/results/validation/grid_shifts/``, ``xen_gs5`` and ``sim_gs5``)."""
+CELLS_BY_FACTOR = {5: {"istar_mix": 0.5}, 10: {"grid_shifts": GRID_SHIFTS_X10}}
+"""The ``cells`` presets' settings by factor. At x5 Diff-ST's maps are mixed half and half with
+the slide's own iStar-like map, the weight with the best RMSE on both single-cell-scale
+validation sets (the Xenium validation strip and the simulated validation tissue; at x10 they
+disagree, so there is no mix). At x10 the training pairs are pooled on 5 x 5 grids
+(:data:`GRID_SHIFTS_X10`)."""
 GRID_SHIFTS = 2
 """Pooling grids per axis of the training pairs (``TrainConfig.grid_shifts``) of the ``cells``
 presets and of the ``spots`` presets at x3: 2 x 2 shifted copies of every training section. On
@@ -62,8 +69,10 @@ SPOTS_BY_FACTOR = {3: {"model": {"upsampler": "istar_like"}, "self_tune": 0,
 that map back in that grows as the slide is shallower than the training data, and training
 pairs pooled on shifted grids."""
 GRID_CELLS = (
-    "; training pairs pooled on 2 x 2 shifted grids (`--grid-shifts 2`), chosen on the Xenium "
-    "validation strip and the simulated validation tissue (README 'Shifted pooling grids')"
+    "; training pairs pooled on 2 x 2 shifted grids (`--grid-shifts 2`), and on 5 x 5 at x10 "
+    "(where 5 x 5 was better than 2 x 2 on every metric of both sets; at x5 it was worse on the "
+    "Xenium strip), chosen on the Xenium validation strip and the simulated validation tissue "
+    "(README 'Shifted pooling grids')"
 )
 MIX_CELLS = (
     "; at x5 Diff-ST's map is mixed with the slide's own iStar-like map, weight 0.5 "
