@@ -7,7 +7,7 @@ import pytest
 from conftest import make_sample, tiny_config
 
 from diffst.config import TrainConfig
-from diffst.data.lr import grid_shifted, simulate_lr
+from diffst.data.lr import grid_shifted, grids_within, simulate_lr
 from diffst.train import Trainer
 
 
@@ -56,3 +56,22 @@ def test_trainer_draws_from_every_grid_and_keeps_the_depth_record():
     assert four.lr_counts_per_um2 == one.lr_counts_per_um2
     assert four.counts_per_um2 == one.counts_per_um2
     assert np.isfinite(four.train_step())
+
+
+def test_grids_are_limited_to_the_cell_budget():
+    samples = [make_sample(0, size=40), make_sample(1, size=40)]  # 2 x 1600 HR cells
+    assert grids_within(samples, 5, 3_000_000) == 5  # small data: never limited
+    assert grids_within(samples, 5, 16 * 3200) == 4  # 25 copies would not fit, 16 do
+    assert grids_within(samples, 5, 3199) == 1  # even one copy is over: one grid, no copies
+
+
+def test_trainer_warns_and_uses_fewer_grids_over_the_budget():
+    sample = make_sample(0, size=40)
+    tc = TrainConfig(steps=1, batch_size=2, patch=10, work_um_per_px=2.0, seed=0,
+                     grid_shifts=5, grid_cells_max=9 * 1600, checkpoint_every=10)
+    with pytest.warns(UserWarning, match="3 x 3 pooling grids instead of 5 x 5"):
+        tr = Trainer([sample], sample.genes, 5, tiny_config(n_genes=4), tc)
+    assert tr.grid_shifts == 3 and len(tr.sampler.counts) == 9
+    with pytest.raises(ValueError, match="grid_cells_max must be >= 1"):
+        Trainer([sample], sample.genes, 5, tiny_config(n_genes=4),
+                TrainConfig(steps=1, patch=10, grid_cells_max=0))

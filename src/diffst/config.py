@@ -77,7 +77,13 @@ class TrainConfig:
     axis instead of one: ``n * n`` copies of the section, cropped by ``round(i * factor / n)``
     HR cells (``i < n``) at the top and left, so that the LR cells of each copy straddle those
     of the others (:func:`diffst.data.lr.grid_shifted`). Same truth, more distinct LR inputs:
-    data augmentation for small training sets. 1 (default): one grid.
+    data augmentation for small training sets. 1 (default): one grid. Every copy is held in
+    memory while training, so ``grid_cells_max`` caps the HR raster cells of all copies
+    together: where ``n * n`` copies would exceed it, fewer grids per axis are used (the
+    largest count that fits, at least 1; :func:`diffst.data.lr.grids_within`) and a warning
+    says so. The default, 3 million cells (about 1.7 GB of stored training tensors with the
+    default model, more while they are prepared), leaves the training data of every benchmark
+    uncapped and a 6.5 mm section of 8 µm cells on 2 x 2 grids.
 
     ``thin_inputs`` (``p`` in ``(0, 1)``; 0, the default: none) adds a shallow copy of every
     training section (after ``grid_shifts``): its LR input is pooled from counts binomially
@@ -122,6 +128,7 @@ class TrainConfig:
     ema_warmup: float = 10.0
     t_focus: float = 0.0
     grid_shifts: int = 1
+    grid_cells_max: int = 3_000_000
     thin_inputs: float = 0.0
     grad_clip: float = 1.0
     patch: int | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
@@ -34,7 +35,7 @@ from diffst.config import (  # noqa: F401 - TrainConfig etc.: re-exported
 from diffst.consistency import redistribute
 from diffst.data.device_patches import DevicePatchSampler
 from diffst.data.image import px_per_cell_for
-from diffst.data.lr import grid_shifted, pool_sum, simulate_lr, tissue_depth
+from diffst.data.lr import grid_shifted, grids_within, pool_sum, simulate_lr, tissue_depth
 from diffst.data.normalize import GeneScaler
 from diffst.data.patches import PatchBatch, PatchSampler, PreparedSample, prepare_training_sample
 from diffst.data.sample import SampleError, STSample
@@ -161,7 +162,8 @@ class Trainer:
         else:  # fine-tuning: the start's weights, gene graph, scaling and diffusion variable
             mc = start.model.config
         upsampler = upsampler_for(mc.upsampler)
-        samples = grid_shifted(samples, self.factor, self.tc.grid_shifts)
+        self.grid_shifts = grids_for(samples, self.tc)
+        samples = grid_shifted(samples, self.factor, self.grid_shifts)
         full_depth = [prepare_training_sample(s, factor, self.scaler, self.k, upsampler)
                       for s in samples]
         # shallow copies (thinned, depth-matched inputs, the same targets); the gene graph and
@@ -409,10 +411,24 @@ def trains_channels_last(tc: TrainConfig, device: torch.device) -> bool:
     return device.type == "cpu" if tc.channels_last is None else bool(tc.channels_last)
 
 
+def grids_for(samples: list[STSample], tc: TrainConfig) -> int:
+    """Pooling grids per axis that training uses: ``tc.grid_shifts``, or fewer (with a
+    warning) where its copies of ``samples`` would exceed ``tc.grid_cells_max`` HR cells."""
+    n = grids_within(samples, tc.grid_shifts, tc.grid_cells_max)
+    if n < tc.grid_shifts:
+        cells = sum(s.shape[0] * s.shape[1] for s in samples)
+        warnings.warn(
+            f"training on {n} x {n} pooling grids instead of {tc.grid_shifts} x "
+            f"{tc.grid_shifts}: the training data hold {cells:,} HR cells and "
+            f"{tc.grid_shifts ** 2} copies would exceed TrainConfig.grid_cells_max = "
+            f"{tc.grid_cells_max:,} cells (memory)", stacklevel=3)
+    return n
+
+
 def check_choices(tc: TrainConfig) -> None:
     """Refuse unknown ``curriculum_order``, ``loss`` and ``lr_schedule`` names of a
-    :class:`TrainConfig`, an ``ema_warmup`` of 1 or less, and a ``t_focus`` or
-    ``thin_inputs`` outside ``[0, 1)``."""
+    :class:`TrainConfig`, an ``ema_warmup`` of 1 or less, a ``t_focus`` or ``thin_inputs``
+    outside ``[0, 1)`` and a ``grid_cells_max`` below 1."""
     if tc.curriculum_order not in CURRICULUM_ORDERS:
         raise ValueError(f"curriculum_order must be one of {CURRICULUM_ORDERS}, "
                          f"got {tc.curriculum_order!r}")
@@ -426,6 +442,8 @@ def check_choices(tc: TrainConfig) -> None:
         raise ValueError(f"t_focus must be in [0, 1), got {tc.t_focus!r}")
     if not 0 <= tc.thin_inputs < 1:
         raise ValueError(f"thin_inputs must be in [0, 1), got {tc.thin_inputs!r}")
+    if not tc.grid_cells_max >= 1:
+        raise ValueError(f"grid_cells_max must be >= 1, got {tc.grid_cells_max!r}")
 
 
 def training_depth(samples: list[STSample], factor: int = 1) -> float:

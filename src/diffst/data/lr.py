@@ -104,6 +104,21 @@ def grid_shifted(samples: list[STSample], factor: int, shifts: int) -> list[STSa
     return out
 
 
+def grids_within(samples: list[STSample], shifts: int, max_cells: int) -> int:
+    """The grids per axis (at most ``shifts``, at least 1) whose ``n * n`` copies of
+    ``samples`` (:func:`grid_shifted`) hold at most ``max_cells`` HR raster cells in all.
+
+    Every copy is stored in full while training (maps, aligned image, image products: about
+    0.6 kB per HR cell with the default model), so the copies of a large section are
+    limited; sections as small as the benchmark's training data are never limited.
+    """
+    cells = sum(s.shape[0] * s.shape[1] for s in samples)
+    n = shifts
+    while n > 1 and n * n * cells > max_cells:
+        n -= 1
+    return n
+
+
 def tissue_depth(sample: STSample) -> tuple[float, float]:
     """``(counts, area)`` of ``sample``'s tissue: counts of all its genes summed over its
     tissue cells, and the tissue area in µm² (tissue cells x ``cell_um``²).
