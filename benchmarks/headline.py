@@ -183,6 +183,21 @@ def rows_for(summary: dict, against: str | None = None) -> tuple[list[str], list
     return rows, verdicts
 
 
+def factor_notes(summary: dict, run: str) -> str:
+    """What a run of several factors did differently from today's preset at one factor only
+    (e.g. ``"; at x10: 2 x 2 pooling grids"``): the labels of its rows that ``run``, the
+    label of the whole run, does not name."""
+    if len(summary["factors"]) < 2:
+        return ""
+    named = set(run.split(", "))
+    notes = []
+    for f in summary["factors"]:
+        extra = [w for w in settings(summary, False, f).split(", ") if w not in named]
+        if extra:
+            notes.append(f"at x{f}: {', '.join(extra)}")
+    return "".join(f"; {note}" for note in notes)
+
+
 def headline(folders: list[Path], against: str | None = None) -> str:
     """The Markdown text (``against``: as :func:`rows_for`)."""
     other = "best other + C" if against is None else f"{method_label(against)} + C"
@@ -200,6 +215,7 @@ def headline(folders: list[Path], against: str | None = None) -> str:
                 else f"beats {other} on the mean")
         factors = summary["factors"]
         run = settings(summary, False, factors[0] if len(factors) == 1 else None)
+        run += factor_notes(summary, run)
         words.append(f"- {summary['dataset']['name']} (preset {run}, seeds "
                      f"{', '.join(map(str, summary['seeds']))}): Diff-ST + C {what} "
                      f"in {len(won)} of {len(verdicts)} factor x metric cells"

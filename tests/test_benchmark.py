@@ -672,6 +672,24 @@ def test_headline_compares_each_factor_with_that_factors_preset():
     assert headline.settings(summary, factor=2) == "`short`, split seeds"
 
 
+def test_headline_run_line_names_what_one_factor_did_differently():
+    from diffst.benchmark.presets import train_config
+
+    headline = _headline_script()
+    preset = get_preset("short", "cells", {"grid_shifts": 2})  # x10 before its 5 x 5 grids
+    tcs = {str(f): asdict(train_config(preset.at(f), make_sample(), factor=f, seed=0))
+           for f in (5, 10)}
+    summary = json.loads(json.dumps({"preset": asdict(preset), "protocol": {}, "seeds": [0],
+                                     "train_config": tcs, "istar_settings": istar_settings(),
+                                     "factors": [5, 10]}))
+    run = headline.settings(summary, False)
+    assert run == "`short`"
+    assert headline.factor_notes(summary, run) == "; at x10: 2 x 2 pooling grids"
+    summary["preset"] = json.loads(json.dumps(asdict(get_preset("short", "cells"))))
+    summary["train_config"]["10"]["grid_shifts"] = 5  # today's preset: nothing to add
+    assert headline.factor_notes(summary, headline.settings(summary, False)) == ""
+
+
 def test_spots_presets_mix_in_the_slides_own_fit_by_factor(monkeypatch):
     from diffst.benchmark.report import _command, overridden
 
