@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from conftest import make_sample, tiny_config
@@ -72,6 +74,10 @@ def test_trainer_warns_and_uses_fewer_grids_over_the_budget():
     with pytest.warns(UserWarning, match="3 x 3 pooling grids instead of 5 x 5"):
         tr = Trainer([sample], sample.genes, 5, tiny_config(n_genes=4), tc)
     assert tr.grid_shifts == 3 and len(tr.sampler.counts) == 9
+    with pytest.warns(UserWarning, match="2 x 2 pooling grids instead of 5 x 5"):  # 2 x 9 > 9
+        thin = Trainer([sample], sample.genes, 5, tiny_config(n_genes=4),
+                       replace(tc, thin_inputs=0.5))
+    assert thin.grid_shifts == 2 and len(thin.sampler.counts) == 2 * 4
     with pytest.raises(ValueError, match="grid_cells_max must be >= 1"):
         Trainer([sample], sample.genes, 5, tiny_config(n_genes=4),
                 TrainConfig(steps=1, patch=10, grid_cells_max=0))

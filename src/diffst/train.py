@@ -413,10 +413,12 @@ def trains_channels_last(tc: TrainConfig, device: torch.device) -> bool:
 
 def grids_for(samples: list[STSample], tc: TrainConfig) -> int:
     """Pooling grids per axis that training uses: ``tc.grid_shifts``, or fewer (with a
-    warning) where its copies of ``samples`` would exceed ``tc.grid_cells_max`` HR cells."""
-    n = grids_within(samples, tc.grid_shifts, tc.grid_cells_max)
+    warning) where its copies of ``samples`` would exceed ``tc.grid_cells_max`` HR cells
+    (each copy counts twice with ``thin_inputs``, which adds a shallow copy of each)."""
+    held = samples * 2 if tc.thin_inputs else samples
+    n = grids_within(held, tc.grid_shifts, tc.grid_cells_max)
     if n < tc.grid_shifts:
-        cells = sum(s.shape[0] * s.shape[1] for s in samples)
+        cells = sum(s.shape[0] * s.shape[1] for s in held)
         warnings.warn(
             f"training on {n} x {n} pooling grids instead of {tc.grid_shifts} x "
             f"{tc.grid_shifts}: the training data hold {cells:,} HR cells and "
