@@ -9,7 +9,7 @@ import pytest
 from conftest import make_sample, tiny_config
 
 from diffst.config import TrainConfig
-from diffst.data.lr import grid_shifted, grids_within, simulate_lr
+from diffst.data.lr import grid_shifted, grids_within, raster_cells, simulate_lr
 from diffst.train import Trainer
 
 
@@ -61,10 +61,12 @@ def test_trainer_draws_from_every_grid_and_keeps_the_depth_record():
 
 
 def test_grids_are_limited_to_the_cell_budget():
-    samples = [make_sample(0, size=40), make_sample(1, size=40)]  # 2 x 1600 HR cells
-    assert grids_within(samples, 5, 3_000_000) == 5  # small data: never limited
-    assert grids_within(samples, 5, 16 * 3200) == 4  # 25 copies would not fit, 16 do
-    assert grids_within(samples, 5, 3199) == 1  # even one copy is over: one grid, no copies
+    samples = [make_sample(0, size=40), make_sample(1, size=40)]
+    cells = raster_cells(samples)
+    assert cells == 3200  # 2 x 1600 HR cells
+    assert grids_within(cells, 5, 3_000_000) == 5  # small data: never limited
+    assert grids_within(cells, 5, 16 * 3200) == 4  # 25 copies would not fit, 16 do
+    assert grids_within(cells, 5, 3199) == 1  # even one copy is over: one grid, no copies
 
 
 def test_trainer_warns_and_uses_fewer_grids_over_the_budget():

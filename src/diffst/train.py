@@ -35,7 +35,14 @@ from diffst.config import (  # noqa: F401 - TrainConfig etc.: re-exported
 from diffst.consistency import redistribute
 from diffst.data.device_patches import DevicePatchSampler
 from diffst.data.image import px_per_cell_for
-from diffst.data.lr import grid_shifted, grids_within, pool_sum, simulate_lr, tissue_depth
+from diffst.data.lr import (
+    grid_shifted,
+    grids_within,
+    pool_sum,
+    raster_cells,
+    simulate_lr,
+    tissue_depth,
+)
 from diffst.data.normalize import GeneScaler
 from diffst.data.patches import PatchBatch, PatchSampler, PreparedSample, prepare_training_sample
 from diffst.data.sample import SampleError, STSample
@@ -415,10 +422,9 @@ def grids_for(samples: list[STSample], tc: TrainConfig) -> int:
     """Pooling grids per axis that training uses: ``tc.grid_shifts``, or fewer (with a
     warning) where its copies of ``samples`` would exceed ``tc.grid_cells_max`` HR cells
     (each copy counts twice with ``thin_inputs``, which adds a shallow copy of each)."""
-    held = samples * 2 if tc.thin_inputs else samples
-    n = grids_within(held, tc.grid_shifts, tc.grid_cells_max)
+    cells = raster_cells(samples) * (2 if tc.thin_inputs else 1)
+    n = grids_within(cells, tc.grid_shifts, tc.grid_cells_max)
     if n < tc.grid_shifts:
-        cells = sum(s.shape[0] * s.shape[1] for s in held)
         warnings.warn(
             f"training on {n} x {n} pooling grids instead of {tc.grid_shifts} x "
             f"{tc.grid_shifts}: the training data hold {cells:,} HR cells and "

@@ -104,15 +104,20 @@ def grid_shifted(samples: list[STSample], factor: int, shifts: int) -> list[STSa
     return out
 
 
-def grids_within(samples: list[STSample], shifts: int, max_cells: int) -> int:
-    """The grids per axis (at most ``shifts``, at least 1) whose ``n * n`` copies of
-    ``samples`` (:func:`grid_shifted`) hold at most ``max_cells`` HR raster cells in all.
+def raster_cells(samples: list[STSample]) -> int:
+    """HR raster cells of ``samples`` in all (tissue or not)."""
+    return sum(s.shape[0] * s.shape[1] for s in samples)
+
+
+def grids_within(cells: int, shifts: int, max_cells: int) -> int:
+    """The grids per axis (at most ``shifts``, at least 1) whose ``n * n`` copies of training
+    data of ``cells`` HR raster cells (:func:`grid_shifted`, :func:`raster_cells`) hold at
+    most ``max_cells`` cells in all.
 
     Every copy is stored in full while training (maps, aligned image, image products: about
     0.6 kB per HR cell with the default model), so the copies of a large section are
     limited; sections as small as the benchmark's training data are never limited.
     """
-    cells = sum(s.shape[0] * s.shape[1] for s in samples)
     n = shifts
     while n > 1 and n * n * cells > max_cells:
         n -= 1
