@@ -745,6 +745,31 @@ def test_spots_presets_pool_x3_pairs_on_shifted_grids():
     assert "at x2" not in sentence
 
 
+def test_spots_presets_warm_the_ema_up_longer_at_x3_only():
+    from diffst.benchmark.presets import EMA_WARMUP_X3, train_config
+
+    headline = _headline_script()
+    for name in ("short", "default", "full"):  # HER2ST validation: x3 gained at both seeds
+        spots = get_preset(name, "spots")
+        assert train_config(spots.at(3), make_sample(), factor=3, seed=0).ema_warmup == 30
+        assert train_config(spots.at(2), make_sample(), factor=2, seed=0).ema_warmup == 10
+    assert EMA_WARMUP_X3 == 30
+    assert get_preset("paper", "spots").at(3).ema_warmup is None
+    for name in ("short", "default"):  # single-cell-scale data were not checked: unchanged
+        assert get_preset(name, "cells").at(5).ema_warmup is None
+    given = get_preset("short", "spots", {"ema_warmup": 10})  # given: holds at every factor
+    assert given.at(3).ema_warmup == given.at(2).ema_warmup == 10
+    # a run made before the x3 warm-up is labelled with what it used
+    before = get_preset("short", "spots", {"ema_warmup": 10})
+    tcs = {"3": asdict(train_config(before.at(3), make_sample(), factor=3, seed=0))}
+    summary = json.loads(json.dumps({"preset": asdict(get_preset("short", "spots")),
+                                     "protocol": {}, "seeds": [0], "train_config": tcs,
+                                     "istar_settings": istar_settings()}))
+    assert headline.settings(summary, factor=3) == "`short`, EMA warm-up 10"
+    summary["train_config"]["3"]["ema_warmup"] = 30.0
+    assert headline.settings(summary, factor=3) == "`short`"
+
+
 def test_a_bad_istar_mix_on_the_command_line_names_the_option():
     from click.testing import CliRunner
 

@@ -54,8 +54,10 @@ CELLS_BY_FACTOR = {5: {"istar_mix": 0.5}, 10: {"grid_shifts": GRID_SHIFTS_X10}}
 """The ``cells`` presets' settings by factor. At x5 Diff-ST's maps are mixed half and half with
 the slide's own iStar-like map, the weight with the best RMSE on both single-cell-scale
 validation sets (the Xenium validation strip and the simulated validation tissue; at x10 they
-disagree, so there is no mix). At x10 the training pairs are pooled on 5 x 5 grids
-(:data:`GRID_SHIFTS_X10`)."""
+disagree, so there is no mix: every weight helped on the Xenium strip and cost SSIM on the
+simulated tissue, with one grid and again with the 5 x 5 grids,
+``benchmarks/results/validation/blend_*/x10_gs5``). At x10 the training pairs are pooled on
+5 x 5 grids (:data:`GRID_SHIFTS_X10`)."""
 GRID_SHIFTS = 2
 """Pooling grids per axis of the training pairs (``TrainConfig.grid_shifts``) of the ``cells``
 presets and of the ``spots`` presets at x3: 2 x 2 shifted copies of every training section. On
