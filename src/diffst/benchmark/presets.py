@@ -70,7 +70,8 @@ EMA_WARMUP_X3 = 30.0
 is 10): the averaged weights cover about the last 8 of 200 steps instead of 20. On the HER2ST
 validation folds at seeds 0 and 1 it moved Diff-ST + C's RMSE / SSIM / PCC from 0.1306 /
 0.7471 / 0.7414 to 0.1305 / 0.7480 / 0.7419, at both seeds
-(``benchmarks/results/validation/levers8/her_x3_ew30``)."""
+(``benchmarks/results/validation/levers8/her_x3_ew30``). Checked with the ``short`` preset
+only; the ``default`` and ``full`` presets take the same setting at x3."""
 SPOTS_BY_FACTOR = {3: {"model": {"upsampler": "istar_like"}, "self_tune": 0,
                        "istar_mix": DEPTH_MIX, "grid_shifts": GRID_SHIFTS,
                        "ema_warmup": EMA_WARMUP_X3}}
