@@ -768,6 +768,11 @@ def test_spots_presets_warm_the_ema_up_longer_at_x3_only():
     assert headline.settings(summary, factor=3) == "`short`, EMA warm-up 10"
     summary["train_config"]["3"]["ema_warmup"] = 30.0
     assert headline.settings(summary, factor=3) == "`short`"
+    from diffst.benchmark.report import _factor_sentence
+
+    sentence = _factor_sentence(json.loads(json.dumps(asdict(get_preset("short", "spots")))),
+                                [2, 3])
+    assert "the weights' EMA warmed up over 30 steps" in sentence
 
 
 def test_a_bad_istar_mix_on_the_command_line_names_the_option():

@@ -345,6 +345,8 @@ def factor_settings_text(changes: dict) -> str:
             words.append(mix_words(value))
         elif key == "grid_shifts":
             words.append(f"training pairs pooled on {value} x {value} shifted grids")
+        elif key == "ema_warmup":
+            words.append(f"the weights' EMA warmed up over {value:g} steps")
         else:
             words.append(f"{key} {value}")
     return ", ".join(words)
