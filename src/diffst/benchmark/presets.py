@@ -112,6 +112,13 @@ MIX_SPOTS = (
     "slide's own fit')"
 )
 
+CELLS_PROVENANCE = PROVENANCE_V01 + MIX_CELLS + GRID_CELLS
+"""Where the ``cells`` presets' settings come from (their provenance, before any note of the
+preset's own)."""
+SPOTS_PROVENANCE = (PROVENANCE_V01 + SELF_TUNE_SPOTS + BASE_MAP_SPOTS + MIX_SPOTS + GRID_SPOTS
+                    + EMA_SPOTS)
+"""Where the ``spots`` presets' settings come from (likewise)."""
+
 
 @dataclass
 class Preset:
@@ -234,38 +241,34 @@ PRESETS: dict[tuple[str, str], Preset] = {
     ("cells", "default"): Preset(
         "default", "cells", steps=500, batch_size=8, lr=1e-3, ema_decay=0.995,
         patch_um=320.0, grid_shifts=GRID_SHIFTS, by_factor=CELLS_BY_FACTOR,
-        provenance=PROVENANCE_V01 + MIX_CELLS + GRID_CELLS),
+        provenance=CELLS_PROVENANCE),
     ("spots", "default"): Preset(
         "default", "spots", model=dict(tissue_px_per_cell=16), steps=600, batch_size=8,
         lr=1e-3, ema_decay=0.995, patch_um=1600.0, n_genes=50, self_tune=SELF_TUNE_STEPS,
         istar_mix=SPOTS_ISTAR_MIX, by_factor=SPOTS_BY_FACTOR,
-        provenance=(PROVENANCE_V01 + SELF_TUNE_SPOTS + BASE_MAP_SPOTS + MIX_SPOTS + GRID_SPOTS
-                    + EMA_SPOTS)),
+        provenance=SPOTS_PROVENANCE),
     # sized so that leave-one-section-out over 5 HER2ST sections x 2 factors x 3 seeds (60
     # trainings) fits about two hours on 2 shared CPU cores: a third of the training steps and
     # a 4 µm/px image (the data pipeline dominates a step at 2 µm/px)
     ("cells", "short"): Preset(
         "short", "cells", steps=200, batch_size=8, lr=1e-3, ema_decay=0.995,
         patch_um=320.0, grid_shifts=GRID_SHIFTS, by_factor=CELLS_BY_FACTOR,
-        provenance=PROVENANCE_V01 + MIX_CELLS + GRID_CELLS
-        + "; fewer steps for CPU time, not for accuracy"),
+        provenance=CELLS_PROVENANCE + "; fewer steps for CPU time, not for accuracy"),
     ("spots", "short"): Preset(
         "short", "spots", model=dict(tissue_px_per_cell=16), steps=200, batch_size=8,
         lr=1e-3, ema_decay=0.995, patch_um=1600.0, work_um_per_px=4.0, n_genes=50,
         self_tune=SELF_TUNE_STEPS, istar_mix=SPOTS_ISTAR_MIX, by_factor=SPOTS_BY_FACTOR,
-        provenance=PROVENANCE_V01 + SELF_TUNE_SPOTS + BASE_MAP_SPOTS + MIX_SPOTS + GRID_SPOTS
-        + EMA_SPOTS
+        provenance=SPOTS_PROVENANCE
         + "; fewer steps and a coarser image for CPU time, not for accuracy"),
     # the package's own training defaults (TrainConfig) and ablations at every factor
     ("cells", "full"): Preset(
         "full", "cells", ablation_factors="all", grid_shifts=GRID_SHIFTS,
-        by_factor=CELLS_BY_FACTOR, provenance=PROVENANCE_V01 + MIX_CELLS + GRID_CELLS),
+        by_factor=CELLS_BY_FACTOR, provenance=CELLS_PROVENANCE),
     ("spots", "full"): Preset(
         "full", "spots", model=dict(tissue_px_per_cell=16), patch_um=1600.0,
         ablation_factors="all", n_genes=50, self_tune=SELF_TUNE_STEPS,
         istar_mix=SPOTS_ISTAR_MIX, by_factor=SPOTS_BY_FACTOR,
-        provenance=(PROVENANCE_V01 + SELF_TUNE_SPOTS + BASE_MAP_SPOTS + MIX_SPOTS + GRID_SPOTS
-                    + EMA_SPOTS)),
+        provenance=SPOTS_PROVENANCE),
 }
 """``(profile, name)`` -> :class:`Preset`."""
 
