@@ -775,6 +775,15 @@ def test_spots_presets_warm_the_ema_up_longer_at_x3_only():
     assert "the weights' EMA warmed up over 30 steps" in sentence
 
 
+def test_a_by_factor_setting_without_its_own_words_is_named_by_its_option():
+    from diffst.benchmark.report import factor_settings_text
+
+    assert factor_settings_text({"lr": 0.0005}) == "`--lr 0.0005`"
+    assert factor_settings_text({"t_focus": 0.5, "grid_shifts": 3}) == (
+        "`--t-focus 0.5`, training pairs pooled on 3 x 3 shifted grids")
+    assert factor_settings_text({"not_a_setting": 1}) == "not_a_setting 1"
+
+
 def test_a_bad_istar_mix_on_the_command_line_names_the_option():
     from click.testing import CliRunner
 

@@ -347,6 +347,8 @@ def factor_settings_text(changes: dict) -> str:
             words.append(f"training pairs pooled on {value} x {value} shifted grids")
         elif key == "ema_warmup":
             words.append(f"the weights' EMA warmed up over {value:g} steps")
+        elif key in OVERRIDE_FLAGS:
+            words.append(f"`{OVERRIDE_FLAGS[key](value)}`")
         else:
             words.append(f"{key} {value}")
     return ", ".join(words)
