@@ -10,10 +10,10 @@ figures from different machines can be compared:
 2. The training data pipeline: at batches 8, 32 and 128 (until memory runs out) the training
    step as it was before the device-resident pipeline (the per-item NumPy patch sampler,
    ``TrainConfig(data_pipeline="numpy", channels_last=False)``) and today's default (the
-   device-resident sampler; channels-last weights on the CPU) train alternately: data time per
-   step, its share of the step, steps/s and patches/s, as ratios to the step before (and in
-   bf16 autocast too on CUDA). Also a 10-section training set: memory the device sampler
-   stores and the time to draw a batch.
+   device-resident sampler; channels-last weights on the CPU in float32) train alternately:
+   data time per step, its share of the step, steps/s and patches/s, as ratios to the step
+   before (and in bf16 autocast too on CUDA). Also a 10-section training set: memory the
+   device sampler stores and the time to draw a batch.
 3. A model trained briefly (``--train-steps``) on the left part of a 1.6 mm tissue; the held-out
    right strip is super-resolved with DDIM and DPM-Solver++ at 5, 10 and 20 steps (1 sample per
    tile): HR cells x genes per second, time relative to bicubic interpolation and to the
@@ -728,7 +728,7 @@ def _render_pipeline(s: Settings, r: dict) -> list[str]:
              "with the training step as it was before the device-resident pipeline (`before`: "
              "the per-item NumPy patch sampler and NCHW weights, `TrainConfig(data_pipeline="
              "\"numpy\", channels_last=False)`) and with today's default (`today`: the "
-             "device-resident sampler, and channels-last weights on the CPU, "
+             "device-resident sampler, and channels-last weights on the CPU in float32, "
              "`TrainConfig.channels_last`). `data s` is `Trainer.draw_batch` (median "
              "of 3 or more), `step s` a whole training step including it (median of `steps`, "
              "after one warm-up step); data share = data s / step s. The two steps "
@@ -845,8 +845,8 @@ def _render_training(s: Settings, r: dict) -> list[str]:
     lines += ["", f"Fastest here: **{fastest}** "
               f"({base / np.median(r['times'][fastest]):.2f}x fp32). bf16 autocast is "
               "`TrainConfig(bf16=True)` (`diffst train --bf16`); channels-last weights are "
-              "`TrainConfig(channels_last=True)`, the default on the CPU (`fp32` here is the "
-              "NCHW layout).", ""]
+              "`TrainConfig(channels_last=True)`, the default on the CPU in float32; with "
+              "bf16 autocast the CPU default is NCHW (`fp32` here is the NCHW layout).", ""]
     return lines
 
 

@@ -268,6 +268,17 @@ def test_t_focus_trains_that_share_of_examples_at_the_last_noise_step():
         check_choices(TrainConfig(t_focus=1.0))
 
 
+def test_the_cpu_trains_channels_last_in_float32_and_nchw_with_bf16_by_default():
+    from diffst.train import trains_channels_last
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert trains_channels_last(TrainConfig(), cpu)
+    assert not trains_channels_last(TrainConfig(bf16=True), cpu)  # faster NCHW (speed.py)
+    assert not trains_channels_last(TrainConfig(), cuda)
+    assert trains_channels_last(TrainConfig(bf16=True, channels_last=True), cpu)  # as given
+    assert not trains_channels_last(TrainConfig(channels_last=False), cpu)
+
+
 def test_channels_last_training_gives_the_same_losses_and_returns_usual_weights():
     from diffst.precision import is_channels_last
 

@@ -108,10 +108,13 @@ class TrainConfig:
     hybrid loss; :mod:`diffst.diffusion.vlb`) is added; it trains the variance only.
 
     ``channels_last`` stores the weights of the model being trained channels-last (NHWC), so
-    that oneDNN runs the convolutions in that layout; None (default): on the CPU only, where it
-    made a training step 1.07x to 1.28x faster than NCHW in two runs of ``benchmarks/speed.py``
-    (batch 8, one thread; table "Training throughput"). The losses are the same up to float
-    rounding (test) and the averaged (EMA) weights that training returns stay NCHW.
+    that oneDNN runs the convolutions in that layout; None (default): on the CPU in float32
+    only, where it made a training step 1.07x to 1.28x faster than NCHW in two runs of
+    ``benchmarks/speed.py`` (batch 8, one thread; table "Training throughput"). With ``bf16``
+    autocast the CPU default stays NCHW: bf16 with NCHW weights was faster than bf16 with
+    channels-last weights in each of the five committed runs of that table (1.09x to 1.28x
+    against 1.01x to 1.26x over float32 NCHW). The losses are the same up to float rounding
+    (test) and the averaged (EMA) weights that training returns stay NCHW.
 
     ``compile`` wraps the training forward pass (:class:`diffst.train.DenoisingStep`) in
     ``torch.compile`` on CUDA; it is ignored on the CPU and by trainers that override

@@ -414,8 +414,10 @@ def masked_mse(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Te
 
 def trains_channels_last(tc: TrainConfig, device: torch.device) -> bool:
     """Whether the model trains with channels-last weights (``TrainConfig.channels_last``;
-    None: on the CPU)."""
-    return device.type == "cpu" if tc.channels_last is None else bool(tc.channels_last)
+    None: on the CPU in float32, not with bf16 autocast)."""
+    if tc.channels_last is None:
+        return device.type == "cpu" and not tc.bf16
+    return bool(tc.channels_last)
 
 
 def grids_for(samples: list[STSample], tc: TrainConfig) -> int:
