@@ -26,7 +26,7 @@ from diffst.benchmark.report import (
     REFERENCE,
     better,
     changed_model,
-    model_setting_text,
+    model_words,
 )
 from diffst.config import SELF_TUNE_LR, TrainConfig
 from diffst.model.istar_like import istar_settings
@@ -109,7 +109,7 @@ WORDS = {
     "istar_mix": lambda v: (f"`--istar-mix {v}`" if v else "no iStar-like mix"),
     "istar_select_folds": lambda v: (f"iStar-like steps chosen by {v}-fold CV" if v
                                      else "iStar-like without early stopping"),
-    "model": lambda v: ", ".join(model_setting_text(k, x, " ") for k, x in v.items()),
+    "model": lambda v: ", ".join(model_words(k, x) for k, x in v.items()),
 }
 """How a setting that differs from today's preset is named in the headline."""
 

@@ -50,14 +50,24 @@ GRID_SHIFTS_X10 = 5
 at x10 on both the Xenium validation strip and the simulated validation tissue (seeds 0 and
 1); at x5 it was worse on every metric on the Xenium strip, so x5 keeps 2 x 2
 (``benchmarks/results/validation/grid_shifts/``, ``xen_gs5`` and ``sim_gs5``)."""
-CELLS_BY_FACTOR = {5: {"istar_mix": 0.5}, 10: {"grid_shifts": GRID_SHIFTS_X10}}
+GRAPH_CELLS_X5 = {"graph_edges": "paper"}
+"""The ``cells`` presets' CIGC-Graph at x5: the Diff-ST paper's edges (the shared-expression
+ratio fused with the co-expression intensity, ``--paper-variant graph``). Against diffst's
+cosine edges it improved Diff-ST + C on every metric at x5 on both the Xenium validation strip
+(RMSE / SSIM / PCC 0.1157 / 0.3011 / 0.5384 to 0.1156 / 0.3040 / 0.5407) and the simulated
+validation tissue (0.0497 / 0.7204 / 0.6594 to 0.0496 / 0.7224 / 0.6616), seeds 0 and 1; at
+x10 it was worse on every metric on the Xenium strip, so x10 keeps the cosine edges
+(``benchmarks/results/validation/levers9/``)."""
+CELLS_BY_FACTOR = {5: {"istar_mix": 0.5, "model": GRAPH_CELLS_X5},
+                   10: {"grid_shifts": GRID_SHIFTS_X10}}
 """The ``cells`` presets' settings by factor. At x5 Diff-ST's maps are mixed half and half with
 the slide's own iStar-like map, the weight with the best RMSE on both single-cell-scale
 validation sets (the Xenium validation strip and the simulated validation tissue; at x10 they
 disagree, so there is no mix: every weight helped on the Xenium strip and cost SSIM on the
 simulated tissue, with one grid and again with the 5 x 5 grids,
-``benchmarks/results/validation/blend_*/x10_gs5``). At x10 the training pairs are pooled on
-5 x 5 grids (:data:`GRID_SHIFTS_X10`)."""
+``benchmarks/results/validation/blend_*/x10_gs5``), and the gene graph takes the paper's edges
+(:data:`GRAPH_CELLS_X5`). At x10 the training pairs are pooled on 5 x 5 grids
+(:data:`GRID_SHIFTS_X10`)."""
 GRID_SHIFTS = 2
 """Pooling grids per axis of the training pairs (``TrainConfig.grid_shifts``) of the ``cells``
 presets and of the ``spots`` presets at x3: 2 x 2 shifted copies of every training section. On
@@ -83,6 +93,12 @@ GRID_CELLS = (
     "(where 5 x 5 was better than 2 x 2 on every metric of both sets; at x5 it was worse on the "
     "Xenium strip), chosen on the Xenium validation strip and the simulated validation tissue "
     "(README 'Shifted pooling grids')"
+)
+GRAPH_CELLS = (
+    "; at x5 the CIGC-Graph takes the Diff-ST paper's edges (`--paper-variant graph`), chosen "
+    "on the Xenium validation strip and the simulated validation tissue at seeds 0 and 1 "
+    "(README 'The paper's gene graph for single-cell-scale data'; at x10 it was worse on the "
+    "Xenium strip, so x10 keeps diffst's edges)"
 )
 MIX_CELLS = (
     "; at x5 Diff-ST's map is mixed with the slide's own iStar-like map, weight 0.5 "
@@ -112,7 +128,7 @@ MIX_SPOTS = (
     "slide's own fit')"
 )
 
-CELLS_PROVENANCE = PROVENANCE_V01 + MIX_CELLS + GRID_CELLS
+CELLS_PROVENANCE = PROVENANCE_V01 + MIX_CELLS + GRID_CELLS + GRAPH_CELLS
 """Where the ``cells`` presets' settings come from (their provenance, before any note of the
 preset's own)."""
 SPOTS_PROVENANCE = (PROVENANCE_V01 + SELF_TUNE_SPOTS + BASE_MAP_SPOTS + MIX_SPOTS + GRID_SPOTS

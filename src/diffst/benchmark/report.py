@@ -338,7 +338,7 @@ def factor_settings_text(changes: dict) -> str:
     words = []
     for key, value in changes.items():
         if key == "model":
-            words += [model_setting_text(k, v, " ") for k, v in value.items()]
+            words += [model_words(k, v) for k, v in value.items()]
         elif key == "self_tune":
             words.append(f"{value} self-tuning steps" if value else "no self-tuning")
         elif key == "istar_mix":
@@ -395,6 +395,18 @@ def changed_model(model: dict, registered: dict) -> dict:
 
     return {key: value_in(model, key) for key in {**model, **registered}
             if value_in(model, key) != value_in(registered, key)}
+
+
+GRAPH_EDGE_WORDS = {"paper": "the paper's gene graph", "cosine": "diffst's gene graph"}
+"""The CIGC-Graph's edge weights (``DiffSTConfig.graph_edges``) in words."""
+
+
+def model_words(key: str, value: object) -> str:
+    """One architecture setting in a run's words (``graph_edges``: which gene graph; the others
+    as ``key value``)."""
+    if key == "graph_edges" and value in GRAPH_EDGE_WORDS:
+        return GRAPH_EDGE_WORDS[value]
+    return model_setting_text(key, value, " ")
 
 
 def model_setting_text(key: str, value: object, sep: str = "=") -> str:
