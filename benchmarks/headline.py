@@ -28,7 +28,7 @@ from diffst.benchmark.report import (
     changed_model,
     model_words,
 )
-from diffst.config import SELF_TUNE_LR, TrainConfig
+from diffst.config import SELF_TUNE_LR, TrainConfig, paper_variant
 from diffst.model.istar_like import istar_settings
 
 
@@ -68,7 +68,7 @@ def run_settings(summary: dict, factor: int | None = None) -> dict:
             "patch_um": preset.get("patch_um"), "self_tune": preset.get("self_tune", 0),
             "self_tune_lr": (preset.get("self_tune_lr", SELF_TUNE_LR) if preset.get("self_tune")
                              else SELF_TUNE_LR),  # a rate without self-tuning is no setting
-            "paper_variants": tuple(preset.get("paper_variants", ())),
+            "paper_variants": architecture_free(preset.get("paper_variants", ())),
             "lr_schedule": tc.get("lr_schedule", "constant"),
             "lr": preset.get("lr"), "batch_size": preset.get("batch_size"),
             "ema_warmup": tc.get("ema_warmup", 10.0),
@@ -79,7 +79,25 @@ def run_settings(summary: dict, factor: int | None = None) -> dict:
             "n_models": preset.get("n_models", 1),
             "istar_mix": preset.get("istar_mix", 0.0),
             "istar_select_folds": summary.get("istar_settings", {}).get("select_folds", 0),
-            "model": preset.get("model", {})}
+            "model": with_paper_architecture(preset.get("model", {}),
+                                             preset.get("paper_variants", ()))}
+
+
+ARCHITECTURE_PARTS = ("modulation", "graph")
+"""Paper variants that only change the network (:func:`diffst.config.paper_variant`): a run
+names them as the architecture settings they are, so a run with ``--paper-variant graph`` and
+a preset whose ``model`` takes the paper's graph read the same."""
+
+
+def architecture_free(parts: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The paper variants of ``parts`` that change more than the network."""
+    return tuple(p for p in parts if p not in ARCHITECTURE_PARTS)
+
+
+def with_paper_architecture(model: dict, parts: tuple[str, ...] | list[str]) -> dict:
+    """``model`` with the network settings of the architecture-only paper variants in ``parts``."""
+    network, _, _ = paper_variant([p for p in parts if p in ARCHITECTURE_PARTS])
+    return {**model, **network}
 
 
 WORDS = {
@@ -126,8 +144,10 @@ def settings(summary: dict, seed: bool = True, factor: int | None = None) -> str
         if factor is not None:
             registered = registered.at(factor)
         now = {key: preset_value(key, registered) for key in WORDS}
+        now["paper_variants"] = architecture_free(registered.paper_variants)
         values = run_settings(summary, factor)
-        values["model"] = changed_model(values["model"], registered.model)
+        values["model"] = changed_model(
+            values["model"], with_paper_architecture(registered.model, registered.paper_variants))
         now["model"] = {}
         words += [WORDS[key](value) for key, value in values.items()
                   if value != now[key] and WORDS[key](value)]

@@ -775,6 +775,43 @@ def test_spots_presets_warm_the_ema_up_longer_at_x3_only():
     assert "the weights' EMA warmed up over 30 steps" in sentence
 
 
+def test_cells_presets_take_the_papers_gene_graph_at_x5_only():
+    from diffst.benchmark.report import _factor_sentence, network_configs
+
+    for name in ("short", "default", "full"):  # Xenium + simulated validation: x5 gained
+        cells = get_preset(name, "cells")
+        assert cells.at(5).model.get("graph_edges") == "paper"
+        assert "graph_edges" not in cells.at(10).model  # worse at x10 on the Xenium strip
+        net = {f: network_configs(cells.at(f).model, ())["model_config"] for f in (5, 10)}
+        assert (net[5]["graph_edges"], net[10]["graph_edges"]) == ("paper", "cosine")
+    assert "graph_edges" not in get_preset("short", "spots").at(2).model
+    given = get_preset("short", "cells", {"model": {"graph_edges": "cosine"}})  # every factor
+    assert given.at(5).model["graph_edges"] == "cosine" and given.at(5).istar_mix == 0.5
+    sentence = _factor_sentence(json.loads(json.dumps(asdict(get_preset("short", "cells")))),
+                                [5, 10])
+    assert "at x5: Diff-ST's map mixed with the slide's own iStar-like map, weight 0.5, " \
+           "the paper's graph;" in sentence
+
+
+def test_headline_names_the_gene_graph_the_same_way_whether_variant_or_preset():
+    headline = _headline_script()
+    from diffst.benchmark.presets import train_config
+
+    cells = get_preset("short", "cells")
+    today = json.loads(json.dumps(asdict(cells)))
+    tcs = {str(f): asdict(train_config(cells.at(f), make_sample(), factor=f, seed=0))
+           for f in (5, 10)}
+    summary = json.loads(json.dumps({"preset": today, "protocol": {}, "seeds": [0],
+                                     "train_config": tcs, "istar_settings": istar_settings()}))
+    assert headline.settings(summary, factor=5) == "`short`"
+    before = dict(today, by_factor={"5": {"istar_mix": 0.5}, "10": {"grid_shifts": 5}})
+    assert headline.settings(dict(summary, preset=before), factor=5) == "`short`, diffst's graph"
+    variant = dict(before, paper_variants=["graph"])  # --paper-variant graph, as run before
+    assert headline.settings(dict(summary, preset=variant), factor=5) == "`short`"
+    assert headline.settings(dict(summary, preset=variant), factor=10) == (
+        "`short`, the paper's graph")
+
+
 def test_a_by_factor_setting_without_its_own_words_is_named_by_its_option():
     from diffst.benchmark.report import factor_settings_text
 

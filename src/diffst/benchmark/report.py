@@ -397,16 +397,18 @@ def changed_model(model: dict, registered: dict) -> dict:
             if value_in(model, key) != value_in(registered, key)}
 
 
-GRAPH_EDGE_WORDS = {"paper": "the paper's gene graph", "cosine": "diffst's gene graph"}
-"""The CIGC-Graph's edge weights (``DiffSTConfig.graph_edges``) in words."""
+MODEL_WORDS = {("graph_edges", "paper"): "the paper's graph",
+               ("graph_edges", "cosine"): "diffst's graph",
+               ("modulation", "window"): "the paper's modulation",
+               ("modulation", "cell"): "diffst's modulation"}
+"""Architecture settings that are one Diff-ST part's variant (the paper's or diffst's), in
+words."""
 
 
 def model_words(key: str, value: object) -> str:
-    """One architecture setting in a run's words (``graph_edges``: which gene graph; the others
-    as ``key value``)."""
-    if key == "graph_edges" and value in GRAPH_EDGE_WORDS:
-        return GRAPH_EDGE_WORDS[value]
-    return model_setting_text(key, value, " ")
+    """One architecture setting in a run's words (a part's variant by whose it is, others as
+    ``key value``)."""
+    return MODEL_WORDS.get((key, value), model_setting_text(key, value, " "))
 
 
 def model_setting_text(key: str, value: object, sep: str = "=") -> str:
