@@ -47,10 +47,12 @@ def test_cells_preset_sets_training_and_keeps_its_sampling(toy_npz, tmp_path, tr
     assert (kw["steps"], kw["batch_size"], kw["lr"], kw["ema_decay"]) == (200, 8, 1e-3, 0.995)
     assert kw["patch"] == 40  # 320 µm of 8 µm cells
     assert kw["grid_shifts"] == 2  # the cells presets' shifted pooling grids
+    assert kw["model_config"].graph_edges == "paper"  # the paper's gene graph at x5
     expected = predict_settings(get_preset("short", "cells").at(5))
     assert kw["predict_settings"] == expected
     assert expected["istar_mix"] == 0.5 and expected["sampler"] == "mean" and expected["turns"]
     assert "preset short (cells data, x5): 200 steps" in result.output
+    assert "graph_edges=paper" in result.output
     assert "--sampler mean --samples 8" in result.output and "--istar-mix 0.5" in result.output
 
 
@@ -61,6 +63,7 @@ def test_cells_preset_pools_more_grids_at_x10(toy_npz, tmp_path, train_calls):
     kw = train_calls[0]
     assert kw["grid_shifts"] == 5  # 5 x 5 grids at x10 (Xenium + simulated validation)
     assert kw["predict_settings"]["istar_mix"] == 0.0  # x10 does not mix
+    assert kw["model_config"].graph_edges == "cosine"  # nor take the paper's graph
 
 
 def test_flags_given_override_the_preset(toy_npz, tmp_path, train_calls):
