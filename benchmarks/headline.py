@@ -218,15 +218,40 @@ def factor_notes(summary: dict, run: str) -> str:
     return "".join(f"; {note}" for note in notes)
 
 
-def headline(folders: list[Path], against: str | None = None) -> str:
-    """The Markdown text (``against``: as :func:`rows_for`)."""
+def run_folder(arg: str) -> tuple[Path, list[int] | None]:
+    """A command-line run folder, optionally with the factors to show: ``FOLDER`` (all of the
+    run's factors) or ``FOLDER:5`` / ``FOLDER:5,10`` (those only, e.g. the rerun factor of a
+    run whose other factor is shown by another run)."""
+    path, sep, tail = arg.rpartition(":")
+    if sep and tail.replace(",", "").isdigit():
+        return Path(path), [int(f) for f in tail.split(",")]
+    return Path(arg), None
+
+
+def load_run(folder: Path, factors: list[int] | None = None) -> dict:
+    """A run's summary.json, restricted to ``factors`` (None: all of them)."""
+    summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    if factors is None:
+        return summary
+    missing = sorted(set(factors) - set(summary["factors"]))
+    if missing:
+        raise SystemExit(f"{folder}: no factor {missing} in this run (it has "
+                         f"{summary['factors']})")
+    return {**summary, "factors": [f for f in summary["factors"] if f in factors]}
+
+
+def headline(folders: list[Path | tuple[Path, list[int] | None]],
+             against: str | None = None) -> str:
+    """The Markdown text (``folders``: run folders, or (folder, factors) pairs from
+    :func:`run_folder`; ``against``: as :func:`rows_for`)."""
     other = "best other + C" if against is None else f"{method_label(against)} + C"
     head = ["Dataset", "Factor", "Runs", *(f"{MAIN_METRICS[m]}: Diff-ST + C vs {other}"
                                            for m in HEADLINE)]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     words = []
-    for folder in folders:
-        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    for entry in folders:
+        folder, factors = entry if isinstance(entry, tuple) else (entry, None)
+        summary = load_run(folder, factors)
         rows, verdicts = rows_for(summary, against)
         lines += rows
         won = [v for v in verdicts if v.endswith("won")]
@@ -252,7 +277,8 @@ def headline(folders: list[Path], against: str | None = None) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Write the headline Markdown."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("folders", nargs="+", type=Path, help="benchmark output folders")
+    p.add_argument("folders", nargs="+", type=run_folder,
+                   help="benchmark output folders; FOLDER:5 shows the run's x5 rows only")
     p.add_argument("--out", type=Path, required=True, help="Markdown file to write")
     p.add_argument("--against", default=None,
                    help="compare with this method + C (e.g. bicubic) instead of the best other")

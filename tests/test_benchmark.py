@@ -635,6 +635,20 @@ def _headline_script():
     return headline
 
 
+def test_headline_shows_only_the_factors_asked_for(quick_run):
+    out, _ = quick_run
+    headline = _headline_script()
+    assert headline.run_folder(f"{out}:10") == (out, [10])
+    assert headline.run_folder(str(out)) == (out, None)
+    both = headline.headline([out])
+    only = headline.headline([headline.run_folder(f"{out}:10")])
+    assert "| x5 |" in both and "| x10 |" in both
+    assert "| x5 |" not in only and "| x10 |" in only
+    assert "of 3 factor x metric cells" in only and "of 6 factor x metric cells" in both
+    with pytest.raises(SystemExit, match="no factor \\[3\\] in this run"):
+        headline.headline([(out, [3])])
+
+
 def test_headline_names_the_changed_architecture_only():
     from diffst.benchmark.presets import train_config
 
