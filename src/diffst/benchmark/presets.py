@@ -97,8 +97,8 @@ GRID_CELLS = (
 GRAPH_CELLS = (
     "; at x5 the CIGC-Graph takes the Diff-ST paper's edges (`--paper-variant graph`), chosen "
     "on the Xenium validation strip and the simulated validation tissue at seeds 0 and 1 "
-    "(README 'The paper's gene graph for single-cell-scale data'; at x10 it was worse on the "
-    "Xenium strip, so x10 keeps diffst's edges)"
+    "(README \"The paper's gene graph for single-cell-scale data\"; at x10 it was worse on "
+    "the Xenium strip, so x10 keeps diffst's edges)"
 )
 MIX_CELLS = (
     "; at x5 Diff-ST's map is mixed with the slide's own iStar-like map, weight 0.5 "
