@@ -109,12 +109,13 @@ class TrainConfig:
 
     ``channels_last`` stores the weights of the model being trained channels-last (NHWC), so
     that oneDNN runs the convolutions in that layout; None (default): on the CPU in float32
-    only, where it made a training step 1.07x to 1.28x faster than NCHW in two runs of
-    ``benchmarks/speed.py`` (batch 8, one thread; table "Training throughput"). With ``bf16``
-    autocast the CPU default stays NCHW: bf16 with NCHW weights was faster than bf16 with
-    channels-last weights in each of the five committed runs of that table (1.09x to 1.28x
-    against 1.01x to 1.26x over float32 NCHW). The losses are the same up to float rounding
-    (test) and the averaged (EMA) weights that training returns stay NCHW.
+    only, where it made a training step 1.07x to 1.22x faster than NCHW in five of the six
+    committed runs of ``benchmarks/speed.py`` (batch 8, one thread; table "Training
+    throughput"; 0.99x in the sixth). With ``bf16`` autocast the CPU default stays NCHW: bf16
+    with NCHW weights was faster than bf16 with channels-last weights in five of those six runs
+    (1.09x to 1.28x against 1.01x to 1.26x over float32 NCHW; in the sixth 1.14x against
+    1.16x). The losses are the same up to float rounding (test) and the averaged (EMA) weights
+    that training returns stay NCHW.
 
     ``compile`` wraps the training forward pass (:class:`diffst.train.DenoisingStep`) in
     ``torch.compile`` on CUDA; it is ignored on the CPU and by trainers that override
