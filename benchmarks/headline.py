@@ -28,7 +28,7 @@ from diffst.benchmark.report import (
     changed_model,
     model_words,
 )
-from diffst.config import SELF_TUNE_LR, TrainConfig, paper_variant
+from diffst.config import ARCHITECTURE_PARTS, SELF_TUNE_LR, TrainConfig, paper_variant
 from diffst.model.istar_like import istar_settings
 
 
@@ -83,14 +83,11 @@ def run_settings(summary: dict, factor: int | None = None) -> dict:
                                              preset.get("paper_variants", ()))}
 
 
-ARCHITECTURE_PARTS = ("modulation", "graph")
-"""Paper variants that only change the network (:func:`diffst.config.paper_variant`): a run
-names them as the architecture settings they are, so a run with ``--paper-variant graph`` and
-a preset whose ``model`` takes the paper's graph read the same."""
-
-
 def architecture_free(parts: tuple[str, ...] | list[str]) -> tuple[str, ...]:
-    """The paper variants of ``parts`` that change more than the network."""
+    """The paper variants of ``parts`` that change more than the network. The others
+    (:data:`diffst.config.ARCHITECTURE_PARTS`) a run names as the architecture settings they
+    are, so a run with ``--paper-variant graph`` and a preset whose ``model`` takes the paper's
+    graph read the same."""
     return tuple(p for p in parts if p not in ARCHITECTURE_PARTS)
 
 

@@ -258,3 +258,9 @@ def paper_variant(parts: tuple[str, ...] | list[str]) -> tuple[dict, dict, dict]
         scheduler["prediction"] = "epsilon"
         train["loss"] = "charbonnier"
     return model, scheduler, train
+
+
+ARCHITECTURE_PARTS = tuple(part for part in PAPER_PARTS
+                           if not any(paper_variant([part])[1:]))
+"""The :data:`PAPER_PARTS` whose paper variant changes only :class:`DiffSTConfig` settings
+(``modulation`` and ``graph``): a variant that is one architecture setting."""

@@ -31,7 +31,7 @@ from diffst.benchmark.methods import (
     method_label,
 )
 from diffst.benchmark.presets import PRESETS, Preset, factor_changes, train_config
-from diffst.config import DEPTH_MIX, TrainConfig, paper_variant
+from diffst.config import ARCHITECTURE_PARTS, DEPTH_MIX, TrainConfig, paper_variant
 from diffst.data.image import aligned_image
 from diffst.data.lr import simulate_lr, upsample_nearest
 from diffst.infer import draws_in_words
@@ -397,12 +397,21 @@ def changed_model(model: dict, registered: dict) -> dict:
             if value_in(model, key) != value_in(registered, key)}
 
 
-MODEL_WORDS = {("graph_edges", "paper"): "the paper's graph",
-               ("graph_edges", "cosine"): "diffst's graph",
-               ("modulation", "window"): "the paper's modulation",
-               ("modulation", "cell"): "diffst's modulation"}
+def _part_words() -> dict[tuple[str, object], str]:
+    """Each architecture-only part's setting (:data:`diffst.config.ARCHITECTURE_PARTS`) with the
+    paper's value and with diffst's default, in words."""
+    words = {}
+    for part in ARCHITECTURE_PARTS:
+        network, _, _ = paper_variant([part])
+        for key, value in network.items():
+            words[(key, value)] = f"the paper's {part}"
+            words[(key, _DEFAULT_MODEL[key])] = f"diffst's {part}"
+    return words
+
+
+MODEL_WORDS = _part_words()
 """Architecture settings that are one Diff-ST part's variant (the paper's or diffst's), in
-words."""
+words: ``("graph_edges", "paper")`` -> ``"the paper's graph"``."""
 
 
 def model_words(key: str, value: object) -> str:
