@@ -807,6 +807,21 @@ def test_cells_presets_take_the_papers_gene_graph_at_x5_only():
            "the paper's graph;" in sentence
 
 
+def test_spots_presets_take_the_papers_gene_graph_at_x3_only():
+    from diffst.benchmark.report import network_configs
+
+    for name in ("short", "default", "full"):  # HER2ST validation folds: x3 passed the rule
+        spots = get_preset(name, "spots")
+        net = {f: network_configs(spots.at(f).model, ())["model_config"] for f in (2, 3)}
+        assert (net[2]["graph_edges"], net[3]["graph_edges"]) == ("cosine", "paper")
+        assert net[3]["upsampler"] == "istar_like"  # the rest of the x3 rule stays
+    provenance = get_preset("short", "spots").provenance
+    assert "the CIGC-Graph takes the Diff-ST paper's edges" in provenance
+    given = get_preset("short", "spots", {"model": {"graph_edges": "cosine"}})  # every factor
+    assert given.at(3).model["graph_edges"] == "cosine"
+    assert given.at(3).model["upsampler"] == "istar_like"
+
+
 def test_headline_names_the_gene_graph_the_same_way_whether_variant_or_preset():
     headline = _headline_script()
     from diffst.benchmark.presets import train_config

@@ -84,6 +84,7 @@ def test_spots_preset_follows_the_factor(toy_npz, tmp_path, train_calls):
     assert x2["work_um_per_px"] == 4.0 and x2["model_config"].upsampler == "bicubic"
     assert (x2["predict_settings"]["self_tune"], x2["predict_settings"]["istar_mix"]) == (30, 0.5)
     assert x3["model_config"].upsampler == "istar_like"
+    assert (x2["model_config"].graph_edges, x3["model_config"].graph_edges) == ("cosine", "paper")
     assert (x3["predict_settings"]["self_tune"], x3["predict_settings"]["istar_mix"]) == (
         0, DEPTH_MIX)
 
