@@ -134,7 +134,7 @@ EMA_SPOTS = (
 GRAPH_SPOTS = (
     "; at x3 the CIGC-Graph takes the Diff-ST paper's edges (`--paper-variant graph`), chosen "
     "on the HER2ST validation folds at seeds 0 and 1 (README \"The paper's gene graph for "
-    "single-cell-scale data\", last part; x2 keeps diffst's edges)"
+    "spot data at x3\"; x2 keeps diffst's edges)"
 )
 MIX_SPOTS = (
     "; Diff-ST's map is mixed with the slide's own iStar-like map, weight 0.5 at x2 and "
