@@ -88,8 +88,9 @@ graph``). Against diffst's cosine edges on the HER2ST validation folds at seeds 
 moved Diff-ST + C's RMSE / SSIM / PCC from 0.1305 / 0.7480 / 0.7419 to 0.1304 / 0.7479 /
 0.7422: better on two of three means and worse on none by more than 0.001, the rule fixed
 before the run (``benchmarks/results/validation/levers10/her_x3_pg``). Every move is smaller
-than the spread between seeds. x2 keeps the cosine edges: an earlier x2 check (seed 0, before
-the mix and without self-tuning) was worse on every metric
+than the spread between seeds. x2 keeps the cosine edges: with today's x2 preset (seeds 0 and
+1, ``levers10/her_x2_pg``) they were worse on every metric (0.1157 / 0.8175 / 0.8044 to
+0.1158 / 0.8173 / 0.8042), as in an earlier one-seed check
 (``benchmarks/results/validation/paper/c_graph``)."""
 SPOTS_BY_FACTOR = {3: {"model": {"upsampler": "istar_like", **GRAPH_SPOTS_X3},
                        "self_tune": 0, "istar_mix": DEPTH_MIX, "grid_shifts": GRID_SHIFTS,
