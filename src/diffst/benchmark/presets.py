@@ -50,7 +50,7 @@ GRID_SHIFTS_X10 = 5
 at x10 on both the Xenium validation strip and the simulated validation tissue (seeds 0 and
 1); at x5 it was worse on every metric on the Xenium strip, so x5 keeps 2 x 2
 (``benchmarks/results/validation/grid_shifts/``, ``xen_gs5`` and ``sim_gs5``)."""
-GRAPH_CELLS_X5 = {"graph_edges": "paper"}
+GRAPH_CELLS_X5 = paper_variant(["graph"])[0]
 """The ``cells`` presets' CIGC-Graph at x5: the Diff-ST paper's edges (the shared-expression
 ratio fused with the co-expression intensity, ``--paper-variant graph``). Against diffst's
 cosine edges it improved Diff-ST + C on every metric at x5 on both the Xenium validation strip
@@ -82,7 +82,7 @@ validation folds at seeds 0 and 1 it moved Diff-ST + C's RMSE / SSIM / PCC from 
 0.7471 / 0.7414 to 0.1305 / 0.7480 / 0.7419, at both seeds
 (``benchmarks/results/validation/levers8/her_x3_ew30``). Checked with the ``short`` preset
 only; the ``default`` and ``full`` presets take the same setting at x3."""
-GRAPH_SPOTS_X3 = {"graph_edges": "paper"}
+GRAPH_SPOTS_X3 = paper_variant(["graph"])[0]
 """The ``spots`` presets' CIGC-Graph at x3: the Diff-ST paper's edges (``--paper-variant
 graph``). Against diffst's cosine edges on the HER2ST validation folds at seeds 0 and 1 it
 moved Diff-ST + C's RMSE / SSIM / PCC from 0.1305 / 0.7480 / 0.7419 to 0.1304 / 0.7479 /
