@@ -76,6 +76,7 @@ def run_settings(summary: dict, factor: int | None = None) -> dict:
             "grid_shifts": tc.get("grid_shifts", 1),
             "thin_inputs": tc.get("thin_inputs", 0.0),
             "work_um_per_px": preset.get("work_um_per_px"),
+            "size_um": preset.get("size_um"),
             "n_models": preset.get("n_models", 1),
             "istar_mix": preset.get("istar_mix", 0.0),
             "istar_select_folds": summary.get("istar_settings", {}).get("select_folds", 0),
@@ -120,6 +121,7 @@ WORDS = {
     "thin_inputs": lambda v: (f"inputs also thinned to {v:.0%} in training" if v
                               else "no thinned training inputs"),
     "work_um_per_px": lambda v: f"image at {v:g} µm/px" if v else "",
+    "size_um": lambda v: f"{v:g} µm simulated tissue" if v else "",
     "n_models": lambda v: f"ensemble of {v}" if v > 1 else "one model",
     "istar_mix": lambda v: (f"`--istar-mix {v}`" if v else "no iStar-like mix"),
     "istar_select_folds": lambda v: (f"iStar-like steps chosen by {v}-fold CV" if v

@@ -615,6 +615,9 @@ def evaluate(truth: str, pred_path: str, out: str | None) -> None:
               help="Override the preset's training batch size (patches per step).")
 @click.option("--work-um-per-px", default=None, type=click.FloatRange(min=0.0, min_open=True),
               help="Override the preset's image resolution (µm per pixel) the model sees.")
+@click.option("--size-um", default=None, type=click.FloatRange(min=0.0, min_open=True),
+              help="Override the preset's side (µm) of the simulated tissue, which sets how "
+                   "much training data a simulated benchmark has (simulated dataset only).")
 @click.option("--models", "n_models", default=None, type=click.IntRange(min=1),
               help="Diff-ST (and each ablation) as an ensemble of this many models trained "
                    "with different seeds, their maps averaged (default: the preset's, 1).")
@@ -636,7 +639,7 @@ def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, method
               steps, seeds, n_samples, match_depth, turns, log1p, disentangle_weight, sampler,
               consistency_weight, patch_um, self_tune, self_tune_lr, istar_mix, lr_schedule, lr,
               ema_warmup, t_focus, grid_shifts, thin_inputs, batch_size, work_um_per_px,
-              n_models, model_settings, paper_variants, thin) -> None:
+              size_um, n_models, model_settings, paper_variants, thin) -> None:
     """Train and score Diff-ST and the baselines on held-out data; write tables and figures."""
     from diffst.benchmark import run_benchmark
 
@@ -646,13 +649,17 @@ def benchmark(dataset, data_root, factors, split, stage, preset, out_dir, method
     if parts and set(parts) - set(PAPER_PARTS):
         raise click.BadParameter(f"{paper_variants!r}: choose parts from {', '.join(PAPER_PARTS)}",
                                  param_hint="--paper-variant")
+    if size_um is not None and dataset != "simulated":
+        raise click.BadParameter(f"sets the simulated tissue's side; --dataset is {dataset!r}",
+                                 param_hint="--size-um")
     given = dict(steps=steps, n_samples=n_samples, match_depth=match_depth or None, turns=turns,
                  sampler=sampler, log1p=log1p, disentangle_weight=disentangle_weight,
                  consistency_weight=consistency_weight, patch_um=patch_um, self_tune=self_tune,
                  self_tune_lr=self_tune_lr, istar_mix=istar_mix, lr_schedule=lr_schedule, lr=lr,
                  ema_warmup=ema_warmup, t_focus=t_focus, grid_shifts=grid_shifts,
                  thin_inputs=thin_inputs, batch_size=batch_size,
-                 work_um_per_px=work_um_per_px, n_models=n_models, paper_variants=parts,
+                 work_um_per_px=work_um_per_px, size_um=size_um, n_models=n_models,
+                 paper_variants=parts,
                  model=model_settings or None)
     summary = run_benchmark(
         dataset, _int_list(factors, "--factors") if factors else None, split, preset, out_dir,

@@ -450,6 +450,7 @@ OVERRIDE_FLAGS = {
     "thin_inputs": lambda v: f"--thin-inputs {v:g}",
     "batch_size": lambda v: f"--batch-size {v}",
     "work_um_per_px": lambda v: f"--work-um-per-px {v:g}",
+    "size_um": lambda v: f"--size-um {v:g}",
     "n_models": lambda v: f"--models {v}",
     "paper_variants": lambda v: f"--paper-variant {','.join(v)}" if v else "",
     "model": lambda v: " ".join(f"--model {model_setting_text(k, x)}" for k, x in v.items()),
