@@ -157,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                              "diffst.infer.istar_mix_weight")
     parser.add_argument("--match-depth", action="store_true",
                         help="Diff-ST samples with the input scaled to the training depth")
+    parser.add_argument("--size-um", type=float, default=None,
+                        help="side (µm) of the simulated tissue (default: the preset's)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--combine", type=Path, nargs="+", default=None,
@@ -180,9 +182,11 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for seed in [int(s) for s in args.seeds.split(",")]:
         torch.manual_seed(seed)
+        overrides = {**({"match_depth": True} if args.match_depth else {}),
+                     **({"size_um": args.size_um} if args.size_um else {})}
         data, preset = load_benchmark_data(args.dataset, args.split, "validation", args.preset,
                                            [args.factor], seed, args.data_root,
-                                           {"match_depth": True} if args.match_depth else None)
+                                           overrides or None)
         for fold in tqdm(data.folds, desc=f"folds seed {seed}"):
             unmixed = replace(preset.at(args.factor), istar_mix=0.0)  # mixed here, per weight
             rows += [{**row, "dataset": data.name, "profile": preset.profile} for row in
@@ -194,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     command = (f"python benchmarks/blend_validation.py --data-root DATA_ROOT --dataset "
                f"{args.dataset} --split {args.split} --factor {args.factor} --thin "
                f"{args.thin:g} --preset {args.preset} --seeds {args.seeds} --weights "
-               f"{args.weights}" + (" --match-depth" if args.match_depth else ""))
+               f"{args.weights}" + (" --match-depth" if args.match_depth else "")
+               + (f" --size-um {args.size_um:g}" if args.size_um else ""))
     write_table(df, args.out, command, adopted_weights(args.preset, df))
     print((args.out / "table.md").read_text())
     return 0

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from diffst.benchmark.methods import method_label
-from diffst.benchmark.presets import PRESETS, factor_changes
+from diffst.benchmark.presets import PRESETS, factor_changes, patch_cells
 from diffst.benchmark.report import (
     HEADLINE,
     MAIN_METRICS,
@@ -65,7 +65,8 @@ def run_settings(summary: dict, factor: int | None = None) -> dict:
             "disentangle_weight": tc.get("disentangle_weight", 0.1),
             "match_depth": preset.get("match_depth", False),
             "consistency_weight": tc.get("consistency_weight", 0.0),
-            "patch_um": preset.get("patch_um"), "self_tune": preset.get("self_tune", 0),
+            "patch_um": trained_patch_um(summary, tc, preset.get("patch_um")),
+            "self_tune": preset.get("self_tune", 0),
             "self_tune_lr": (preset.get("self_tune_lr", SELF_TUNE_LR) if preset.get("self_tune")
                              else SELF_TUNE_LR),  # a rate without self-tuning is no setting
             "paper_variants": architecture_free(preset.get("paper_variants", ())),
@@ -82,6 +83,36 @@ def run_settings(summary: dict, factor: int | None = None) -> dict:
             "istar_select_folds": summary.get("istar_settings", {}).get("select_folds", 0),
             "model": with_paper_architecture(preset.get("model", {}),
                                              preset.get("paper_variants", ()))}
+
+
+def first_training_set(summary: dict) -> tuple[float, int] | None:
+    """Cell side (µm) and HR tissue cells of the first fold's training sections (None where
+    the run did not record them)."""
+    folds = summary.get("dataset", {}).get("folds") or [{}]
+    train = folds[0].get("train") or []
+    if not train or any("cells_in_tissue" not in x for x in train):
+        return None
+    return float(train[0]["cell_um"]), sum(int(x["cells_in_tissue"]) for x in train)
+
+
+def trained_patch_um(summary: dict, tc: dict, preset_patch_um: float | None) -> float | None:
+    """The training patch side (µm) a run used: its recorded patch in cells times the cell
+    side (the preset's ``patch_um`` where either is not recorded)."""
+    data = first_training_set(summary)
+    if data is None or "patch" not in tc:
+        return preset_patch_um
+    return float(tc["patch"] * data[0])
+
+
+def todays_patch_um(summary: dict, registered, factor: int | None) -> float | None:
+    """The training patch side (µm) today's preset ``registered`` gives the run's training
+    sections at ``factor`` (the run's first factor where None), small-data rule included."""
+    data = first_training_set(summary)
+    if data is None:
+        return registered.patch_um
+    cell_um, tissue = data
+    at = factor if factor is not None else summary["factors"][0]
+    return float(patch_cells(registered, cell_um, at, tissue) * cell_um)
 
 
 def architecture_free(parts: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -144,6 +175,7 @@ def settings(summary: dict, seed: bool = True, factor: int | None = None) -> str
             registered = registered.at(factor)
         now = {key: preset_value(key, registered) for key in WORDS}
         now["paper_variants"] = architecture_free(registered.paper_variants)
+        now["patch_um"] = todays_patch_um(summary, registered, factor)
         values = run_settings(summary, factor)
         values["model"] = changed_model(
             values["model"], with_paper_architecture(registered.model, registered.paper_variants))

@@ -369,6 +369,49 @@ def test_patch_sizes_follow_the_preset():
     assert patch_cells(get_preset("full", "cells"), 8.0, 5) == 40  # api default 8 x factor
 
 
+def test_cells_presets_train_on_smaller_patches_when_the_training_tissue_is_small():
+    from diffst.benchmark.report import overridden
+
+    cells = get_preset("short", "cells")  # 320 µm: 40 cells of 8 µm at x5 and at x10
+    assert patch_cells(cells, 8.0, 5, tissue_cells=4 * 40**2) == 40
+    assert patch_cells(cells, 8.0, 5, tissue_cells=4 * 40**2 - 1) == 20  # 160 µm
+    assert patch_cells(cells, 8.0, 10, tissue_cells=2447) == 20  # the Xenium training strip
+    assert patch_cells(cells, 8.0, 5) == 40  # tissue not known: no rule
+    assert patch_cells(get_preset("full", "cells"), 8.0, 5, tissue_cells=100) == 20
+    assert patch_cells(get_preset("short", "spots"), 200.0, 2, tissue_cells=10) == 8
+    given = get_preset("short", "cells", {"patch_um": 320.0})  # an explicit side holds
+    assert patch_cells(given, 8.0, 5, tissue_cells=10) == 40
+    assert overridden(given)["patch_um"] == 320.0  # and the run's command repeats it
+
+
+def test_the_small_data_rule_counts_the_tissue_of_every_training_section():
+    from diffst.benchmark.presets import train_config
+
+    cells = get_preset("short", "cells").at(5)
+    small = make_sample(size=60)  # 57 x 60 tissue cells: fewer than 4 patches of 40 x 40
+    assert train_config(cells, [small], 5, seed=0).patch == 20
+    two = [small, make_sample(seed=1, size=60)]
+    assert train_config(cells, two, 5, seed=0).patch == 40
+
+
+def test_headline_names_the_patch_side_a_run_trained_with_on_its_own_data():
+    headline = _headline_script()
+    from diffst.benchmark.presets import train_config
+
+    cells = get_preset("short", "cells")
+    today = json.loads(json.dumps(asdict(cells)))
+    small = make_sample(size=60)
+    tcs = {"5": asdict(train_config(cells.at(5), [small], factor=5, seed=0))}
+    dataset = {"folds": [{"train": [{"cell_um": 8.0, "cells_in_tissue": int(small.mask.sum())}]}]}
+    summary = json.loads(json.dumps({"preset": today, "protocol": {}, "seeds": [0],
+                                     "factors": [5], "dataset": dataset, "train_config": tcs,
+                                     "istar_settings": istar_settings()}))
+    assert headline.settings(summary, factor=5) == "`short`"
+    before = dict(summary, train_config={"5": dict(tcs["5"], patch=40)},
+                  preset={k: v for k, v in today.items() if k != "small_data_patch_um"})
+    assert headline.settings(before, factor=5) == "`short`, 320 µm patches"
+
+
 def test_spots_presets_take_the_base_map_at_x3_and_an_explicit_setting_everywhere():
     short = get_preset("short", "spots")
     assert short.at(3).model["upsampler"] == "istar_like" and short.at(3).self_tune == 0
@@ -573,7 +616,7 @@ def test_training_overrides_reach_the_training_and_the_recorded_command(monkeypa
     assert seen == {"lr": 5e-4, "batch_size": 16, "work_um_per_px": 2.0, "ema_warmup": 4.0,
                     "t_focus": 0.5}
     preset = get_preset("short", "spots", seen)
-    tc = train_config(preset, make_sample(), factor=2, seed=0)
+    tc = train_config(preset, [make_sample()], factor=2, seed=0)
     assert (tc.lr, tc.batch_size, tc.work_um_per_px, tc.ema_warmup, tc.t_focus) == (
         5e-4, 16, 2.0, 4.0, 0.5)
     cmd = _command("her2st", [3], "loo", "short", list(METHOD_LABELS), False, [0],
@@ -654,7 +697,7 @@ def test_headline_names_the_changed_architecture_only():
 
     headline = _headline_script()
     preset = get_preset("short", "spots", {"model": {"channels": 48}})
-    tc = asdict(train_config(preset, make_sample(), factor=2, seed=0))
+    tc = asdict(train_config(preset, [make_sample()], factor=2, seed=0))
     summary = json.loads(json.dumps({"preset": asdict(preset), "protocol": {}, "seeds": [0],
                                      "train_config": {"2": tc},
                                      "istar_settings": istar_settings(**preset.istar)}))
@@ -671,7 +714,7 @@ def test_headline_compares_each_factor_with_that_factors_preset():
     headline = _headline_script()
     # a run made before the rule: the x3 settings given on the command line, at every factor
     preset = get_preset("short", "spots", {"self_tune": 0, "model": {"upsampler": "istar_like"}})
-    tcs = {str(f): asdict(train_config(preset.at(f), make_sample(), factor=f, seed=0))
+    tcs = {str(f): asdict(train_config(preset.at(f), [make_sample()], factor=f, seed=0))
            for f in (2, 3)}
     summary = json.loads(json.dumps({"preset": asdict(preset), "protocol": {}, "seeds": [0],
                                      "train_config": tcs, "istar_settings": istar_settings()}))
@@ -691,7 +734,7 @@ def test_headline_run_line_names_what_one_factor_did_differently():
 
     headline = _headline_script()
     preset = get_preset("short", "cells", {"grid_shifts": 2})  # x10 before its 5 x 5 grids
-    tcs = {str(f): asdict(train_config(preset.at(f), make_sample(), factor=f, seed=0))
+    tcs = {str(f): asdict(train_config(preset.at(f), [make_sample()], factor=f, seed=0))
            for f in (5, 10)}
     summary = json.loads(json.dumps({"preset": asdict(preset), "protocol": {}, "seeds": [0],
                                      "train_config": tcs, "istar_settings": istar_settings(),
@@ -765,8 +808,8 @@ def test_spots_presets_warm_the_ema_up_longer_at_x3_only():
     headline = _headline_script()
     for name in ("short", "default", "full"):  # HER2ST validation: x3 gained at both seeds
         spots = get_preset(name, "spots")
-        assert train_config(spots.at(3), make_sample(), factor=3, seed=0).ema_warmup == 30
-        assert train_config(spots.at(2), make_sample(), factor=2, seed=0).ema_warmup == 10
+        assert train_config(spots.at(3), [make_sample()], factor=3, seed=0).ema_warmup == 30
+        assert train_config(spots.at(2), [make_sample()], factor=2, seed=0).ema_warmup == 10
     assert EMA_WARMUP_X3 == 30
     assert get_preset("paper", "spots").at(3).ema_warmup is None
     for name in ("short", "default"):  # single-cell-scale data were not checked: unchanged
@@ -775,7 +818,7 @@ def test_spots_presets_warm_the_ema_up_longer_at_x3_only():
     assert given.at(3).ema_warmup == given.at(2).ema_warmup == 10
     # a run made before the x3 warm-up is labelled with what it used
     before = get_preset("short", "spots", {"ema_warmup": 10})
-    tcs = {"3": asdict(train_config(before.at(3), make_sample(), factor=3, seed=0))}
+    tcs = {"3": asdict(train_config(before.at(3), [make_sample()], factor=3, seed=0))}
     summary = json.loads(json.dumps({"preset": asdict(get_preset("short", "spots")),
                                      "protocol": {}, "seeds": [0], "train_config": tcs,
                                      "istar_settings": istar_settings()}))
@@ -828,7 +871,7 @@ def test_headline_names_the_gene_graph_the_same_way_whether_variant_or_preset():
 
     cells = get_preset("short", "cells")
     today = json.loads(json.dumps(asdict(cells)))
-    tcs = {str(f): asdict(train_config(cells.at(f), make_sample(), factor=f, seed=0))
+    tcs = {str(f): asdict(train_config(cells.at(f), [make_sample()], factor=f, seed=0))
            for f in (5, 10)}
     summary = json.loads(json.dumps({"preset": today, "protocol": {}, "seeds": [0],
                                      "train_config": tcs, "istar_settings": istar_settings()}))
@@ -883,7 +926,7 @@ def test_headline_names_runs_made_without_the_mix():
 
     headline = _headline_script()
     preset = json.loads(json.dumps(asdict(get_preset("short", "spots"))))
-    tcs = {str(f): asdict(train_config(get_preset("short", "spots").at(f), make_sample(),
+    tcs = {str(f): asdict(train_config(get_preset("short", "spots").at(f), [make_sample()],
                                        factor=f, seed=0)) for f in (2, 3)}
     summary = {"preset": preset, "protocol": {}, "seeds": [0], "train_config": tcs,
                "istar_settings": istar_settings()}

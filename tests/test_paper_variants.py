@@ -143,9 +143,9 @@ def test_paper_preset_switches_every_part_and_samples_as_the_paper():
     assert (preset.sampler, preset.sample_steps, preset.self_tune) == ("ddim", 20, 0)
     assert not preset.turns
     assert preset.steps == get_preset("short", "spots").steps
-    tc = train_config(preset, make_sample(), 2, seed=0)
+    tc = train_config(preset, [make_sample()], 2, seed=0)
     assert (tc.curriculum_order, tc.loss) == ("ascending", "charbonnier")
-    assert train_config(get_preset("short", "spots"), make_sample(), 2, 0).loss == "mse"
+    assert train_config(get_preset("short", "spots"), [make_sample()], 2, 0).loss == "mse"
 
 
 def test_cli_names_an_unknown_paper_variant(tmp_path):

@@ -169,7 +169,7 @@ class DiffSTMethod:
         """Train on the HR training samples (every ensemble member)."""
         self.trainers = []
         for seed in self.member_seeds():
-            tc = train_config(self.preset, train[0], factor, seed)
+            tc = train_config(self.preset, train, factor, seed)
             trainer = Trainer(train, genes, factor, self.model_config, tc,
                               scheduler_config=self.scheduler_config)
             trainer.fit(progress=self.progress)
@@ -197,7 +197,7 @@ class RegressionMethod(DiffSTMethod):
 
     def fit(self, train: list[STSample], genes: list[str], factor: int) -> None:
         """Train on the HR training samples."""
-        tc = train_config(self.preset, train[0], factor, self.seed)
+        tc = train_config(self.preset, train, factor, self.seed)
         trainer = HistologyRegression(train, genes, factor, self.model_config, tc,
                                       scheduler_config=self.scheduler_config)
         trainer.fit(progress=self.progress)

@@ -75,6 +75,16 @@ the Xenium validation strip it improved Diff-ST + C on every metric at x5 and x1
 simulated validation tissue it was equal or slightly better; on the HER2ST validation folds it
 improved every metric at x3 and left x2 where it was (SSIM 0.0004 better, RMSE 0.0001 and PCC
 0.0002 worse), so x2 keeps one grid (``benchmarks/results/validation/grid_shifts/``)."""
+SMALL_DATA_PATCHES = 4.0
+"""The ``cells`` presets' small-data rule: when the training sections' tissue covers fewer
+than this many training patches of the preset's side (``Preset.patch_um``), training uses the
+smaller side ``Preset.small_data_patch_um`` instead (:func:`patch_cells`)."""
+SMALL_DATA_PATCH_UM = 160.0
+"""Training patch side (µm) of the ``cells`` presets under the small-data rule. On the Xenium
+validation strip (2,447 training cells: 1.5 patches of 320 µm) 160 µm patches improved
+Diff-ST + C on every metric at x5 and x10, at both seeds; on the simulated validation tissue
+(about 20,000 training cells: 13 patches) they were worse on every metric at both factors
+(``benchmarks/results/validation/levers11/``)."""
 EMA_WARMUP_X3 = 30.0
 """EMA warm-up of the ``spots`` presets at x3 (``TrainConfig.ema_warmup``; the package default
 is 10): the averaged weights cover about the last 8 of 200 steps instead of 20. On the HER2ST
@@ -170,6 +180,9 @@ class Preset:
             queries [TrainConfig, 0: uniform steps].
         patch_um: HR patch side in µm, rounded to a multiple of factor x cell [8 x factor
             cells, as :func:`diffst.api.train_model`].
+        small_data_patch_um: HR patch side in µm used instead of ``patch_um`` when the
+            training tissue covers fewer than :data:`SMALL_DATA_PATCHES` patches of
+            ``patch_um`` (:func:`patch_cells`) [None: ``patch_um`` always].
         work_um_per_px: image resolution of the model [:func:`default_work_um_per_px`].
         sample_steps, n_samples: sampler steps and samples per tile averaged into the mean map.
         turns: Diff-ST's sample ``k`` sees each tile turned by dihedral transform ``k mod 8``
@@ -218,6 +231,7 @@ class Preset:
     grid_shifts: int | None = None
     thin_inputs: float | None = None
     patch_um: float | None = None
+    small_data_patch_um: float | None = None
     work_um_per_px: float | None = None
     sample_steps: int = 20
     n_samples: int = 8
@@ -272,8 +286,8 @@ PRESETS: dict[tuple[str, str], Preset] = {
     # patches); HER2ST x2 0.22 s/step (8x8-cell patches at 2 µm/px).
     ("cells", "default"): Preset(
         "default", "cells", steps=500, batch_size=8, lr=1e-3, ema_decay=0.995,
-        patch_um=320.0, grid_shifts=GRID_SHIFTS, by_factor=CELLS_BY_FACTOR,
-        provenance=CELLS_PROVENANCE),
+        patch_um=320.0, small_data_patch_um=SMALL_DATA_PATCH_UM, grid_shifts=GRID_SHIFTS,
+        by_factor=CELLS_BY_FACTOR, provenance=CELLS_PROVENANCE),
     ("spots", "default"): Preset(
         "default", "spots", model=dict(tissue_px_per_cell=16), steps=600, batch_size=8,
         lr=1e-3, ema_decay=0.995, patch_um=1600.0, n_genes=50, self_tune=SELF_TUNE_STEPS,
@@ -284,7 +298,8 @@ PRESETS: dict[tuple[str, str], Preset] = {
     # a 4 µm/px image (the data pipeline dominates a step at 2 µm/px)
     ("cells", "short"): Preset(
         "short", "cells", steps=200, batch_size=8, lr=1e-3, ema_decay=0.995,
-        patch_um=320.0, grid_shifts=GRID_SHIFTS, by_factor=CELLS_BY_FACTOR,
+        patch_um=320.0, small_data_patch_um=SMALL_DATA_PATCH_UM, grid_shifts=GRID_SHIFTS,
+        by_factor=CELLS_BY_FACTOR,
         provenance=CELLS_PROVENANCE + "; fewer steps for CPU time, not for accuracy"),
     ("spots", "short"): Preset(
         "short", "spots", model=dict(tissue_px_per_cell=16), steps=200, batch_size=8,
@@ -294,8 +309,8 @@ PRESETS: dict[tuple[str, str], Preset] = {
         + "; fewer steps and a coarser image for CPU time, not for accuracy"),
     # the package's own training defaults (TrainConfig) and ablations at every factor
     ("cells", "full"): Preset(
-        "full", "cells", ablation_factors="all", grid_shifts=GRID_SHIFTS,
-        by_factor=CELLS_BY_FACTOR, provenance=CELLS_PROVENANCE),
+        "full", "cells", ablation_factors="all", small_data_patch_um=SMALL_DATA_PATCH_UM,
+        grid_shifts=GRID_SHIFTS, by_factor=CELLS_BY_FACTOR, provenance=CELLS_PROVENANCE),
     ("spots", "full"): Preset(
         "full", "spots", model=dict(tissue_px_per_cell=16), patch_um=1600.0,
         ablation_factors="all", n_genes=50, self_tune=SELF_TUNE_STEPS,
@@ -336,6 +351,8 @@ def get_preset(name: str, profile: str, overrides: dict | None = None) -> Preset
                                   for f, changes in preset.by_factor.items()}
     if "model" in overrides:  # architecture settings change the preset's, one by one
         overrides["model"] = {**preset.model, **overrides["model"]}
+    if "patch_um" in overrides:  # a side given here holds however small the training data
+        overrides.setdefault("small_data_patch_um", None)
     chosen = replace(preset, **overrides)
     for factor in (None, *chosen.by_factor):  # a bad value fails here, before any training
         at = chosen if factor is None else chosen.at(factor)
@@ -376,7 +393,7 @@ def training_settings(name: str, samples: list[STSample], factor: int,
     architecture settings are the returned preset's ``model``. What ``diffst train --preset``
     and :func:`diffst.tl.train` apply where the caller gave no value."""
     preset = get_preset(name, "spots" if spots_only else "cells").at(factor)
-    tc = train_config(preset, samples[0], factor, seed=0)  # no seed among the settings
+    tc = train_config(preset, samples, factor, seed=0)  # no seed among the settings
     return preset, {"steps": tc.steps, "batch_size": tc.batch_size, "lr": tc.lr,
                     "ema_decay": tc.ema_decay, "grid_shifts": tc.grid_shifts, "patch": tc.patch,
                     "work_um_per_px": tc.work_um_per_px, "paper_variants": preset.paper_variants,
@@ -384,16 +401,47 @@ def training_settings(name: str, samples: list[STSample], factor: int,
                     "predict_settings": predict_settings(preset)}
 
 
-def patch_cells(preset: Preset, cell_um: float, factor: int) -> int:
-    """HR patch side in cells: ``patch_um`` rounded to a multiple of ``factor`` (>= factor)."""
-    if preset.patch_um is None:
+def patch_cells(preset: Preset, cell_um: float, factor: int,
+                tissue_cells: int | None = None) -> int:
+    """HR patch side in cells: ``patch_um`` rounded to a multiple of ``factor`` (>= factor);
+    ``small_data_patch_um`` instead where the training tissue (``tissue_cells`` HR cells in
+    all training sections; None: not known, no rule) covers fewer than
+    :data:`SMALL_DATA_PATCHES` patches of that side."""
+    side = _side_cells(preset.patch_um, cell_um, factor)
+    if (preset.small_data_patch_um is not None and tissue_cells is not None
+            and tissue_cells < SMALL_DATA_PATCHES * side**2):
+        return _side_cells(preset.small_data_patch_um, cell_um, factor)
+    return side
+
+
+def _side_cells(patch_um: float | None, cell_um: float, factor: int) -> int:
+    """``patch_um`` in HR cells, rounded to whole LR cells (None: 8 LR cells)."""
+    if patch_um is None:
         return 8 * factor
-    lr_cells = max(1, round(preset.patch_um / (cell_um * factor)))
-    return lr_cells * factor
+    return max(1, round(patch_um / (cell_um * factor))) * factor
 
 
-def train_config(preset: Preset, sample: STSample, factor: int, seed: int) -> TrainConfig:
-    """The :class:`TrainConfig` of Diff-ST and the regression baseline for one factor."""
+def small_data_note(preset: Preset, samples: list[STSample], factor: int) -> str:
+    """Why the small-data rule shrank ``preset``'s training patch for ``samples`` (an empty
+    string where it did not)."""
+    cell_um, tissue = samples[0].cell_um, tissue_cells(samples)
+    usual = patch_cells(preset, cell_um, factor)
+    if patch_cells(preset, cell_um, factor, tissue) == usual:
+        return ""
+    return (f"the training tissue ({tissue} cells) covers fewer than {SMALL_DATA_PATCHES:g} "
+            f"patches of {usual} x {usual} cells")
+
+
+def tissue_cells(samples: list[STSample]) -> int:
+    """HR tissue cells in all of ``samples`` (the training sections)."""
+    return int(sum(s.mask.sum() for s in samples))
+
+
+def train_config(preset: Preset, samples: list[STSample], factor: int,
+                 seed: int) -> TrainConfig:
+    """The :class:`TrainConfig` of Diff-ST and the regression baseline for one factor, trained
+    on the HR sections ``samples`` (their tissue area sets the small-data patch rule)."""
+    sample = samples[0]
     base = TrainConfig()
     steps = preset.steps if preset.steps is not None else base.steps
     return TrainConfig(
@@ -406,7 +454,7 @@ def train_config(preset: Preset, sample: STSample, factor: int, seed: int) -> Tr
         t_focus=base.t_focus if preset.t_focus is None else preset.t_focus,
         grid_shifts=base.grid_shifts if preset.grid_shifts is None else preset.grid_shifts,
         thin_inputs=base.thin_inputs if preset.thin_inputs is None else preset.thin_inputs,
-        patch=patch_cells(preset, sample.cell_um, factor),
+        patch=patch_cells(preset, sample.cell_um, factor, tissue_cells(samples)),
         work_um_per_px=preset.work_um_per_px or default_work_um_per_px(sample),
         seed=seed,
         checkpoint_every=max(steps, 1),

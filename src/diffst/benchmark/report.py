@@ -221,7 +221,7 @@ def build_summary(runs: list, preset: Preset, split: str, stage: str, hr_mask: s
     for f in data.factors:
         u = units[units["factor"] == f]
         results[str(f)] = {**factor_statistics(u), "runs": _plain(u.to_dict(orient="records"))}
-    first = data.folds[0].train[0]
+    first = data.folds[0].train  # the first fold's (the small-data rule may differ by fold)
     tcs = {str(f): _plain(asdict(train_config(preset.at(f), first, f, seeds[0])))
            for f in data.factors}
     at_factor = {str(f): network_configs(preset.at(f).model, preset.paper_variants)
@@ -364,6 +364,8 @@ def overridden(preset: Preset) -> dict:
     changed = {key: getattr(preset, key) for key in OVERRIDE_FLAGS
                if key != "model" and (getattr(preset, key) != getattr(registered, key)
                                       or key in fixed)}
+    if preset.small_data_patch_um != registered.small_data_patch_um:  # --patch-um given
+        changed["patch_um"] = preset.patch_um
     model = changed_model(preset.model, registered.model)
     model.update({key: preset.model.get(key, _DEFAULT_MODEL.get(key)) for key in fixed_model})
     return {**changed, "model": model} if model else changed
