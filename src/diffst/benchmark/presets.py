@@ -83,8 +83,10 @@ SMALL_DATA_PATCH_UM = 160.0
 """Training patch side (µm) of the ``cells`` presets under the small-data rule. On the Xenium
 validation strip (2,447 training cells: 1.5 patches of 320 µm) 160 µm patches improved
 Diff-ST + C on every metric at x5 and x10, at both seeds; on the simulated validation tissue
-(about 20,000 training cells: 13 patches) they were worse on every metric at both factors
-(``benchmarks/results/validation/levers11/``)."""
+(about 23,000 training cells: 14 patches) they were worse on every metric at both factors,
+and on a smaller simulated validation tissue (560 µm; 2,430 and 3,187 training cells) better
+on every metric at both factors (``benchmarks/results/validation/levers11/``). The threshold
+lies between those training sets and was not tuned further."""
 EMA_WARMUP_X3 = 30.0
 """EMA warm-up of the ``spots`` presets at x3 (``TrainConfig.ema_warmup``; the package default
 is 10): the averaged weights cover about the last 8 of 200 steps instead of 20. On the HER2ST
@@ -121,6 +123,13 @@ GRAPH_CELLS = (
     "(README \"The paper's gene graph for single-cell-scale data\"; at x10 it was worse on "
     "the Xenium strip, so x10 keeps diffst's edges)"
 )
+SMALL_DATA_CELLS = (
+    f"; where the training sections' tissue covers fewer than {SMALL_DATA_PATCHES:g} training "
+    f"patches of 320 µm, the patches are {SMALL_DATA_PATCH_UM:g} µm (the small-data rule), "
+    "chosen on the Xenium validation strip, "
+    "the simulated validation tissue and a smaller simulated validation tissue (560 µm) at "
+    "seeds 0 and 1 (README 'Smaller training patches for small training data')"
+)
 MIX_CELLS = (
     "; at x5 Diff-ST's map is mixed with the slide's own iStar-like map, weight 0.5 "
     "(`--istar-mix`), chosen on the Xenium validation strip and the simulated validation tissue "
@@ -154,7 +163,7 @@ MIX_SPOTS = (
     "slide's own fit')"
 )
 
-CELLS_PROVENANCE = PROVENANCE_V01 + MIX_CELLS + GRID_CELLS + GRAPH_CELLS
+CELLS_PROVENANCE = PROVENANCE_V01 + MIX_CELLS + GRID_CELLS + GRAPH_CELLS + SMALL_DATA_CELLS
 """Where the ``cells`` presets' settings come from (their provenance, before any note of the
 preset's own)."""
 SPOTS_PROVENANCE = (PROVENANCE_V01 + SELF_TUNE_SPOTS + BASE_MAP_SPOTS + MIX_SPOTS + GRID_SPOTS
