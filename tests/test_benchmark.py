@@ -377,7 +377,9 @@ def test_cells_presets_train_on_smaller_patches_when_the_training_tissue_is_smal
     assert patch_cells(cells, 8.0, 5, tissue_cells=4 * 40**2 - 1) == 20  # 160 µm
     assert patch_cells(cells, 8.0, 10, tissue_cells=2447) == 20  # the Xenium training strip
     assert patch_cells(cells, 8.0, 5) == 40  # tissue not known: no rule
-    assert patch_cells(get_preset("full", "cells"), 8.0, 5, tissue_cells=100) == 20
+    full = get_preset("full", "cells")  # 8 LR cells per patch: 640 µm at x10
+    assert patch_cells(full, 8.0, 5, tissue_cells=100) == 20
+    assert patch_cells(full, 8.0, 10, tissue_cells=23000) == 80  # the area, not the side
     assert patch_cells(get_preset("short", "spots"), 200.0, 2, tissue_cells=10) == 8
     given = get_preset("short", "cells", {"patch_um": 320.0})  # an explicit side holds
     assert patch_cells(given, 8.0, 5, tissue_cells=10) == 40
@@ -891,6 +893,27 @@ def test_a_by_factor_setting_without_its_own_words_is_named_by_its_option():
     assert factor_settings_text({"t_focus": 0.5, "grid_shifts": 3}) == (
         "`--t-focus 0.5`, training pairs pooled on 3 x 3 shifted grids")
     assert factor_settings_text({"not_a_setting": 1}) == "not_a_setting 1"
+
+
+def test_simulated_tissue_side_reaches_the_data_and_the_recorded_command(monkeypatch):
+    from click.testing import CliRunner
+
+    from diffst.benchmark.data import load_benchmark_data
+    from diffst.benchmark.report import _command
+    from diffst.cli import main
+
+    seen = _preset_overrides(monkeypatch, ["--preset", "quick", "--size-um", "400"])
+    assert seen == {"size_um": 400.0}
+    data, preset = load_benchmark_data("simulated", "holdout", "test", "quick", [5],
+                                       overrides=seen)
+    sides = [x.shape[0] * x.cell_um for fold in data.folds for x in fold.train]
+    assert sides == [400.0]  # 50 rows of 8 µm cells (quick's own tissue is 480 µm)
+    cmd = _command("simulated", [5], "holdout", "quick", list(METHOD_LABELS), False, [0], "test",
+                   preset=preset)
+    assert cmd.endswith("--no-ablations --size-um 400")
+    refused = CliRunner().invoke(main, ["benchmark", "--dataset", "her2st", "--size-um", "400"])
+    assert refused.exit_code == 2 and "--size-um" in refused.output
+    assert "simulated tissue" in refused.output
 
 
 def test_a_bad_istar_mix_on_the_command_line_names_the_option():

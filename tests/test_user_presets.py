@@ -46,8 +46,8 @@ def test_cells_preset_sets_training_and_keeps_its_sampling(toy_npz, tmp_path, tr
     kw = train_calls[0]
     assert (kw["steps"], kw["batch_size"], kw["lr"], kw["ema_decay"]) == (200, 8, 1e-3, 0.995)
     assert kw["patch"] == 20  # 160 µm of 8 µm cells: the toy section is small
-    assert "patch 20 cells (the training tissue (810 cells) covers fewer than 4 patches of " \
-           "40 x 40 cells)" in result.output
+    assert "patch 20 cells (the training tissue (810 cells of 8 µm) covers less than 4 " \
+           "patches of 320 µm)" in result.output
     assert kw["grid_shifts"] == 2  # the cells presets' shifted pooling grids
     assert kw["model_config"].graph_edges == "paper"  # the paper's gene graph at x5
     expected = predict_settings(get_preset("short", "cells").at(5))

@@ -75,10 +75,12 @@ the Xenium validation strip it improved Diff-ST + C on every metric at x5 and x1
 simulated validation tissue it was equal or slightly better; on the HER2ST validation folds it
 improved every metric at x3 and left x2 where it was (SSIM 0.0004 better, RMSE 0.0001 and PCC
 0.0002 worse), so x2 keeps one grid (``benchmarks/results/validation/grid_shifts/``)."""
+CELLS_PATCH_UM = 320.0
+"""Training patch side (µm) of the ``cells`` presets ``short`` and ``default``."""
 SMALL_DATA_PATCHES = 4.0
-"""The ``cells`` presets' small-data rule: when the training sections' tissue covers fewer
-than this many training patches of the preset's side (``Preset.patch_um``), training uses the
-smaller side ``Preset.small_data_patch_um`` instead (:func:`patch_cells`)."""
+"""The ``cells`` presets' small-data rule: when the training sections' tissue covers less
+area than this many patches of :data:`CELLS_PATCH_UM`, training uses the smaller side
+``Preset.small_data_patch_um`` instead (:func:`patch_cells`)."""
 SMALL_DATA_PATCH_UM = 160.0
 """Training patch side (µm) of the ``cells`` presets under the small-data rule. On the Xenium
 validation strip (2,447 training cells: 1.5 patches of 320 µm) 160 µm patches improved
@@ -125,7 +127,8 @@ GRAPH_CELLS = (
 )
 SMALL_DATA_CELLS = (
     f"; where the training sections' tissue covers fewer than {SMALL_DATA_PATCHES:g} training "
-    f"patches of 320 µm, the patches are {SMALL_DATA_PATCH_UM:g} µm (the small-data rule), "
+    f"patches of {CELLS_PATCH_UM:g} µm, the patches are {SMALL_DATA_PATCH_UM:g} µm (the "
+    "small-data rule), "
     "chosen on the Xenium validation strip, "
     "the simulated validation tissue and a smaller simulated validation tissue (560 µm) at "
     "seeds 0 and 1 (README 'Smaller training patches for small training data')"
@@ -190,8 +193,8 @@ class Preset:
         patch_um: HR patch side in µm, rounded to a multiple of factor x cell [8 x factor
             cells, as :func:`diffst.api.train_model`].
         small_data_patch_um: HR patch side in µm used instead of ``patch_um`` when the
-            training tissue covers fewer than :data:`SMALL_DATA_PATCHES` patches of
-            ``patch_um`` (:func:`patch_cells`) [None: ``patch_um`` always].
+            training tissue covers less area than :data:`SMALL_DATA_PATCHES` patches of
+            :data:`CELLS_PATCH_UM` (:func:`patch_cells`) [None: ``patch_um`` always].
         work_um_per_px: image resolution of the model [:func:`default_work_um_per_px`].
         sample_steps, n_samples: sampler steps and samples per tile averaged into the mean map.
         turns: Diff-ST's sample ``k`` sees each tile turned by dihedral transform ``k mod 8``
@@ -295,7 +298,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
     # patches); HER2ST x2 0.22 s/step (8x8-cell patches at 2 µm/px).
     ("cells", "default"): Preset(
         "default", "cells", steps=500, batch_size=8, lr=1e-3, ema_decay=0.995,
-        patch_um=320.0, small_data_patch_um=SMALL_DATA_PATCH_UM, grid_shifts=GRID_SHIFTS,
+        patch_um=CELLS_PATCH_UM, small_data_patch_um=SMALL_DATA_PATCH_UM, grid_shifts=GRID_SHIFTS,
         by_factor=CELLS_BY_FACTOR, provenance=CELLS_PROVENANCE),
     ("spots", "default"): Preset(
         "default", "spots", model=dict(tissue_px_per_cell=16), steps=600, batch_size=8,
@@ -307,7 +310,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
     # a 4 µm/px image (the data pipeline dominates a step at 2 µm/px)
     ("cells", "short"): Preset(
         "short", "cells", steps=200, batch_size=8, lr=1e-3, ema_decay=0.995,
-        patch_um=320.0, small_data_patch_um=SMALL_DATA_PATCH_UM, grid_shifts=GRID_SHIFTS,
+        patch_um=CELLS_PATCH_UM, small_data_patch_um=SMALL_DATA_PATCH_UM, grid_shifts=GRID_SHIFTS,
         by_factor=CELLS_BY_FACTOR,
         provenance=CELLS_PROVENANCE + "; fewer steps for CPU time, not for accuracy"),
     ("spots", "short"): Preset(
@@ -413,14 +416,13 @@ def training_settings(name: str, samples: list[STSample], factor: int,
 def patch_cells(preset: Preset, cell_um: float, factor: int,
                 tissue_cells: int | None = None) -> int:
     """HR patch side in cells: ``patch_um`` rounded to a multiple of ``factor`` (>= factor);
-    ``small_data_patch_um`` instead where the training tissue (``tissue_cells`` HR cells in
-    all training sections; None: not known, no rule) covers fewer than
-    :data:`SMALL_DATA_PATCHES` patches of that side."""
-    side = _side_cells(preset.patch_um, cell_um, factor)
-    if (preset.small_data_patch_um is not None and tissue_cells is not None
-            and tissue_cells < SMALL_DATA_PATCHES * side**2):
-        return _side_cells(preset.small_data_patch_um, cell_um, factor)
-    return side
+    ``small_data_patch_um`` instead where the training tissue (``tissue_cells`` HR cells of
+    ``cell_um`` in all training sections; None: not known, no rule) covers less area than
+    :data:`SMALL_DATA_PATCHES` patches of :data:`CELLS_PATCH_UM`."""
+    small = (preset.small_data_patch_um is not None and tissue_cells is not None
+             and tissue_cells * cell_um**2 < SMALL_DATA_PATCHES * CELLS_PATCH_UM**2)
+    return _side_cells(preset.small_data_patch_um if small else preset.patch_um, cell_um,
+                       factor)
 
 
 def _side_cells(patch_um: float | None, cell_um: float, factor: int) -> int:
@@ -437,8 +439,8 @@ def small_data_note(preset: Preset, samples: list[STSample], factor: int) -> str
     usual = patch_cells(preset, cell_um, factor)
     if patch_cells(preset, cell_um, factor, tissue) == usual:
         return ""
-    return (f"the training tissue ({tissue} cells) covers fewer than {SMALL_DATA_PATCHES:g} "
-            f"patches of {usual} x {usual} cells")
+    return (f"the training tissue ({tissue} cells of {cell_um:g} µm) covers less than "
+            f"{SMALL_DATA_PATCHES:g} patches of {CELLS_PATCH_UM:g} µm")
 
 
 def tissue_cells(samples: list[STSample]) -> int:
