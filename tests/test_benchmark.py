@@ -603,7 +603,9 @@ def _preset_overrides(monkeypatch, args: list[str]) -> dict:
         return {"table": ""}
 
     monkeypatch.setattr(diffst.benchmark, "run_benchmark", fake_run)
-    result = CliRunner().invoke(main, ["benchmark", *args])
+    runner = CliRunner()
+    with runner.isolated_filesystem():  # the default output folder is made here
+        result = runner.invoke(main, ["benchmark", *args])
     assert result.exit_code == 0, result.output
     return seen
 
@@ -911,7 +913,9 @@ def test_simulated_tissue_side_reaches_the_data_and_the_recorded_command(monkeyp
     cmd = _command("simulated", [5], "holdout", "quick", list(METHOD_LABELS), False, [0], "test",
                    preset=preset)
     assert cmd.endswith("--no-ablations --size-um 400")
-    refused = CliRunner().invoke(main, ["benchmark", "--dataset", "her2st", "--size-um", "400"])
+    runner = CliRunner()
+    with runner.isolated_filesystem():
+        refused = runner.invoke(main, ["benchmark", "--dataset", "her2st", "--size-um", "400"])
     assert refused.exit_code == 2 and "--size-um" in refused.output
     assert "simulated tissue" in refused.output
 
