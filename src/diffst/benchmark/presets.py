@@ -128,10 +128,9 @@ GRAPH_CELLS = (
 SMALL_DATA_CELLS = (
     f"; where the training sections' tissue covers fewer than {SMALL_DATA_PATCHES:g} training "
     f"patches of {CELLS_PATCH_UM:g} µm, the patches are {SMALL_DATA_PATCH_UM:g} µm (the "
-    "small-data rule), "
-    "chosen on the Xenium validation strip, "
-    "the simulated validation tissue and a smaller simulated validation tissue (560 µm) at "
-    "seeds 0 and 1 (README 'Smaller training patches for small training data')"
+    "small-data rule), chosen on the Xenium validation strip, the simulated validation tissue "
+    "and a smaller simulated validation tissue (560 µm) at seeds 0 and 1 (README 'Smaller "
+    "training patches for small training data')"
 )
 MIX_CELLS = (
     "; at x5 Diff-ST's map is mixed with the slide's own iStar-like map, weight 0.5 "
