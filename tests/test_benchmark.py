@@ -376,6 +376,8 @@ def test_cells_presets_train_on_smaller_patches_when_the_training_tissue_is_smal
     assert patch_cells(cells, 8.0, 5, tissue_cells=4 * 40**2) == 40
     assert patch_cells(cells, 8.0, 5, tissue_cells=4 * 40**2 - 1) == 20  # 160 µm
     assert patch_cells(cells, 8.0, 10, tissue_cells=2447) == 20  # the Xenium training strip
+    assert patch_cells(cells, 16.0, 10, tissue_cells=100) == 20  # never under 2 x 2 LR cells
+    assert patch_cells(cells, 16.0, 5, tissue_cells=100) == 10
     assert patch_cells(cells, 8.0, 5) == 40  # tissue not known: no rule
     full = get_preset("full", "cells")  # 8 LR cells per patch: 640 µm at x10
     assert patch_cells(full, 8.0, 5, tissue_cells=100) == 20

@@ -417,11 +417,14 @@ def patch_cells(preset: Preset, cell_um: float, factor: int,
     """HR patch side in cells: ``patch_um`` rounded to a multiple of ``factor`` (>= factor);
     ``small_data_patch_um`` instead where the training tissue (``tissue_cells`` HR cells of
     ``cell_um`` in all training sections; None: not known, no rule) covers less area than
-    :data:`SMALL_DATA_PATCHES` patches of :data:`CELLS_PATCH_UM`."""
-    small = (preset.small_data_patch_um is not None and tissue_cells is not None
-             and tissue_cells * cell_um**2 < SMALL_DATA_PATCHES * CELLS_PATCH_UM**2)
-    return _side_cells(preset.small_data_patch_um if small else preset.patch_um, cell_um,
-                       factor)
+    :data:`SMALL_DATA_PATCHES` patches of :data:`CELLS_PATCH_UM`, though never fewer than
+    2 x 2 LR cells (the smallest patch validated, at x10) nor more than ``patch_um`` gives."""
+    usual = _side_cells(preset.patch_um, cell_um, factor)
+    if (preset.small_data_patch_um is None or tissue_cells is None
+            or tissue_cells * cell_um**2 >= SMALL_DATA_PATCHES * CELLS_PATCH_UM**2):
+        return usual
+    small = _side_cells(preset.small_data_patch_um, cell_um, factor)
+    return min(usual, max(small, 2 * factor))
 
 
 def _side_cells(patch_um: float | None, cell_um: float, factor: int) -> int:
