@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 from diffst.benchmark.methods import method_label
-from diffst.benchmark.presets import PRESETS, factor_changes, patch_cells
+from diffst.benchmark.presets import PRESETS, factor_changes, for_data_size, patch_cells
 from diffst.benchmark.report import (
     HEADLINE,
     MAIN_METRICS,
@@ -115,6 +115,18 @@ def todays_patch_um(summary: dict, registered, factor: int | None) -> float | No
     return float(patch_cells(registered, cell_um, at, tissue) * cell_um)
 
 
+def todays_large_data(summary: dict, registered, factor: int | None) -> dict:
+    """The ``large_data`` settings today's preset ``registered`` gives the run's training
+    sections at ``factor`` (the run's first factor where None): those fields with their value
+    for that amount of data (empty where the run did not record its training set)."""
+    data = first_training_set(summary)
+    if data is None:
+        return {}
+    at = registered.at(factor if factor is not None else summary["factors"][0])
+    today = for_data_size(at, *data)
+    return {key: preset_value(key, today) for key in at.large_data}
+
+
 def architecture_free(parts: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """The paper variants of ``parts`` that change more than the network. The others
     (:data:`diffst.config.ARCHITECTURE_PARTS`) a run names as the architecture settings they
@@ -176,6 +188,7 @@ def settings(summary: dict, seed: bool = True, factor: int | None = None) -> str
         now = {key: preset_value(key, registered) for key in WORDS}
         now["paper_variants"] = architecture_free(registered.paper_variants)
         now["patch_um"] = todays_patch_um(summary, registered, factor)
+        now.update(todays_large_data(summary, registered, factor))
         values = run_settings(summary, factor)
         values["model"] = changed_model(
             values["model"], with_paper_architecture(registered.model, registered.paper_variants))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import tempfile
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -398,6 +399,29 @@ def test_the_small_data_rule_counts_the_tissue_of_every_training_section():
     assert train_config(cells, two, 5, seed=0).patch == 40
 
 
+def test_cells_presets_focus_on_the_last_noise_step_at_x10_for_large_training_data():
+    from diffst.benchmark.presets import LARGE_DATA_T_FOCUS_X10, train_config
+    from diffst.benchmark.report import overridden
+
+    small = make_sample(size=60)  # 57 x 60 tissue cells: fewer than 4 patches of 40 x 40
+    large = [small, make_sample(seed=1, size=60)]
+    for name in ("short", "default", "full"):
+        cells = get_preset(name, "cells")
+        assert train_config(cells.at(10), large, 10, seed=0).t_focus == LARGE_DATA_T_FOCUS_X10
+        assert train_config(cells.at(10), [small], 10, seed=0).t_focus == 0.0
+        assert train_config(cells.at(5), large, 5, seed=0).t_focus == 0.0  # x10 only
+    spots = get_preset("short", "spots")
+    assert all(train_config(spots.at(f), [small] * 40, f, seed=0).t_focus == 0.0
+               for f in (2, 3))
+    given = get_preset("short", "cells", {"t_focus": 0.0})  # an explicit value holds
+    assert train_config(given.at(10), large, 10, seed=0).t_focus == 0.0
+    assert overridden(given) == {"t_focus": 0.0}  # and the run's command repeats it
+    focused = get_preset("short", "cells", {"t_focus": 0.2})
+    assert train_config(focused.at(10), [small], 10, seed=0).t_focus == 0.2
+    assert train_config(focused.at(5), large, 5, seed=0).t_focus == 0.2
+    assert overridden(get_preset("short", "cells")) == {}
+
+
 def test_headline_names_the_patch_side_a_run_trained_with_on_its_own_data():
     headline = _headline_script()
     from diffst.benchmark.presets import train_config
@@ -414,6 +438,27 @@ def test_headline_names_the_patch_side_a_run_trained_with_on_its_own_data():
     before = dict(summary, train_config={"5": dict(tcs["5"], patch=40)},
                   preset={k: v for k, v in today.items() if k != "small_data_patch_um"})
     assert headline.settings(before, factor=5) == "`short`, 320 µm patches"
+
+
+def test_headline_compares_the_noise_steps_with_todays_rule_for_the_runs_own_data():
+    headline = _headline_script()
+    from diffst.benchmark.presets import train_config
+
+    cells = get_preset("short", "cells")
+    today = json.loads(json.dumps(asdict(cells)))
+    for sections, focused in (([make_sample(size=60)], False),
+                              ([make_sample(size=60), make_sample(seed=1, size=60)], True)):
+        tc = asdict(train_config(cells.at(10), sections, factor=10, seed=0))
+        cells_in_tissue = sum(int(s.mask.sum()) for s in sections)
+        dataset = {"folds": [{"train": [{"cell_um": 8.0, "cells_in_tissue": cells_in_tissue}]}]}
+        summary = json.loads(json.dumps({
+            "preset": today, "protocol": {}, "seeds": [0], "factors": [10], "dataset": dataset,
+            "train_config": {"10": tc}, "istar_settings": istar_settings()}))
+        assert headline.settings(summary, factor=10) == "`short`"
+        other = dict(summary, train_config={"10": dict(tc, t_focus=0.0 if focused else 0.5)})
+        assert headline.settings(other, factor=10) == (
+            "`short`, " + ("uniform noise steps" if focused
+                           else "50% of training at the last noise step"))
 
 
 def test_spots_presets_take_the_base_map_at_x3_and_an_explicit_setting_everywhere():
@@ -605,9 +650,9 @@ def _preset_overrides(monkeypatch, args: list[str]) -> dict:
         return {"table": ""}
 
     monkeypatch.setattr(diffst.benchmark, "run_benchmark", fake_run)
-    runner = CliRunner()
-    with runner.isolated_filesystem():  # the default output folder is made here
-        result = runner.invoke(main, ["benchmark", *args])
+    with tempfile.TemporaryDirectory() as work, monkeypatch.context() as here:
+        here.chdir(work)  # the default output folder is made here
+        result = CliRunner().invoke(main, ["benchmark", *args])
     assert result.exit_code == 0, result.output
     return seen
 
@@ -894,8 +939,12 @@ def test_a_by_factor_setting_without_its_own_words_is_named_by_its_option():
     from diffst.benchmark.report import factor_settings_text
 
     assert factor_settings_text({"lr": 0.0005}) == "`--lr 0.0005`"
-    assert factor_settings_text({"t_focus": 0.5, "grid_shifts": 3}) == (
-        "`--t-focus 0.5`, training pairs pooled on 3 x 3 shifted grids")
+    assert factor_settings_text({"thin_inputs": 0.1, "grid_shifts": 3}) == (
+        "`--thin-inputs 0.1`, training pairs pooled on 3 x 3 shifted grids")
+    assert factor_settings_text({"large_data": {"t_focus": 0.5}}) == (
+        "where the training tissue covers at least 4 patches of 320 µm, 50% of the training "
+        "examples at the last noise step")
+    assert factor_settings_text({"large_data": {}}) == ""
     assert factor_settings_text({"not_a_setting": 1}) == "not_a_setting 1"
 
 

@@ -68,6 +68,27 @@ def test_cells_preset_pools_more_grids_at_x10(toy_npz, tmp_path, train_calls):
     assert kw["model_config"].graph_edges == "cosine"  # nor take the paper's graph
 
 
+def test_cells_preset_focuses_on_the_last_noise_step_for_large_data_at_x10(tmp_path,
+                                                                           train_calls):
+    paths = [make_sample(seed=s, size=60).save_npz(tmp_path / f"s{s}.npz") for s in (0, 1)]
+    result = run("train", *paths, "--factor", "10", "--preset", "short", "--out",
+                 tmp_path / "m.pt")
+    assert result.exit_code == 0, result.output
+    assert train_calls[0]["t_focus"] == 0.5 and train_calls[0]["patch"] == 40
+    assert "50% of examples at the last noise step (the training tissue (6840 cells of 8 µm) " \
+           "covers at least 4 patches of 320 µm)" in result.output
+    result = run("train", paths[0], "--factor", "10", "--preset", "short", "--out",
+                 tmp_path / "m.pt")
+    assert train_calls[1]["t_focus"] == 0.0 and "noise step" not in result.output
+
+
+def test_spots_preset_keeps_its_ema_warm_up_for_the_user(toy_npz, tmp_path, train_calls):
+    result = run("train", toy_npz, "--factor", "3", "--preset", "short", "--spots-only",
+                 "--out", tmp_path / "m.pt")
+    assert result.exit_code == 0, result.output
+    assert train_calls[0]["ema_warmup"] == 30.0 and "EMA warm-up 30" in result.output
+
+
 def test_flags_given_override_the_preset(toy_npz, tmp_path, train_calls):
     result = run("train", toy_npz, "--factor", "5", "--preset", "short", "--steps", "7",
                  "--lr", "0.01", "--out", tmp_path / "m.pt")
@@ -169,3 +190,22 @@ def test_more_grids_than_the_factor_are_refused_before_reading(toy_npz, tmp_path
                  tmp_path / "m.pt")
     assert result.exit_code == 2 and "more than --factor 2" in result.output
     assert not train_calls
+
+
+def test_train_model_passes_the_noise_step_focus_and_ema_warm_up_to_training(tmp_path):
+    from diffst.train import Trainer
+
+    class Planned(Exception):
+        pass
+
+    seen = []
+
+    class Recorder(Trainer):
+        def __init__(self, samples, genes, factor, cfg, tc, **kwargs):
+            seen.append(tc)
+            raise Planned
+
+    with pytest.raises(Planned):
+        api.train_model([make_sample()], 5, tmp_path / "m.pt", steps=1, t_focus=0.3,
+                        ema_warmup=20.0, trainer_cls=Recorder, progress=False)
+    assert (seen[0].t_focus, seen[0].ema_warmup) == (0.3, 20.0)

@@ -202,6 +202,8 @@ def train_model(
     batch_size: int = default(TrainConfig, "batch_size"),
     lr: float = default(TrainConfig, "lr"),
     ema_decay: float = default(TrainConfig, "ema_decay"),
+    ema_warmup: float = default(TrainConfig, "ema_warmup"),
+    t_focus: float = default(TrainConfig, "t_focus"),
     grid_shifts: int = default(TrainConfig, "grid_shifts"),
     patch: int | None = None,
     work_um_per_px: float | None = None,
@@ -235,6 +237,8 @@ def train_model(
         factor: integer scale factor s.
         genes: genes to model (default: ``top_genes`` most expressed shared genes).
         patch: training patch side in HR cells (default ``PATCH_PER_FACTOR * factor``).
+        ema_warmup, t_focus: the EMA's warm-up and the share of training examples at the
+            last noise step (:class:`TrainConfig`).
         grid_shifts: pool each training sample on this many grids per axis
             (:class:`TrainConfig`).
         work_um_per_px: image resolution of the model (default
@@ -277,7 +281,8 @@ def train_model(
         raise ValueError(f"unknown predict settings {unknown}: choose from "
                          f"{list(PREDICT_SETTING_KEYS)}")
     tc = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, ema_decay=ema_decay, seed=seed,
-                     grid_shifts=grid_shifts, bf16=bf16, device=device, log1p=log1p,
+                     ema_warmup=ema_warmup, t_focus=t_focus, grid_shifts=grid_shifts,
+                     bf16=bf16, device=device, log1p=log1p,
                      disentangle_weight=disentangle_weight,
                      patch=patch or PATCH_PER_FACTOR * factor,
                      work_um_per_px=work_um_per_px or default_work_um_per_px(samples[0]),

@@ -341,19 +341,24 @@ def _with_preset(name: str, samples: list, factor: int, spots_only: bool, settin
                  model_settings: dict) -> tuple[dict, dict]:
     """``train_model`` keywords and architecture settings with the preset ``name`` applied
     where the user gave no flag, plus ``predict_settings``; prints what the preset set."""
-    from diffst.benchmark.presets import small_data_note, training_settings
+    from diffst.benchmark.presets import large_data_note, small_data_note, training_settings
 
     preset, chosen = training_settings(name, samples, factor, spots_only)
     out = {**chosen, **{key: value for key, value in settings.items()
                         if _given(TRAIN_PARAMETERS.get(key, key))}}
     model = {**preset.model, **model_settings}
     note = small_data_note(preset, samples, factor) if out["patch"] == chosen["patch"] else ""
+    large = large_data_note(preset, samples)
     click.echo(f"preset {name} ({preset.profile} data, x{factor}): {out['steps']} steps of "
                f"batch {out['batch_size']} at lr {out['lr']:g}, EMA {out['ema_decay']:g}, patch "
                f"{out['patch']} cells" + (f" ({note})" if note else "")
                + f", image at {out['work_um_per_px']:g} µm/px"
                + (f", {out['grid_shifts']} x {out['grid_shifts']} pooling grids"
                   if out["grid_shifts"] != 1 else "")
+               + (f", {out['t_focus']:.0%} of examples at the last noise step"
+                  + (f" ({large})" if large else "") if out["t_focus"] else "")
+               + (f", EMA warm-up {out['ema_warmup']:g}"
+                  if out["ema_warmup"] != default(TrainConfig, "ema_warmup") else "")
                + "".join(f", {k}={v}" for k, v in model.items())
                + (f", paper variants {', '.join(out['paper_variants'])}"
                   if out["paper_variants"] else ""))

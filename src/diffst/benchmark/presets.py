@@ -58,8 +58,19 @@ cosine edges it improved Diff-ST + C on every metric at x5 on both the Xenium va
 validation tissue (0.0497 / 0.7204 / 0.6594 to 0.0496 / 0.7224 / 0.6616), seeds 0 and 1; at
 x10 it was worse on every metric on the Xenium strip, so x10 keeps the cosine edges
 (``benchmarks/results/validation/levers9/``)."""
+LARGE_DATA_T_FOCUS_X10 = 0.5
+"""``TrainConfig.t_focus`` of the ``cells`` presets at x10 where the training data is not small
+(:func:`small_data`): half of the training examples at the last noise step, the one the
+posterior-mean map queries. On the simulated validation tissue (about 23,000 training cells,
+14 patches of 320 µm) it improved Diff-ST + C on every metric at x10 at all four seeds (0 to
+3), and on a 1200 µm simulated validation tissue (10,843 and 11,927 training cells: 7 patches)
+on every metric at both seeds (0.0536 / 0.6576 / 0.5938 to 0.0532 / 0.6638 / 0.6002); on the
+two small validation sets (the Xenium strip and the 560 µm simulated tissue) it cost SSIM at
+x10, and at x5 the large set lost on every metric (``benchmarks/results/validation/levers11/``
+and ``levers12/``). The threshold is the small-data rule's, not tuned for this setting."""
 CELLS_BY_FACTOR = {5: {"istar_mix": 0.5, "model": GRAPH_CELLS_X5},
-                   10: {"grid_shifts": GRID_SHIFTS_X10}}
+                   10: {"grid_shifts": GRID_SHIFTS_X10,
+                        "large_data": {"t_focus": LARGE_DATA_T_FOCUS_X10}}}
 """The ``cells`` presets' settings by factor. At x5 Diff-ST's maps are mixed half and half with
 the slide's own iStar-like map, the weight with the best RMSE on both single-cell-scale
 validation sets (the Xenium validation strip and the simulated validation tissue; at x10 they
@@ -67,7 +78,8 @@ disagree, so there is no mix: every weight helped on the Xenium strip and cost S
 simulated tissue, with one grid and again with the 5 x 5 grids,
 ``benchmarks/results/validation/blend_*/x10_gs5``), and the gene graph takes the paper's edges
 (:data:`GRAPH_CELLS_X5`). At x10 the training pairs are pooled on 5 x 5 grids
-(:data:`GRID_SHIFTS_X10`)."""
+(:data:`GRID_SHIFTS_X10`), and training sets that are not small (:func:`small_data`) put half
+the examples at the last noise step (:data:`LARGE_DATA_T_FOCUS_X10`)."""
 GRID_SHIFTS = 2
 """Pooling grids per axis of the training pairs (``TrainConfig.grid_shifts``) of the ``cells``
 presets and of the ``spots`` presets at x3: 2 x 2 shifted copies of every training section. On
@@ -132,6 +144,13 @@ SMALL_DATA_CELLS = (
     "and a smaller simulated validation tissue (560 µm) at seeds 0 and 1 (README 'Smaller "
     "training patches for small training data')"
 )
+LARGE_DATA_CELLS = (
+    f"; at x10, where the training sections' tissue covers at least {SMALL_DATA_PATCHES:g} "
+    f"patches of {CELLS_PATCH_UM:g} µm, half of the training examples are at the last noise "
+    "step (`--t-focus 0.5`), chosen on the simulated validation tissue (seeds 0 to 3) and a "
+    "1200 µm simulated validation tissue (seeds 0 and 1); on the two small validation sets it "
+    "cost SSIM at x10 (README 'The last noise step for large training data at x10')"
+)
 MIX_CELLS = (
     "; at x5 Diff-ST's map is mixed with the slide's own iStar-like map, weight 0.5 "
     "(`--istar-mix`), chosen on the Xenium validation strip and the simulated validation tissue "
@@ -165,7 +184,8 @@ MIX_SPOTS = (
     "slide's own fit')"
 )
 
-CELLS_PROVENANCE = PROVENANCE_V01 + MIX_CELLS + GRID_CELLS + GRAPH_CELLS + SMALL_DATA_CELLS
+CELLS_PROVENANCE = (PROVENANCE_V01 + MIX_CELLS + GRID_CELLS + GRAPH_CELLS + SMALL_DATA_CELLS
+                    + LARGE_DATA_CELLS)
 """Where the ``cells`` presets' settings come from (their provenance, before any note of the
 preset's own)."""
 SPOTS_PROVENANCE = (PROVENANCE_V01 + SELF_TUNE_SPOTS + BASE_MAP_SPOTS + MIX_SPOTS + GRID_SPOTS
@@ -194,6 +214,9 @@ class Preset:
         small_data_patch_um: HR patch side in µm used instead of ``patch_um`` when the
             training tissue covers less area than :data:`SMALL_DATA_PATCHES` patches of
             :data:`CELLS_PATCH_UM` (:func:`patch_cells`) [None: ``patch_um`` always].
+        large_data: training settings (fields of this class that :func:`train_config`
+            reads, e.g. ``t_focus``) used instead where the training data is not small
+            (:func:`small_data`); usually set for one factor through ``by_factor``.
         work_um_per_px: image resolution of the model [:func:`default_work_um_per_px`].
         sample_steps, n_samples: sampler steps and samples per tile averaged into the mean map.
         turns: Diff-ST's sample ``k`` sees each tile turned by dihedral transform ``k mod 8``
@@ -243,6 +266,7 @@ class Preset:
     thin_inputs: float | None = None
     patch_um: float | None = None
     small_data_patch_um: float | None = None
+    large_data: dict = field(default_factory=dict)
     work_um_per_px: float | None = None
     sample_steps: int = 20
     n_samples: int = 8
@@ -364,12 +388,23 @@ def get_preset(name: str, profile: str, overrides: dict | None = None) -> Preset
         overrides["model"] = {**preset.model, **overrides["model"]}
     if "patch_um" in overrides:  # a side given here holds however small the training data
         overrides.setdefault("small_data_patch_um", None)
+    if "large_data" not in overrides:  # so does a training setting given here
+        overrides["large_data"] = _unset(preset.large_data, overrides)
+        overrides["by_factor"] = {
+            f: ({**changes, "large_data": _unset(changes["large_data"], overrides)}
+                if "large_data" in changes else changes)
+            for f, changes in overrides["by_factor"].items()}
     chosen = replace(preset, **overrides)
     for factor in (None, *chosen.by_factor):  # a bad value fails here, before any training
         at = chosen if factor is None else chosen.at(factor)
         DiffSTConfig(**at.model)
         parse_mix(at.istar_mix)
     return chosen
+
+
+def _unset(settings: dict, overrides: dict) -> dict:
+    """``settings`` less the fields that ``overrides`` sets."""
+    return {key: value for key, value in settings.items() if key not in overrides}
 
 
 def _without(changes: dict, overrides: dict) -> dict:
@@ -406,7 +441,8 @@ def training_settings(name: str, samples: list[STSample], factor: int,
     preset = get_preset(name, "spots" if spots_only else "cells").at(factor)
     tc = train_config(preset, samples, factor, seed=0)  # no seed among the settings
     return preset, {"steps": tc.steps, "batch_size": tc.batch_size, "lr": tc.lr,
-                    "ema_decay": tc.ema_decay, "grid_shifts": tc.grid_shifts, "patch": tc.patch,
+                    "ema_decay": tc.ema_decay, "ema_warmup": tc.ema_warmup,
+                    "t_focus": tc.t_focus, "grid_shifts": tc.grid_shifts, "patch": tc.patch,
                     "work_um_per_px": tc.work_um_per_px, "paper_variants": preset.paper_variants,
                     "log1p": tc.log1p, "disentangle_weight": tc.disentangle_weight,
                     "predict_settings": predict_settings(preset)}
@@ -420,11 +456,26 @@ def patch_cells(preset: Preset, cell_um: float, factor: int,
     :data:`SMALL_DATA_PATCHES` patches of :data:`CELLS_PATCH_UM`, though never fewer than
     2 x 2 LR cells (the smallest patch validated, at x10) nor more than ``patch_um`` gives."""
     usual = _side_cells(preset.patch_um, cell_um, factor)
-    if (preset.small_data_patch_um is None or tissue_cells is None
-            or tissue_cells * cell_um**2 >= SMALL_DATA_PATCHES * CELLS_PATCH_UM**2):
+    if preset.small_data_patch_um is None or not small_data(tissue_cells, cell_um):
         return usual
     small = _side_cells(preset.small_data_patch_um, cell_um, factor)
     return min(usual, max(small, 2 * factor))
+
+
+def small_data(tissue_cells: int | None, cell_um: float) -> bool:
+    """Whether a training set of ``tissue_cells`` HR tissue cells of ``cell_um`` µm covers less
+    area than :data:`SMALL_DATA_PATCHES` patches of :data:`CELLS_PATCH_UM` (False where the
+    count is not known)."""
+    return (tissue_cells is not None
+            and tissue_cells * cell_um**2 < SMALL_DATA_PATCHES * CELLS_PATCH_UM**2)
+
+
+def for_data_size(preset: Preset, cell_um: float, tissue_cells: int | None) -> Preset:
+    """``preset`` with its ``large_data`` settings applied where the training set (``tissue_cells``
+    HR cells of ``cell_um`` µm; None: not known) is not small."""
+    if not preset.large_data or tissue_cells is None or small_data(tissue_cells, cell_um):
+        return preset
+    return replace(preset, **preset.large_data)
 
 
 def _side_cells(patch_um: float | None, cell_um: float, factor: int) -> int:
@@ -445,6 +496,16 @@ def small_data_note(preset: Preset, samples: list[STSample], factor: int) -> str
             f"{SMALL_DATA_PATCHES:g} patches of {CELLS_PATCH_UM:g} µm")
 
 
+def large_data_note(preset: Preset, samples: list[STSample]) -> str:
+    """Why ``preset``'s ``large_data`` settings apply to ``samples`` (an empty string where
+    they do not, or where ``preset`` has none)."""
+    cell_um, tissue = samples[0].cell_um, tissue_cells(samples)
+    if not preset.large_data or small_data(tissue, cell_um):
+        return ""
+    return (f"the training tissue ({tissue} cells of {cell_um:g} µm) covers at least "
+            f"{SMALL_DATA_PATCHES:g} patches of {CELLS_PATCH_UM:g} µm")
+
+
 def tissue_cells(samples: list[STSample]) -> int:
     """HR tissue cells in all of ``samples`` (the training sections)."""
     return int(sum(s.mask.sum() for s in samples))
@@ -453,8 +514,10 @@ def tissue_cells(samples: list[STSample]) -> int:
 def train_config(preset: Preset, samples: list[STSample], factor: int,
                  seed: int) -> TrainConfig:
     """The :class:`TrainConfig` of Diff-ST and the regression baseline for one factor, trained
-    on the HR sections ``samples`` (their tissue area sets the small-data patch rule)."""
+    on the HR sections ``samples`` (their tissue area sets the small-data patch rule and
+    whether ``preset.large_data`` applies)."""
     sample = samples[0]
+    preset = for_data_size(preset, sample.cell_um, tissue_cells(samples))
     base = TrainConfig()
     steps = preset.steps if preset.steps is not None else base.steps
     return TrainConfig(

@@ -30,7 +30,14 @@ from diffst.benchmark.methods import (
     consistent_key,
     method_label,
 )
-from diffst.benchmark.presets import PRESETS, Preset, factor_changes, train_config
+from diffst.benchmark.presets import (
+    CELLS_PATCH_UM,
+    PRESETS,
+    SMALL_DATA_PATCHES,
+    Preset,
+    factor_changes,
+    train_config,
+)
 from diffst.config import ARCHITECTURE_PARTS, DEPTH_MIX, TrainConfig, paper_variant
 from diffst.data.image import aligned_image
 from diffst.data.lr import simulate_lr, upsample_nearest
@@ -347,6 +354,11 @@ def factor_settings_text(changes: dict) -> str:
             words.append(f"training pairs pooled on {value} x {value} shifted grids")
         elif key == "ema_warmup":
             words.append(f"the weights' EMA warmed up over {value:g} steps")
+        elif key == "t_focus":
+            words.append(f"{value:.0%} of the training examples at the last noise step")
+        elif key == "large_data":
+            words += [f"where the training tissue covers at least {SMALL_DATA_PATCHES:g} patches "
+                      f"of {CELLS_PATCH_UM:g} µm, {factor_settings_text(value)}"] if value else []
         elif key in OVERRIDE_FLAGS:
             words.append(f"`{OVERRIDE_FLAGS[key](value)}`")
         else:
