@@ -948,7 +948,8 @@ def test_a_by_factor_setting_without_its_own_words_is_named_by_its_option():
     assert factor_settings_text({"not_a_setting": 1}) == "not_a_setting 1"
 
 
-def test_simulated_tissue_side_reaches_the_data_and_the_recorded_command(monkeypatch):
+def test_simulated_tissue_side_reaches_the_data_and_the_recorded_command(monkeypatch,
+                                                                          tmp_path):
     from click.testing import CliRunner
 
     from diffst.benchmark.data import load_benchmark_data
@@ -964,9 +965,10 @@ def test_simulated_tissue_side_reaches_the_data_and_the_recorded_command(monkeyp
     cmd = _command("simulated", [5], "holdout", "quick", list(METHOD_LABELS), False, [0], "test",
                    preset=preset)
     assert cmd.endswith("--no-ablations --size-um 400")
-    runner = CliRunner()
-    with runner.isolated_filesystem():
-        refused = runner.invoke(main, ["benchmark", "--dataset", "her2st", "--size-um", "400"])
+    with monkeypatch.context() as here:
+        here.chdir(tmp_path)  # the default output folder is made in the working folder
+        refused = CliRunner().invoke(main, ["benchmark", "--dataset", "her2st", "--size-um",
+                                            "400"])
     assert refused.exit_code == 2 and "--size-um" in refused.output
     assert "simulated tissue" in refused.output
 

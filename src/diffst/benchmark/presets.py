@@ -390,10 +390,6 @@ def get_preset(name: str, profile: str, overrides: dict | None = None) -> Preset
         overrides.setdefault("small_data_patch_um", None)
     if "large_data" not in overrides:  # so does a training setting given here
         overrides["large_data"] = _unset(preset.large_data, overrides)
-        overrides["by_factor"] = {
-            f: ({**changes, "large_data": _unset(changes["large_data"], overrides)}
-                if "large_data" in changes else changes)
-            for f, changes in overrides["by_factor"].items()}
     chosen = replace(preset, **overrides)
     for factor in (None, *chosen.by_factor):  # a bad value fails here, before any training
         at = chosen if factor is None else chosen.at(factor)
@@ -408,15 +404,16 @@ def _unset(settings: dict, overrides: dict) -> dict:
 
 
 def _without(changes: dict, overrides: dict) -> dict:
-    """``changes`` (one factor's settings) less the fields and architecture settings that
-    ``overrides`` sets."""
+    """``changes`` (one factor's settings) less the fields, architecture settings and
+    large-data settings that ``overrides`` sets."""
     kept = {key: value for key, value in changes.items() if key not in overrides or
             key == "model"}
     if "model" in kept:
-        kept["model"] = {k: v for k, v in kept["model"].items()
-                         if k not in overrides.get("model", {})}
+        kept["model"] = _unset(kept["model"], overrides.get("model", {}))
         if not kept["model"]:
             del kept["model"]
+    if "large_data" in kept:
+        kept["large_data"] = _unset(kept["large_data"], overrides)
     return kept
 
 
@@ -485,6 +482,12 @@ def _side_cells(patch_um: float | None, cell_um: float, factor: int) -> int:
     return max(1, round(patch_um / (cell_um * factor))) * factor
 
 
+def data_size_words(small: bool) -> str:
+    """The data-size threshold in words, for a training set that is ``small`` or not."""
+    return (f"covers {'less than' if small else 'at least'} {SMALL_DATA_PATCHES:g} patches of "
+            f"{CELLS_PATCH_UM:g} µm")
+
+
 def small_data_note(preset: Preset, samples: list[STSample], factor: int) -> str:
     """Why the small-data rule shrank ``preset``'s training patch for ``samples`` (an empty
     string where it did not)."""
@@ -492,18 +495,16 @@ def small_data_note(preset: Preset, samples: list[STSample], factor: int) -> str
     usual = patch_cells(preset, cell_um, factor)
     if patch_cells(preset, cell_um, factor, tissue) == usual:
         return ""
-    return (f"the training tissue ({tissue} cells of {cell_um:g} µm) covers less than "
-            f"{SMALL_DATA_PATCHES:g} patches of {CELLS_PATCH_UM:g} µm")
+    return f"the training tissue ({tissue} cells of {cell_um:g} µm) {data_size_words(True)}"
 
 
 def large_data_note(preset: Preset, samples: list[STSample]) -> str:
     """Why ``preset``'s ``large_data`` settings apply to ``samples`` (an empty string where
     they do not, or where ``preset`` has none)."""
     cell_um, tissue = samples[0].cell_um, tissue_cells(samples)
-    if not preset.large_data or small_data(tissue, cell_um):
+    if for_data_size(preset, cell_um, tissue) is preset:
         return ""
-    return (f"the training tissue ({tissue} cells of {cell_um:g} µm) covers at least "
-            f"{SMALL_DATA_PATCHES:g} patches of {CELLS_PATCH_UM:g} µm")
+    return f"the training tissue ({tissue} cells of {cell_um:g} µm) {data_size_words(False)}"
 
 
 def tissue_cells(samples: list[STSample]) -> int:
@@ -516,8 +517,8 @@ def train_config(preset: Preset, samples: list[STSample], factor: int,
     """The :class:`TrainConfig` of Diff-ST and the regression baseline for one factor, trained
     on the HR sections ``samples`` (their tissue area sets the small-data patch rule and
     whether ``preset.large_data`` applies)."""
-    sample = samples[0]
-    preset = for_data_size(preset, sample.cell_um, tissue_cells(samples))
+    sample, tissue = samples[0], tissue_cells(samples)
+    preset = for_data_size(preset, sample.cell_um, tissue)
     base = TrainConfig()
     steps = preset.steps if preset.steps is not None else base.steps
     return TrainConfig(
@@ -530,7 +531,7 @@ def train_config(preset: Preset, samples: list[STSample], factor: int,
         t_focus=base.t_focus if preset.t_focus is None else preset.t_focus,
         grid_shifts=base.grid_shifts if preset.grid_shifts is None else preset.grid_shifts,
         thin_inputs=base.thin_inputs if preset.thin_inputs is None else preset.thin_inputs,
-        patch=patch_cells(preset, sample.cell_um, factor, tissue_cells(samples)),
+        patch=patch_cells(preset, sample.cell_um, factor, tissue),
         work_um_per_px=preset.work_um_per_px or default_work_um_per_px(sample),
         seed=seed,
         checkpoint_every=max(steps, 1),

@@ -31,10 +31,9 @@ from diffst.benchmark.methods import (
     method_label,
 )
 from diffst.benchmark.presets import (
-    CELLS_PATCH_UM,
     PRESETS,
-    SMALL_DATA_PATCHES,
     Preset,
+    data_size_words,
     factor_changes,
     train_config,
 )
@@ -357,8 +356,8 @@ def factor_settings_text(changes: dict) -> str:
         elif key == "t_focus":
             words.append(f"{value:.0%} of the training examples at the last noise step")
         elif key == "large_data":
-            words += [f"where the training tissue covers at least {SMALL_DATA_PATCHES:g} patches "
-                      f"of {CELLS_PATCH_UM:g} µm, {factor_settings_text(value)}"] if value else []
+            words += [f"where the training tissue {data_size_words(small=False)}, "
+                      f"{factor_settings_text(value)}"] if value else []
         elif key in OVERRIDE_FLAGS:
             words.append(f"`{OVERRIDE_FLAGS[key](value)}`")
         else:
