@@ -56,7 +56,8 @@ def run_settings(summary: dict, factor: int | None = None) -> dict:
     turns, log1p counts, disentangling weight 0.1, no self-tuning, an iStar-like fit of fixed
     length)."""
     preset = dict(summary["preset"])
-    preset.update(factor_changes(preset.get("model", {}), preset.get("by_factor", {}), factor))
+    preset.update(factor_changes(preset.get("model", {}), preset.get("by_factor", {}), factor,
+                                 preset.get("large_data", {})))
     configs = summary.get("train_config", {})
     tc = configs.get(str(factor)) or next(iter(configs.values()), {})
     return {"steps": tc.get("steps", preset.get("steps")), "n_samples": preset["n_samples"],

@@ -422,6 +422,60 @@ def test_cells_presets_focus_on_the_last_noise_step_at_x10_for_large_training_da
     assert overridden(get_preset("short", "cells")) == {}
 
 
+def test_the_default_cells_preset_trains_longer_on_large_training_data():
+    from diffst.benchmark.presets import LARGE_DATA_STEPS, LARGE_DATA_T_FOCUS_X10, train_config
+    from diffst.benchmark.report import overridden
+
+    small = make_sample(size=60)  # 57 x 60 tissue cells: fewer than 4 patches of 40 x 40
+    large = [small, make_sample(seed=1, size=60)]
+    default = get_preset("default", "cells")
+    for factor in (5, 10):
+        assert train_config(default.at(factor), large, factor, seed=0).steps == LARGE_DATA_STEPS
+        assert train_config(default.at(factor), [small], factor, seed=0).steps == 500
+    both = train_config(default.at(10), large, 10, seed=0)  # x10 adds its own rule to it
+    assert (both.steps, both.t_focus) == (LARGE_DATA_STEPS, LARGE_DATA_T_FOCUS_X10)
+    assert both.checkpoint_every == LARGE_DATA_STEPS
+    short = get_preset("short", "cells")  # the CPU-time preset keeps its length
+    assert train_config(short.at(5), large, 5, seed=0).steps == 200
+    given = get_preset("default", "cells", {"steps": 300})  # an explicit length holds
+    assert [train_config(given.at(f), large, f, seed=0).steps for f in (5, 10)] == [300, 300]
+    assert train_config(given.at(10), large, 10, seed=0).t_focus == LARGE_DATA_T_FOCUS_X10
+    assert overridden(given) == {"steps": 300}
+
+
+def test_a_factors_large_data_settings_add_to_the_presets():
+    from diffst.benchmark.presets import factor_changes
+
+    by_factor = {10: {"large_data": {"t_focus": 0.5}}, "5": {"grid_shifts": 2}}
+    assert factor_changes({}, by_factor, 10, {"steps": 9}) == {
+        "large_data": {"steps": 9, "t_focus": 0.5}}
+    assert factor_changes({}, by_factor, 5, {"steps": 9}) == {"grid_shifts": 2}
+    assert factor_changes({}, {10: {"large_data": {"steps": 3}}}, 10, {"steps": 9}) == {
+        "large_data": {"steps": 3}}  # the factor's own value wins
+
+
+def test_headline_names_a_shorter_training_than_todays_for_the_runs_own_data():
+    headline = _headline_script()
+    from diffst.benchmark.presets import train_config
+
+    default = get_preset("default", "cells")
+    today = json.loads(json.dumps(asdict(default)))
+    for sections, steps in (([make_sample(size=60)], 500),
+                            ([make_sample(size=60), make_sample(seed=1, size=60)], 1000)):
+        tc = asdict(train_config(default.at(5), sections, factor=5, seed=0))
+        assert tc["steps"] == steps
+        cells_in_tissue = sum(int(s.mask.sum()) for s in sections)
+        dataset = {"folds": [{"train": [{"cell_um": 8.0, "cells_in_tissue": cells_in_tissue}]}]}
+        summary = json.loads(json.dumps({
+            "preset": today, "protocol": {}, "seeds": [0], "factors": [5], "dataset": dataset,
+            "train_config": {"5": tc}, "istar_settings": istar_settings()}))
+        assert headline.settings(summary, factor=5) == "`default`"
+        before = dict(summary, train_config={"5": dict(tc, steps=500)},
+                      preset={k: v for k, v in today.items() if k != "large_data"})
+        assert headline.settings(before, factor=5) == (
+            "`default`" + (", 500 steps" if steps == 1000 else ""))
+
+
 def test_headline_names_the_patch_side_a_run_trained_with_on_its_own_data():
     headline = _headline_script()
     from diffst.benchmark.presets import train_config
@@ -945,6 +999,8 @@ def test_a_by_factor_setting_without_its_own_words_is_named_by_its_option():
         "where the training tissue covers at least 4 patches of 320 µm, 50% of the training "
         "examples at the last noise step")
     assert factor_settings_text({"large_data": {}}) == ""
+    assert factor_settings_text({"large_data": {"steps": 1000}}) == (
+        "where the training tissue covers at least 4 patches of 320 µm, 1000 training steps")
     assert factor_settings_text({"not_a_setting": 1}) == "not_a_setting 1"
 
 

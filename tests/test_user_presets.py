@@ -82,6 +82,22 @@ def test_cells_preset_focuses_on_the_last_noise_step_for_large_data_at_x10(tmp_p
     assert train_calls[1]["t_focus"] == 0.0 and "noise step" not in result.output
 
 
+def test_default_cells_preset_trains_longer_on_large_data_and_says_why(tmp_path, train_calls):
+    paths = [make_sample(seed=s, size=60).save_npz(tmp_path / f"s{s}.npz") for s in (0, 1)]
+    result = run("train", *paths, "--factor", "5", "--preset", "default", "--out",
+                 tmp_path / "m.pt")
+    assert result.exit_code == 0, result.output
+    assert train_calls[0]["steps"] == 1000
+    assert "1000 steps (the training tissue (6840 cells of 8 µm) covers at least 4 patches of " \
+           "320 µm) of batch 8" in result.output
+    result = run("train", *paths, "--factor", "5", "--preset", "default", "--steps", "7",
+                 "--out", tmp_path / "m.pt")
+    assert train_calls[1]["steps"] == 7 and "7 steps of batch 8" in result.output
+    result = run("train", paths[0], "--factor", "5", "--preset", "default", "--out",
+                 tmp_path / "m.pt")
+    assert train_calls[2]["steps"] == 500 and "500 steps of batch 8" in result.output
+
+
 def test_spots_preset_keeps_its_ema_warm_up_for_the_user(toy_npz, tmp_path, train_calls):
     result = run("train", toy_npz, "--factor", "3", "--preset", "short", "--spots-only",
                  "--out", tmp_path / "m.pt")

@@ -349,14 +349,21 @@ def _with_preset(name: str, samples: list, factor: int, spots_only: bool, settin
     model = {**preset.model, **model_settings}
     note = small_data_note(preset, samples, factor) if out["patch"] == chosen["patch"] else ""
     large = large_data_note(preset, samples)
-    click.echo(f"preset {name} ({preset.profile} data, x{factor}): {out['steps']} steps of "
+
+    def why(key: str) -> str:
+        """The large-data note where the preset's large-data rule set ``key``."""
+        chosen_here = large and key in preset.large_data and not _given(key)
+        return f" ({large})" if chosen_here else ""
+
+    click.echo(f"preset {name} ({preset.profile} data, x{factor}): {out['steps']} steps"
+               f"{why('steps')} of "
                f"batch {out['batch_size']} at lr {out['lr']:g}, EMA {out['ema_decay']:g}, patch "
                f"{out['patch']} cells" + (f" ({note})" if note else "")
                + f", image at {out['work_um_per_px']:g} µm/px"
                + (f", {out['grid_shifts']} x {out['grid_shifts']} pooling grids"
                   if out["grid_shifts"] != 1 else "")
-               + (f", {out['t_focus']:.0%} of examples at the last noise step"
-                  + (f" ({large})" if large else "") if out["t_focus"] else "")
+               + (f", {out['t_focus']:.0%} of examples at the last noise step{why('t_focus')}"
+                  if out["t_focus"] else "")
                + (f", EMA warm-up {out['ema_warmup']:g}"
                   if out["ema_warmup"] != default(TrainConfig, "ema_warmup") else "")
                + "".join(f", {k}={v}" for k, v in model.items())

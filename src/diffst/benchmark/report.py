@@ -355,6 +355,8 @@ def factor_settings_text(changes: dict) -> str:
             words.append(f"the weights' EMA warmed up over {value:g} steps")
         elif key == "t_focus":
             words.append(f"{value:.0%} of the training examples at the last noise step")
+        elif key == "steps":
+            words.append(f"{value} training steps")
         elif key == "large_data":
             words += [f"where the training tissue {data_size_words(small=False)}, "
                       f"{factor_settings_text(value)}"] if value else []
@@ -713,6 +715,9 @@ def format_tables(summary: dict) -> str:
              + (f" Diff-ST is an ensemble of {p['n_models']} models (seeds differ), their maps "
                 "averaged (`--models`)." if p.get("n_models", 1) > 1 else "")
              + _model_sentence(p)
+             + (f" Where the training tissue {data_size_words(small=False)}, the preset "
+                f"trains with {factor_settings_text(p['large_data'])}."
+                if p.get("large_data") else "")
              + _factor_sentence(p, summary["factors"])
              + (f" Parts switched to the Diff-ST paper's variant (`--paper-variant`, README "
                 f"'Where diffst differs from the paper'): {', '.join(p['paper_variants'])}."
