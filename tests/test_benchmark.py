@@ -454,24 +454,30 @@ def test_a_factors_large_data_settings_add_to_the_presets():
         "large_data": {"steps": 3}}  # the factor's own value wins
 
 
-def test_headline_names_a_shorter_training_than_todays_for_the_runs_own_data():
-    headline = _headline_script()
+def _recorded_run(preset, sections: list, factor: int) -> dict:
+    """The ``summary.json`` (as read back) of a run of ``preset`` trained on ``sections`` (HR
+    samples of 8 µm cells) at ``factor``, with what the headline reads."""
     from diffst.benchmark.presets import train_config
 
-    default = get_preset("default", "cells")
-    today = json.loads(json.dumps(asdict(default)))
+    tc = asdict(train_config(preset.at(factor), sections, factor=factor, seed=0))
+    cells_in_tissue = sum(int(s.mask.sum()) for s in sections)
+    dataset = {"folds": [{"train": [{"cell_um": 8.0, "cells_in_tissue": cells_in_tissue}]}]}
+    return json.loads(json.dumps({
+        "preset": asdict(preset), "protocol": {}, "seeds": [0], "factors": [factor],
+        "dataset": dataset, "train_config": {str(factor): tc},
+        "istar_settings": istar_settings()}))
+
+
+def test_headline_names_a_shorter_training_than_todays_for_the_runs_own_data():
+    headline = _headline_script()
     for sections, steps in (([make_sample(size=60)], 500),
                             ([make_sample(size=60), make_sample(seed=1, size=60)], 1000)):
-        tc = asdict(train_config(default.at(5), sections, factor=5, seed=0))
+        summary = _recorded_run(get_preset("default", "cells"), sections, factor=5)
+        tc = summary["train_config"]["5"]
         assert tc["steps"] == steps
-        cells_in_tissue = sum(int(s.mask.sum()) for s in sections)
-        dataset = {"folds": [{"train": [{"cell_um": 8.0, "cells_in_tissue": cells_in_tissue}]}]}
-        summary = json.loads(json.dumps({
-            "preset": today, "protocol": {}, "seeds": [0], "factors": [5], "dataset": dataset,
-            "train_config": {"5": tc}, "istar_settings": istar_settings()}))
         assert headline.settings(summary, factor=5) == "`default`"
         before = dict(summary, train_config={"5": dict(tc, steps=500)},
-                      preset={k: v for k, v in today.items() if k != "large_data"})
+                      preset={k: v for k, v in summary["preset"].items() if k != "large_data"})
         assert headline.settings(before, factor=5) == (
             "`default`" + (", 500 steps" if steps == 1000 else ""))
 
@@ -496,18 +502,10 @@ def test_headline_names_the_patch_side_a_run_trained_with_on_its_own_data():
 
 def test_headline_compares_the_noise_steps_with_todays_rule_for_the_runs_own_data():
     headline = _headline_script()
-    from diffst.benchmark.presets import train_config
-
-    cells = get_preset("short", "cells")
-    today = json.loads(json.dumps(asdict(cells)))
     for sections, focused in (([make_sample(size=60)], False),
                               ([make_sample(size=60), make_sample(seed=1, size=60)], True)):
-        tc = asdict(train_config(cells.at(10), sections, factor=10, seed=0))
-        cells_in_tissue = sum(int(s.mask.sum()) for s in sections)
-        dataset = {"folds": [{"train": [{"cell_um": 8.0, "cells_in_tissue": cells_in_tissue}]}]}
-        summary = json.loads(json.dumps({
-            "preset": today, "protocol": {}, "seeds": [0], "factors": [10], "dataset": dataset,
-            "train_config": {"10": tc}, "istar_settings": istar_settings()}))
+        summary = _recorded_run(get_preset("short", "cells"), sections, factor=10)
+        tc = summary["train_config"]["10"]
         assert headline.settings(summary, factor=10) == "`short`"
         other = dict(summary, train_config={"10": dict(tc, t_focus=0.0 if focused else 0.5)})
         assert headline.settings(other, factor=10) == (
