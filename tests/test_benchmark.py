@@ -431,12 +431,13 @@ def test_the_default_cells_preset_trains_longer_on_large_training_data():
     default = get_preset("default", "cells")
     for factor in (5, 10):
         assert train_config(default.at(factor), large, factor, seed=0).steps == LARGE_DATA_STEPS
-        assert train_config(default.at(factor), [small], factor, seed=0).steps == 500
+    assert train_config(default.at(5), [small], 5, seed=0).steps == 500
+    assert train_config(default.at(10), [small], 10, seed=0).steps == LARGE_DATA_STEPS  # any
     both = train_config(default.at(10), large, 10, seed=0)  # x10 adds its own rule to it
     assert (both.steps, both.t_focus) == (LARGE_DATA_STEPS, LARGE_DATA_T_FOCUS_X10)
     assert both.checkpoint_every == LARGE_DATA_STEPS
     short = get_preset("short", "cells")  # the CPU-time preset keeps its length
-    assert train_config(short.at(5), large, 5, seed=0).steps == 200
+    assert [train_config(short.at(f), large, f, seed=0).steps for f in (5, 10)] == [200, 200]
     given = get_preset("default", "cells", {"steps": 300})  # an explicit length holds
     assert [train_config(given.at(f), large, f, seed=0).steps for f in (5, 10)] == [300, 300]
     assert train_config(given.at(10), large, 10, seed=0).t_focus == LARGE_DATA_T_FOCUS_X10

@@ -70,13 +70,16 @@ x10, and at x5 the large set lost on every metric (``benchmarks/results/validati
 and ``levers12/``). The threshold is the small-data rule's, not tuned for this setting."""
 LARGE_DATA_STEPS = 1000
 """Training steps of the ``cells`` preset ``default`` where the training data is not small
-(:func:`small_data`; small training data keeps the preset's 500). On a 1200 µm simulated
-validation tissue (10,843 and 11,927 training cells) 1000 steps instead of 500 improved
-Diff-ST + C on every metric at x5 and x10 and at both seeds (x5 0.0534 / 0.6975 / 0.6406 to
-0.0505 / 0.7235 / 0.6651, x10 0.0532 / 0.6638 / 0.6002 to 0.0522 / 0.6803 / 0.6160); on the
-small Xenium validation strip it helped x10 on every metric but cost PCC at x5 (0.5667 to
-0.5642), so small training data keeps 500 (``benchmarks/results/validation/levers13/``). The
-threshold is the small-data rule's, not tuned for this setting."""
+(:func:`small_data`), and at x10 for any training data (:data:`DEFAULT_CELLS_BY_FACTOR`);
+small training data at x5 keeps the preset's 500. On a 1200 µm simulated validation tissue
+(10,843 and 11,927 training cells) 1000 steps instead of 500 improved Diff-ST + C on every
+metric at x5 and x10 and at both seeds (x5 0.0534 / 0.6975 / 0.6406 to 0.0505 / 0.7235 /
+0.6651, x10 0.0532 / 0.6638 / 0.6002 to 0.0522 / 0.6803 / 0.6160). On the two small validation
+sets it improved every metric at x10 (Xenium strip 0.1313 / 0.1937 / 0.3749 to 0.1299 / 0.1988
+/ 0.3899; 560 µm simulated tissue 0.0878 / 0.5185 / 0.5210 to 0.0876 / 0.5224 / 0.5289) but
+cost PCC on the Xenium strip at x5 (0.5667 to 0.5642)
+(``benchmarks/results/validation/levers13/``). The threshold is the small-data rule's, not
+tuned for this setting."""
 CELLS_BY_FACTOR = {5: {"istar_mix": 0.5, "model": GRAPH_CELLS_X5},
                    10: {"grid_shifts": GRID_SHIFTS_X10,
                         "large_data": {"t_focus": LARGE_DATA_T_FOCUS_X10}}}
@@ -89,6 +92,10 @@ simulated tissue, with one grid and again with the 5 x 5 grids,
 (:data:`GRAPH_CELLS_X5`). At x10 the training pairs are pooled on 5 x 5 grids
 (:data:`GRID_SHIFTS_X10`), and training sets that are not small (:func:`small_data`) put half
 the examples at the last noise step (:data:`LARGE_DATA_T_FOCUS_X10`)."""
+DEFAULT_CELLS_BY_FACTOR = {**CELLS_BY_FACTOR,
+                           10: {**CELLS_BY_FACTOR[10], "steps": LARGE_DATA_STEPS}}
+"""The ``cells`` preset ``default``'s settings by factor: :data:`CELLS_BY_FACTOR`, and at x10
+:data:`LARGE_DATA_STEPS` training steps whatever the amount of training data."""
 GRID_SHIFTS = 2
 """Pooling grids per axis of the training pairs (``TrainConfig.grid_shifts``) of the ``cells``
 presets and of the ``spots`` presets at x3: 2 x 2 shifted copies of every training section. On
@@ -154,11 +161,11 @@ SMALL_DATA_CELLS = (
     "training patches for small training data')"
 )
 LONGER_TRAINING_CELLS = (
-    f"; where the training sections' tissue covers at least {SMALL_DATA_PATCHES:g} patches of "
-    f"{CELLS_PATCH_UM:g} µm, the `default` preset trains {LARGE_DATA_STEPS} steps instead of "
-    "500, chosen on a 1200 µm simulated validation tissue (seeds 0 and 1, x5 and x10); on the "
-    "Xenium validation strip it cost PCC at x5 (README 'Longer training for large training "
-    "data')"
+    f"; the `default` preset trains {LARGE_DATA_STEPS} steps instead of 500 at x10, and at x5 "
+    f"where the training sections' tissue covers at least {SMALL_DATA_PATCHES:g} patches of "
+    f"{CELLS_PATCH_UM:g} µm, chosen on a 1200 µm simulated validation tissue (seeds 0 and 1, "
+    "x5 and x10), the Xenium validation strip and a 560 µm simulated validation tissue (x10; "
+    "at x5 the Xenium strip lost PCC) (README 'Longer training for large training data')"
 )
 LARGE_DATA_CELLS = (
     f"; at x10, where the training sections' tissue covers at least {SMALL_DATA_PATCHES:g} "
@@ -344,7 +351,7 @@ PRESETS: dict[tuple[str, str], Preset] = {
     ("cells", "default"): Preset(
         "default", "cells", steps=500, batch_size=8, lr=1e-3, ema_decay=0.995,
         patch_um=CELLS_PATCH_UM, small_data_patch_um=SMALL_DATA_PATCH_UM, grid_shifts=GRID_SHIFTS,
-        large_data={"steps": LARGE_DATA_STEPS}, by_factor=CELLS_BY_FACTOR,
+        large_data={"steps": LARGE_DATA_STEPS}, by_factor=DEFAULT_CELLS_BY_FACTOR,
         provenance=CELLS_PROVENANCE + LONGER_TRAINING_CELLS),
     ("spots", "default"): Preset(
         "default", "spots", model=dict(tissue_px_per_cell=16), steps=600, batch_size=8,
