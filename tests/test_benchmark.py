@@ -1000,6 +1000,9 @@ def test_a_by_factor_setting_without_its_own_words_is_named_by_its_option():
     assert factor_settings_text({"large_data": {}}) == ""
     assert factor_settings_text({"large_data": {"steps": 1000}}) == (
         "where the training tissue covers at least 4 patches of 320 µm, 1000 training steps")
+    assert factor_settings_text({"large_data": {"t_focus": 0.5}, "steps": 1000}) == (
+        "1000 training steps, where the training tissue covers at least 4 patches of 320 µm, "
+        "50% of the training examples at the last noise step")  # the clause comes last
     assert factor_settings_text({"not_a_setting": 1}) == "not_a_setting 1"
 
 

@@ -96,6 +96,9 @@ def test_default_cells_preset_trains_longer_on_large_data_and_says_why(tmp_path,
     result = run("train", paths[0], "--factor", "5", "--preset", "default", "--out",
                  tmp_path / "m.pt")
     assert train_calls[2]["steps"] == 500 and "500 steps of batch 8" in result.output
+    result = run("train", *paths, "--factor", "10", "--preset", "default", "--out",
+                 tmp_path / "m.pt")  # x10 trains 1000 steps whatever the data size: no note
+    assert train_calls[3]["steps"] == 1000 and "1000 steps of batch 8" in result.output
 
 
 def test_spots_preset_keeps_its_ema_warm_up_for_the_user(toy_npz, tmp_path, train_calls):

@@ -351,9 +351,9 @@ def _with_preset(name: str, samples: list, factor: int, spots_only: bool, settin
     large = large_data_note(preset, samples)
 
     def why(key: str) -> str:
-        """The large-data note where the preset's large-data rule set ``key``."""
-        chosen_here = large and key in preset.large_data and not _given(key)
-        return f" ({large})" if chosen_here else ""
+        """The large-data note where the preset's large-data rule changed ``key``."""
+        changed = key in preset.large_data and preset.large_data[key] != getattr(preset, key)
+        return f" ({large})" if large and changed and not _given(key) else ""
 
     click.echo(f"preset {name} ({preset.profile} data, x{factor}): {out['steps']} steps"
                f"{why('steps')} of "

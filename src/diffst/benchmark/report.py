@@ -340,9 +340,10 @@ def mix_words(value: float | str) -> str:
 
 
 def factor_settings_text(changes: dict) -> str:
-    """One factor's preset settings (``{"self_tune": 0, "model": {...}}``) in words."""
+    """One factor's preset settings (``{"self_tune": 0, "model": {...}}``) in words; the
+    large-data settings last, as the clause they make runs to the end."""
     words = []
-    for key, value in changes.items():
+    for key, value in sorted(changes.items(), key=lambda item: item[0] == "large_data"):
         if key == "model":
             words += [model_words(k, v) for k, v in value.items()]
         elif key == "self_tune":
