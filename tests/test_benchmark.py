@@ -485,19 +485,11 @@ def test_headline_names_a_shorter_training_than_todays_for_the_runs_own_data():
 
 def test_headline_names_the_patch_side_a_run_trained_with_on_its_own_data():
     headline = _headline_script()
-    from diffst.benchmark.presets import train_config
-
-    cells = get_preset("short", "cells")
-    today = json.loads(json.dumps(asdict(cells)))
-    small = make_sample(size=60)
-    tcs = {"5": asdict(train_config(cells.at(5), [small], factor=5, seed=0))}
-    dataset = {"folds": [{"train": [{"cell_um": 8.0, "cells_in_tissue": int(small.mask.sum())}]}]}
-    summary = json.loads(json.dumps({"preset": today, "protocol": {}, "seeds": [0],
-                                     "factors": [5], "dataset": dataset, "train_config": tcs,
-                                     "istar_settings": istar_settings()}))
+    summary = _recorded_run(get_preset("short", "cells"), [make_sample(size=60)], factor=5)
     assert headline.settings(summary, factor=5) == "`short`"
-    before = dict(summary, train_config={"5": dict(tcs["5"], patch=40)},
-                  preset={k: v for k, v in today.items() if k != "small_data_patch_um"})
+    before = dict(summary, train_config={"5": dict(summary["train_config"]["5"], patch=40)},
+                  preset={k: v for k, v in summary["preset"].items()
+                          if k != "small_data_patch_um"})
     assert headline.settings(before, factor=5) == "`short`, 320 µm patches"
 
 
