@@ -57,7 +57,7 @@ def run_settings(summary: dict, factor: int | None = None) -> dict:
     length)."""
     preset = dict(summary["preset"])
     preset.update(factor_changes(preset.get("model", {}), preset.get("by_factor", {}), factor,
-                                 preset.get("large_data", {})))
+                                 preset.get("large_data", {}), preset.get("small_data", {})))
     configs = summary.get("train_config", {})
     tc = configs.get(str(factor)) or next(iter(configs.values()), {})
     return {"steps": tc.get("steps", preset.get("steps")), "n_samples": preset["n_samples"],
@@ -72,7 +72,7 @@ def run_settings(summary: dict, factor: int | None = None) -> dict:
                              else SELF_TUNE_LR),  # a rate without self-tuning is no setting
             "paper_variants": architecture_free(preset.get("paper_variants", ())),
             "lr_schedule": tc.get("lr_schedule", "constant"),
-            "lr": preset.get("lr"), "batch_size": preset.get("batch_size"),
+            "lr": preset.get("lr"), "batch_size": tc.get("batch_size", preset.get("batch_size")),
             "ema_warmup": tc.get("ema_warmup", 10.0),
             "t_focus": tc.get("t_focus", 0.0),
             "grid_shifts": tc.get("grid_shifts", 1),
@@ -116,16 +116,17 @@ def todays_patch_um(summary: dict, registered, factor: int | None) -> float | No
     return float(patch_cells(registered, cell_um, at, tissue) * cell_um)
 
 
-def todays_large_data(summary: dict, registered, factor: int | None) -> dict:
-    """The ``large_data`` settings today's preset ``registered`` gives the run's training
-    sections at ``factor`` (the run's first factor where None): those fields with their value
-    for that amount of data (empty where the run did not record its training set)."""
+def todays_data_size_settings(summary: dict, registered, factor: int | None) -> dict:
+    """The ``small_data`` and ``large_data`` settings today's preset ``registered`` gives the
+    run's training sections at ``factor`` (the run's first factor where None): those fields
+    with their value for that amount of data (empty where the run did not record its training
+    set)."""
     data = first_training_set(summary)
     if data is None:
         return {}
     at = registered.at(factor if factor is not None else summary["factors"][0])
     today = for_data_size(at, *data)
-    return {key: preset_value(key, today) for key in at.large_data}
+    return {key: preset_value(key, today) for key in {**at.small_data, **at.large_data}}
 
 
 def architecture_free(parts: tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -189,7 +190,7 @@ def settings(summary: dict, seed: bool = True, factor: int | None = None) -> str
         now = {key: preset_value(key, registered) for key in WORDS}
         now["paper_variants"] = architecture_free(registered.paper_variants)
         now["patch_um"] = todays_patch_um(summary, registered, factor)
-        now.update(todays_large_data(summary, registered, factor))
+        now.update(todays_data_size_settings(summary, registered, factor))
         values = run_settings(summary, factor)
         values["model"] = changed_model(
             values["model"], with_paper_architecture(registered.model, registered.paper_variants))

@@ -5,6 +5,7 @@ Runtime: about 15 s on 2 idle cores (the HER2ST test adds about 10 s when ../sha
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -20,7 +21,7 @@ from conftest import SHARED_DATA, make_sample, tiny_config
 from PIL import Image
 
 from diffst.baselines import BASELINES
-from diffst.baselines.regression import HistologyRegression
+from diffst.baselines.regression import HistologyRegression, regress
 from diffst.benchmark import (
     ABLATION_LABELS,
     METHOD_LABELS,
@@ -453,6 +454,20 @@ def test_a_factors_large_data_settings_add_to_the_presets():
     assert factor_changes({}, by_factor, 5, {"steps": 9}) == {"grid_shifts": 2}
     assert factor_changes({}, {10: {"large_data": {"steps": 3}}}, 10, {"steps": 9}) == {
         "large_data": {"steps": 3}}  # the factor's own value wins
+    small = {5: {"small_data": {"batch_size": 16}}}
+    assert factor_changes({}, small, 5, {"steps": 9}, {"lr": 0.1}) == {
+        "small_data": {"lr": 0.1, "batch_size": 16}}  # small-data settings merge alike
+
+
+def test_data_size_settings_apply_to_small_or_to_large_training_data():
+    from diffst.benchmark.presets import for_data_size
+
+    preset = replace(get_preset("default", "cells"), small_data={"batch_size": 16},
+                     large_data={"steps": 1000})
+    small, large = for_data_size(preset, 8.0, 100), for_data_size(preset, 8.0, 10**6)
+    assert (small.batch_size, small.steps) == (16, 500)
+    assert (large.batch_size, large.steps) == (8, 1000)
+    assert for_data_size(preset, 8.0, None) is preset  # size not known: no rule
 
 
 def _recorded_run(preset, sections: list, factor: int) -> dict:
@@ -603,6 +618,19 @@ def test_regression_baseline_lowers_its_loss():
     with torch.no_grad():
         after = float(reg.loss(reg.model, batch, 1.0))
     assert after < 0.8 * before
+
+
+def test_regression_adds_the_consistency_loss_as_diffst_does():
+    plain, weighted = _regression(steps=1), _regression(steps=1)
+    weighted.tc = dataclasses.replace(weighted.tc, consistency_weight=1.0)
+    batch = plain.draw_batch()
+    with torch.no_grad():
+        a = float(plain.loss(plain.model, batch, 1.0))
+        b = float(weighted.loss(weighted.model, batch, 1.0))
+        cond = weighted.model.encode_batch(batch, batch.tile_valid)
+        extra = float(weighted.consistent_mse(regress(weighted.model, cond).float(), batch))
+    assert extra > 0
+    assert b == pytest.approx(a + extra, rel=1e-5)
 
 
 def test_regression_predicts_whole_samples():
@@ -830,11 +858,14 @@ def test_headline_run_line_names_what_one_factor_did_differently():
 
     headline = _headline_script()
     preset = get_preset("short", "cells", {"grid_shifts": 2})  # x10 before its 5 x 5 grids
-    tcs = {str(f): asdict(train_config(preset.at(f), [make_sample()], factor=f, seed=0))
+    section = make_sample()
+    tcs = {str(f): asdict(train_config(preset.at(f), [section], factor=f, seed=0))
            for f in (5, 10)}
+    train = [{"cell_um": 8.0, "cells_in_tissue": int(section.mask.sum())}]
     summary = json.loads(json.dumps({"preset": asdict(preset), "protocol": {}, "seeds": [0],
                                      "train_config": tcs, "istar_settings": istar_settings(),
-                                     "factors": [5, 10]}))
+                                     "factors": [5, 10],
+                                     "dataset": {"folds": [{"train": train}]}}))
     run = headline.settings(summary, False)
     assert run == "`short`"
     assert headline.factor_notes(summary, run) == "; at x10: 2 x 2 pooling grids"
@@ -995,6 +1026,9 @@ def test_a_by_factor_setting_without_its_own_words_is_named_by_its_option():
     assert factor_settings_text({"large_data": {"t_focus": 0.5}, "steps": 1000}) == (
         "1000 training steps, where the training tissue covers at least 4 patches of 320 µm, "
         "50% of the training examples at the last noise step")  # the clause comes last
+    assert factor_settings_text({"small_data": {"batch_size": 16}, "steps": 1000}) == (
+        "1000 training steps, where the training tissue covers less than 4 patches of 320 µm, "
+        "training batches of 16")
     assert factor_settings_text({"not_a_setting": 1}) == "not_a_setting 1"
 
 

@@ -341,23 +341,24 @@ def _with_preset(name: str, samples: list, factor: int, spots_only: bool, settin
                  model_settings: dict) -> tuple[dict, dict]:
     """``train_model`` keywords and architecture settings with the preset ``name`` applied
     where the user gave no flag, plus ``predict_settings``; prints what the preset set."""
-    from diffst.benchmark.presets import large_data_note, small_data_note, training_settings
+    from diffst.benchmark.presets import data_size_note, small_data_note, training_settings
 
     preset, chosen = training_settings(name, samples, factor, spots_only)
     out = {**chosen, **{key: value for key, value in settings.items()
                         if _given(TRAIN_PARAMETERS.get(key, key))}}
     model = {**preset.model, **model_settings}
     note = small_data_note(preset, samples, factor) if out["patch"] == chosen["patch"] else ""
-    large = large_data_note(preset, samples)
+    sized, size_note = data_size_note(preset, samples)
 
     def why(key: str) -> str:
-        """The large-data note where the preset's large-data rule changed ``key``."""
-        changed = key in preset.large_data and preset.large_data[key] != getattr(preset, key)
-        return f" ({large})" if large and changed and not _given(key) else ""
+        """The data-size note where the preset's small- or large-data rule changed ``key``."""
+        changed = key in sized and sized[key] != getattr(preset, key)
+        return f" ({size_note})" if changed and not _given(key) else ""
 
     click.echo(f"preset {name} ({preset.profile} data, x{factor}): {out['steps']} steps"
                f"{why('steps')} of "
-               f"batch {out['batch_size']} at lr {out['lr']:g}, EMA {out['ema_decay']:g}, patch "
+               f"batch {out['batch_size']}{why('batch_size')} at lr {out['lr']:g}, "
+               f"EMA {out['ema_decay']:g}, patch "
                f"{out['patch']} cells" + (f" ({note})" if note else "")
                + f", image at {out['work_um_per_px']:g} µm/px"
                + (f", {out['grid_shifts']} x {out['grid_shifts']} pooling grids"

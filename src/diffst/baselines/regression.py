@@ -9,7 +9,8 @@ residual ``z0 = (hr - lr_up) / residual_scale`` directly. Training reuses
 :class:`diffst.train.Trainer` unchanged except for the loss: the same patch sampler and
 augmentations, curriculum, AdamW, gradient clipping and EMA, and the same step budget. The
 loss is the masked MSE of the residual (per-gene scaled units) plus Diff-ST's weighted
-disentangling loss.
+disentangling loss and, where training has one (``TrainConfig.consistency_weight``), the same
+weighted spot-consistency loss (:meth:`diffst.train.Trainer.consistent_mse`).
 
 Prediction covers the HR raster with the tiler of :mod:`diffst.infer` (``tissue_tile_origins``,
 ``tile_batch``, ``TileBlender``: the same tiles and blending as Diff-ST's whole-slide inference)
@@ -51,15 +52,19 @@ class HistologyRegression(Trainer):
 
     def loss(self, model: DiffST, batch: PatchBatch, tile_fraction: float,
              generator: torch.Generator | None = None) -> torch.Tensor:
-        """Masked MSE of the predicted scaled residual plus the disentangling loss."""
+        """Masked MSE of the predicted scaled residual plus the disentangling loss and, with
+        ``consistency_weight``, the weighted loss of :meth:`consistent_mse` (as Diff-ST's)."""
         keep = curriculum_keep(batch.tile_valid, tile_fraction, self.tc.curriculum_order)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.tc.bf16):
             cond = model.encode_batch(batch, keep)
             out = regress(model, cond)
         z0 = (batch.hr - batch.lr_up) / self.scheduler_config.residual_scale
         w = batch.mask
-        mse = masked_mse(out.float(), z0, w)
-        return mse + self.tc.disentangle_weight * cond.aux_loss.float()
+        out = out.float()
+        loss = masked_mse(out, z0, w) + self.tc.disentangle_weight * cond.aux_loss.float()
+        if self.tc.consistency_weight:
+            loss = loss + self.tc.consistency_weight * self.consistent_mse(out, batch)
+        return loss
 
     def export_model(self, path: str | Path) -> Path:
         """Not supported: a regression model is not a diffusion model file."""

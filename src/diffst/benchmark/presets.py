@@ -80,7 +80,19 @@ sets it improved every metric at x10 (Xenium strip 0.1313 / 0.1937 / 0.3749 to 0
 cost PCC on the Xenium strip at x5 (0.5667 to 0.5642)
 (``benchmarks/results/validation/levers13/``). The threshold is the small-data rule's, not
 tuned for this setting."""
-CELLS_BY_FACTOR = {5: {"istar_mix": 0.5, "model": GRAPH_CELLS_X5},
+SMALL_DATA_BATCH_X5 = 16
+"""Training batch of the ``cells`` presets at x5 where the training data is small
+(:func:`small_data`); 8 otherwise. With the ``default`` preset at seeds 0 and 1, 16 instead of
+8 improved Diff-ST + C's RMSE / SSIM / PCC on the Xenium validation strip (as cut for x5 runs:
+0.1112 / 0.3616 / 0.5697 to 0.1096 / 0.3774 / 0.5845) and on a 560 µm simulated validation
+tissue (0.0862 / 0.5473 / 0.5563 to 0.0861 / 0.5503 / 0.5561, PCC 0.0002 lower); on the Xenium
+strip as cut for runs of x5 and x10 it was level (0.1129 / 0.3266 / 0.5667 to 0.1129 / 0.3259 /
+0.5672). A batch of 32 was worse than 16 (Xenium SSIM, simulated PCC); at x10 the Xenium strip
+gained and the 560 µm simulated tissue lost every metric, so x10 keeps 8; large training sets
+were not checked (``benchmarks/results/validation/levers14/``). The threshold is the
+small-data rule's, not tuned for this setting."""
+CELLS_BY_FACTOR = {5: {"istar_mix": 0.5, "model": GRAPH_CELLS_X5,
+                       "small_data": {"batch_size": SMALL_DATA_BATCH_X5}},
                    10: {"grid_shifts": GRID_SHIFTS_X10,
                         "large_data": {"t_focus": LARGE_DATA_T_FOCUS_X10}}}
 """The ``cells`` presets' settings by factor. At x5 Diff-ST's maps are mixed half and half with
@@ -89,7 +101,8 @@ validation sets (the Xenium validation strip and the simulated validation tissue
 disagree, so there is no mix: every weight helped on the Xenium strip and cost SSIM on the
 simulated tissue, with one grid and again with the 5 x 5 grids,
 ``benchmarks/results/validation/blend_*/x10_gs5``), and the gene graph takes the paper's edges
-(:data:`GRAPH_CELLS_X5`). At x10 the training pairs are pooled on 5 x 5 grids
+(:data:`GRAPH_CELLS_X5`), and small training sets train on batches of 16
+(:data:`SMALL_DATA_BATCH_X5`). At x10 the training pairs are pooled on 5 x 5 grids
 (:data:`GRID_SHIFTS_X10`), and training sets that are not small (:func:`small_data`) put half
 the examples at the last noise step (:data:`LARGE_DATA_T_FOCUS_X10`)."""
 DEFAULT_CELLS_BY_FACTOR = {**CELLS_BY_FACTOR,
@@ -167,6 +180,13 @@ LONGER_TRAINING_CELLS = (
     "x5 and x10), the Xenium validation strip and a 560 µm simulated validation tissue (x10; "
     "at x5 the Xenium strip lost PCC) (README 'Longer training for large training data')"
 )
+SMALL_BATCH_CELLS = (
+    f"; at x5, where the training sections' tissue covers fewer than {SMALL_DATA_PATCHES:g} "
+    f"patches of {CELLS_PATCH_UM:g} µm, training batches of {SMALL_DATA_BATCH_X5} instead of 8, "
+    "chosen on the Xenium validation strip and a 560 µm simulated validation tissue at seeds 0 "
+    "and 1 with the `default` preset (README 'Larger batches for small training data at x5'; "
+    "at x10 the two disagreed, so x10 keeps 8)"
+)
 LARGE_DATA_CELLS = (
     f"; at x10, where the training sections' tissue covers at least {SMALL_DATA_PATCHES:g} "
     f"patches of {CELLS_PATCH_UM:g} µm, half of the training examples are at the last noise "
@@ -208,7 +228,7 @@ MIX_SPOTS = (
 )
 
 CELLS_PROVENANCE = (PROVENANCE_V01 + MIX_CELLS + GRID_CELLS + GRAPH_CELLS + SMALL_DATA_CELLS
-                    + LARGE_DATA_CELLS)
+                    + SMALL_BATCH_CELLS + LARGE_DATA_CELLS)
 """Where the ``cells`` presets' settings come from (their provenance, before any note of the
 preset's own)."""
 SPOTS_PROVENANCE = (PROVENANCE_V01 + SELF_TUNE_SPOTS + BASE_MAP_SPOTS + MIX_SPOTS + GRID_SPOTS
@@ -241,6 +261,8 @@ class Preset:
             reads, e.g. ``steps``, ``t_focus``) used instead where the training data is not
             small (:func:`small_data`); a ``large_data`` entry of ``by_factor`` adds to them at
             that factor.
+        small_data: likewise, used instead where the training data is small (e.g.
+            ``batch_size``); a ``small_data`` entry of ``by_factor`` adds to them.
         work_um_per_px: image resolution of the model [:func:`default_work_um_per_px`].
         sample_steps, n_samples: sampler steps and samples per tile averaged into the mean map.
         turns: Diff-ST's sample ``k`` sees each tile turned by dihedral transform ``k mod 8``
@@ -291,6 +313,7 @@ class Preset:
     patch_um: float | None = None
     small_data_patch_um: float | None = None
     large_data: dict = field(default_factory=dict)
+    small_data: dict = field(default_factory=dict)
     work_um_per_px: float | None = None
     sample_steps: int = 20
     n_samples: int = 8
@@ -318,19 +341,25 @@ class Preset:
     def at(self, factor: int) -> Preset:
         """The settings used at ``factor``: this preset with ``by_factor[factor]`` applied."""
         return replace(self, **factor_changes(self.model, self.by_factor, factor,
-                                              self.large_data))
+                                              self.large_data, self.small_data))
 
 
-def factor_changes(model: dict, by_factor: dict, factor: int,
-                   large_data: dict | None = None) -> dict:
+DATA_SIZE_KEYS = ("small_data", "large_data")
+"""The :class:`Preset` fields of training settings that depend on the amount of training data."""
+
+
+def factor_changes(model: dict, by_factor: dict, factor: int, large_data: dict | None = None,
+                   small_data: dict | None = None) -> dict:
     """The fields a preset's ``by_factor`` changes at ``factor`` (its keys are factors, or their
-    strings in a preset read back from JSON), with a ``model`` entry merged into ``model`` and
-    a ``large_data`` entry into the preset's ``large_data``."""
+    strings in a preset read back from JSON), with a ``model`` entry merged into ``model``, a
+    ``large_data`` entry into the preset's ``large_data`` and a ``small_data`` entry into its
+    ``small_data``."""
     changes = dict(by_factor.get(factor, by_factor.get(str(factor), {})))
     if "model" in changes:
         changes["model"] = {**model, **changes["model"]}
-    if "large_data" in changes:
-        changes["large_data"] = {**(large_data or {}), **changes["large_data"]}
+    for key, preset_level in zip(DATA_SIZE_KEYS, (small_data, large_data), strict=True):
+        if key in changes:
+            changes[key] = {**(preset_level or {}), **changes[key]}
     return changes
 
 
@@ -418,8 +447,9 @@ def get_preset(name: str, profile: str, overrides: dict | None = None) -> Preset
         overrides["model"] = {**preset.model, **overrides["model"]}
     if "patch_um" in overrides:  # a side given here holds however small the training data
         overrides.setdefault("small_data_patch_um", None)
-    if "large_data" not in overrides:  # so does a training setting given here
-        overrides["large_data"] = _unset(preset.large_data, overrides)
+    for key in DATA_SIZE_KEYS:  # so does a training setting given here
+        if key not in overrides:
+            overrides[key] = _unset(getattr(preset, key), overrides)
     chosen = replace(preset, **overrides)
     for factor in (None, *chosen.by_factor):  # a bad value fails here, before any training
         at = chosen if factor is None else chosen.at(factor)
@@ -435,15 +465,16 @@ def _unset(settings: dict, overrides: dict) -> dict:
 
 def _without(changes: dict, overrides: dict) -> dict:
     """``changes`` (one factor's settings) less the fields, architecture settings and
-    large-data settings that ``overrides`` sets."""
+    data-size settings that ``overrides`` sets."""
     kept = {key: value for key, value in changes.items() if key not in overrides or
             key == "model"}
     if "model" in kept:
         kept["model"] = _unset(kept["model"], overrides.get("model", {}))
         if not kept["model"]:
             del kept["model"]
-    if "large_data" in kept:
-        kept["large_data"] = _unset(kept["large_data"], overrides)
+    for key in DATA_SIZE_KEYS:
+        if key in kept:
+            kept[key] = _unset(kept[key], overrides)
     return kept
 
 
@@ -498,11 +529,13 @@ def small_data(tissue_cells: int | None, cell_um: float) -> bool:
 
 
 def for_data_size(preset: Preset, cell_um: float, tissue_cells: int | None) -> Preset:
-    """``preset`` with its ``large_data`` settings applied where the training set (``tissue_cells``
-    HR cells of ``cell_um`` µm; None: not known) is not small."""
-    if not preset.large_data or tissue_cells is None or small_data(tissue_cells, cell_um):
+    """``preset`` with its ``small_data`` settings applied where the training set
+    (``tissue_cells`` HR cells of ``cell_um`` µm) is small and its ``large_data`` settings where
+    it is not (unchanged where the size is not known or the settings are empty)."""
+    if tissue_cells is None:
         return preset
-    return replace(preset, **preset.large_data)
+    settings = preset.small_data if small_data(tissue_cells, cell_um) else preset.large_data
+    return replace(preset, **settings) if settings else preset
 
 
 def _side_cells(patch_um: float | None, cell_um: float, factor: int) -> int:
@@ -528,13 +561,15 @@ def small_data_note(preset: Preset, samples: list[STSample], factor: int) -> str
     return f"the training tissue ({tissue} cells of {cell_um:g} µm) {data_size_words(True)}"
 
 
-def large_data_note(preset: Preset, samples: list[STSample]) -> str:
-    """Why ``preset``'s ``large_data`` settings apply to ``samples`` (an empty string where
-    they do not, or where ``preset`` has none)."""
+def data_size_note(preset: Preset, samples: list[STSample]) -> tuple[dict, str]:
+    """The data-size settings of ``preset`` that apply to ``samples`` (its ``small_data`` or
+    ``large_data``) and why, in words (``({}, "")`` where none apply)."""
     cell_um, tissue = samples[0].cell_um, tissue_cells(samples)
     if for_data_size(preset, cell_um, tissue) is preset:
-        return ""
-    return f"the training tissue ({tissue} cells of {cell_um:g} µm) {data_size_words(False)}"
+        return {}, ""
+    small = small_data(tissue, cell_um)
+    return (preset.small_data if small else preset.large_data,
+            f"the training tissue ({tissue} cells of {cell_um:g} µm) {data_size_words(small)}")
 
 
 def tissue_cells(samples: list[STSample]) -> int:

@@ -31,6 +31,7 @@ from diffst.benchmark.methods import (
     method_label,
 )
 from diffst.benchmark.presets import (
+    DATA_SIZE_KEYS,
     PRESETS,
     Preset,
     data_size_words,
@@ -341,9 +342,9 @@ def mix_words(value: float | str) -> str:
 
 def factor_settings_text(changes: dict) -> str:
     """One factor's preset settings (``{"self_tune": 0, "model": {...}}``) in words; the
-    large-data settings last, as the clause they make runs to the end."""
+    data-size settings last, as the clause each makes runs to the end."""
     words = []
-    for key, value in sorted(changes.items(), key=lambda item: item[0] == "large_data"):
+    for key, value in sorted(changes.items(), key=lambda item: item[0] in DATA_SIZE_KEYS):
         if key == "model":
             words += [model_words(k, v) for k, v in value.items()]
         elif key == "self_tune":
@@ -358,8 +359,10 @@ def factor_settings_text(changes: dict) -> str:
             words.append(f"{value:.0%} of the training examples at the last noise step")
         elif key == "steps":
             words.append(f"{value} training steps")
-        elif key == "large_data":
-            words += [f"where the training tissue {data_size_words(small=False)}, "
+        elif key == "batch_size":
+            words.append(f"training batches of {value}")
+        elif key in DATA_SIZE_KEYS:
+            words += [f"where the training tissue {data_size_words(key == 'small_data')}, "
                       f"{factor_settings_text(value)}"] if value else []
         elif key in OVERRIDE_FLAGS:
             words.append(f"`{OVERRIDE_FLAGS[key](value)}`")
@@ -387,12 +390,17 @@ def overridden(preset: Preset) -> dict:
 
 def _set_at_every_factor(preset: Preset, registered: Preset) -> tuple[set[str], set[str]]:
     """The fields and architecture settings that ``registered`` sets for some factor
-    (``by_factor``) and ``preset`` no longer does: overrides that hold at every factor."""
+    (``by_factor``) or amount of training data (``small_data``, ``large_data``) and ``preset``
+    no longer does: overrides that hold at every factor and for any amount of data."""
     fields_, model = set(), set()
+    for key in DATA_SIZE_KEYS:
+        fields_ |= set(getattr(registered, key)) - set(getattr(preset, key))
     for factor, changes in registered.by_factor.items():
         kept = preset.by_factor.get(factor, {})
         fields_ |= {key for key in changes if key != "model" and key not in kept}
         model |= set(changes.get("model", {})) - set(kept.get("model", {}))
+        for key in DATA_SIZE_KEYS:
+            fields_ |= set(changes.get(key, {})) - set(kept.get(key, {}))
     return fields_, model
 
 
@@ -664,6 +672,16 @@ def sentences(stats_: dict, comp: dict, factor: int) -> list[str]:
     return out
 
 
+def _per_factor(summary: dict, key: str) -> str:
+    """A training setting of the run: one value, or where factors differ, each factor's
+    (``500/1000 (x5/x10)``)."""
+    configs = summary["train_config"]
+    values = [str(tc[key]) for tc in configs.values()]
+    if len(set(values)) == 1:
+        return values[0]
+    return f"{'/'.join(values)} ({'/'.join(f'x{f}' for f in configs)})"
+
+
 def format_tables(summary: dict) -> str:
     """The whole ``table.md`` text from a summary dict."""
     ds, p = summary["dataset"], summary["preset"]
@@ -699,8 +717,10 @@ def format_tables(summary: dict) -> str:
     thinned = (f", each section also with its input thinned to {tc['thin_inputs']:.0%} and "
                "depth-matched (`--thin-inputs`)" if tc.get("thin_inputs") else "")
     lines += [
-             f"Training (Diff-ST, ablations, histology regression): {tc['steps']} steps, batch "
-             f"{tc['batch_size']}, lr {tc['lr']:g}{cosine}, EMA {tc['ema_decay']:g}{warmup}"
+             f"Training (Diff-ST, ablations, histology regression): "
+             f"{_per_factor(summary, 'steps')} steps, batch "
+             f"{_per_factor(summary, 'batch_size')}, lr {tc['lr']:g}{cosine}, "
+             f"EMA {tc['ema_decay']:g}{warmup}"
              f"{focus}{grids}{thinned}, patch "
              f"{patches} HR "
              f"cells at {scales}, image at {tc['work_um_per_px']:g} µm/px, "
@@ -716,9 +736,9 @@ def format_tables(summary: dict) -> str:
              + (f" Diff-ST is an ensemble of {p['n_models']} models (seeds differ), their maps "
                 "averaged (`--models`)." if p.get("n_models", 1) > 1 else "")
              + _model_sentence(p)
-             + (f" Where the training tissue {data_size_words(small=False)}, the preset "
-                f"trains with {factor_settings_text(p['large_data'])}."
-                if p.get("large_data") else "")
+             + "".join(f" Where the training tissue {data_size_words(key == 'small_data')}, "
+                       f"the preset trains with {factor_settings_text(p[key])}."
+                       for key in DATA_SIZE_KEYS if p.get(key))
              + _factor_sentence(p, summary["factors"])
              + (f" Parts switched to the Diff-ST paper's variant (`--paper-variant`, README "
                 f"'Where diffst differs from the paper'): {', '.join(p['paper_variants'])}."
