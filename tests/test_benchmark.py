@@ -445,6 +445,23 @@ def test_the_default_cells_preset_trains_longer_on_large_training_data():
     assert overridden(given) == {"steps": 300}
 
 
+def test_the_cells_presets_train_on_larger_batches_for_small_data_at_x5():
+    from diffst.benchmark.presets import SMALL_DATA_BATCH_X5, train_config
+    from diffst.benchmark.report import overridden
+
+    small = [make_sample(size=60)]
+    large = [small[0], make_sample(seed=1, size=60)]
+    for name in ("short", "default", "full"):
+        cells = get_preset(name, "cells")
+        batches = [train_config(cells.at(f), data, f, seed=0).batch_size
+                   for f in (5, 10) for data in (small, large)]
+        assert batches == [SMALL_DATA_BATCH_X5, 8, 8, 8]  # x10 and large data keep 8
+    given = get_preset("default", "cells", {"batch_size": 8})  # an explicit batch holds
+    assert train_config(given.at(5), small, 5, seed=0).batch_size == 8
+    assert overridden(given) == {"batch_size": 8}  # and is recorded with the run
+    assert get_preset("paper", "cells").at(5).small_data == {}
+
+
 def test_a_factors_large_data_settings_add_to_the_presets():
     from diffst.benchmark.presets import factor_changes
 
@@ -476,12 +493,17 @@ def _recorded_run(preset, sections: list, factor: int) -> dict:
     from diffst.benchmark.presets import train_config
 
     tc = asdict(train_config(preset.at(factor), sections, factor=factor, seed=0))
-    cells_in_tissue = sum(int(s.mask.sum()) for s in sections)
-    dataset = {"folds": [{"train": [{"cell_um": 8.0, "cells_in_tissue": cells_in_tissue}]}]}
     return json.loads(json.dumps({
         "preset": asdict(preset), "protocol": {}, "seeds": [0], "factors": [factor],
-        "dataset": dataset, "train_config": {str(factor): tc},
+        "dataset": _dataset_record(sections), "train_config": {str(factor): tc},
         "istar_settings": istar_settings()}))
+
+
+def _dataset_record(sections: list) -> dict:
+    """The ``dataset`` entry of a run's summary with one fold trained on ``sections`` (HR
+    samples of 8 µm cells): what the headline reads of the training data's size."""
+    cells_in_tissue = sum(int(s.mask.sum()) for s in sections)
+    return {"folds": [{"train": [{"cell_um": 8.0, "cells_in_tissue": cells_in_tissue}]}]}
 
 
 def test_headline_names_a_shorter_training_than_todays_for_the_runs_own_data():
@@ -858,14 +880,12 @@ def test_headline_run_line_names_what_one_factor_did_differently():
 
     headline = _headline_script()
     preset = get_preset("short", "cells", {"grid_shifts": 2})  # x10 before its 5 x 5 grids
-    section = make_sample()
-    tcs = {str(f): asdict(train_config(preset.at(f), [section], factor=f, seed=0))
+    tcs = {str(f): asdict(train_config(preset.at(f), [make_sample()], factor=f, seed=0))
            for f in (5, 10)}
-    train = [{"cell_um": 8.0, "cells_in_tissue": int(section.mask.sum())}]
     summary = json.loads(json.dumps({"preset": asdict(preset), "protocol": {}, "seeds": [0],
                                      "train_config": tcs, "istar_settings": istar_settings(),
                                      "factors": [5, 10],
-                                     "dataset": {"folds": [{"train": train}]}}))
+                                     "dataset": _dataset_record([make_sample()])}))
     run = headline.settings(summary, False)
     assert run == "`short`"
     assert headline.factor_notes(summary, run) == "; at x10: 2 x 2 pooling grids"
@@ -974,7 +994,8 @@ def test_cells_presets_take_the_papers_gene_graph_at_x5_only():
     sentence = _factor_sentence(json.loads(json.dumps(asdict(get_preset("short", "cells")))),
                                 [5, 10])
     assert "at x5: Diff-ST's map mixed with the slide's own iStar-like map, weight 0.5, " \
-           "the paper's graph;" in sentence
+           "the paper's graph, where the training tissue covers less than 4 patches of 320 " \
+           "µm, training batches of 16;" in sentence
 
 
 def test_spots_presets_take_the_papers_gene_graph_at_x3_only():
@@ -1001,7 +1022,8 @@ def test_headline_names_the_gene_graph_the_same_way_whether_variant_or_preset():
     tcs = {str(f): asdict(train_config(cells.at(f), [make_sample()], factor=f, seed=0))
            for f in (5, 10)}
     summary = json.loads(json.dumps({"preset": today, "protocol": {}, "seeds": [0],
-                                     "train_config": tcs, "istar_settings": istar_settings()}))
+                                     "train_config": tcs, "istar_settings": istar_settings(),
+                                     "dataset": _dataset_record([make_sample()])}))
     assert headline.settings(summary, factor=5) == "`short`"
     before = dict(today, by_factor={"5": {"istar_mix": 0.5}, "10": {"grid_shifts": 5}})
     assert headline.settings(dict(summary, preset=before), factor=5) == "`short`, diffst's graph"
@@ -1009,6 +1031,15 @@ def test_headline_names_the_gene_graph_the_same_way_whether_variant_or_preset():
     assert headline.settings(dict(summary, preset=variant), factor=5) == "`short`"
     assert headline.settings(dict(summary, preset=variant), factor=10) == (
         "`short`, the paper's graph")
+
+
+def test_the_training_sentence_names_each_factors_length_and_batch_where_they_differ():
+    from diffst.benchmark.report import _per_factor
+
+    summary = {"train_config": {"5": {"steps": 500, "batch_size": 16},
+                                "10": {"steps": 1000, "batch_size": 16}}}
+    assert _per_factor(summary, "steps") == "500/1000 (x5/x10)"
+    assert _per_factor(summary, "batch_size") == "16"
 
 
 def test_a_by_factor_setting_without_its_own_words_is_named_by_its_option():

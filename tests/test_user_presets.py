@@ -44,7 +44,10 @@ def test_cells_preset_sets_training_and_keeps_its_sampling(toy_npz, tmp_path, tr
                  tmp_path / "m.pt")
     assert result.exit_code == 0, result.output
     kw = train_calls[0]
-    assert (kw["steps"], kw["batch_size"], kw["lr"], kw["ema_decay"]) == (200, 8, 1e-3, 0.995)
+    assert (kw["steps"], kw["lr"], kw["ema_decay"]) == (200, 1e-3, 0.995)
+    assert kw["batch_size"] == 16  # batches of 16 at x5: the toy section is small
+    assert "batch 16 (the training tissue (810 cells of 8 µm) covers less than 4 patches of " \
+           "320 µm)" in result.output
     assert kw["patch"] == 20  # 160 µm of 8 µm cells: the toy section is small
     assert "patch 20 cells (the training tissue (810 cells of 8 µm) covers less than 4 " \
            "patches of 320 µm)" in result.output
@@ -94,11 +97,16 @@ def test_default_cells_preset_trains_longer_on_large_data_and_says_why(tmp_path,
                  "--out", tmp_path / "m.pt")
     assert train_calls[1]["steps"] == 7 and "7 steps of batch 8" in result.output
     result = run("train", paths[0], "--factor", "5", "--preset", "default", "--out",
-                 tmp_path / "m.pt")
-    assert train_calls[2]["steps"] == 500 and "500 steps of batch 8" in result.output
+                 tmp_path / "m.pt")  # small data at x5: 500 steps of batches of 16
+    assert train_calls[2]["steps"] == 500 and train_calls[2]["batch_size"] == 16
+    assert "500 steps of batch 16 (the training tissue (3420 cells of 8 µm) covers less than " \
+           "4 patches of 320 µm)" in result.output
+    result = run("train", paths[0], "--factor", "5", "--preset", "default", "--batch-size", "8",
+                 "--out", tmp_path / "m.pt")  # a batch given holds, without the note
+    assert train_calls[3]["batch_size"] == 8 and "500 steps of batch 8 at" in result.output
     result = run("train", *paths, "--factor", "10", "--preset", "default", "--out",
                  tmp_path / "m.pt")  # x10 trains 1000 steps whatever the data size: no note
-    assert train_calls[3]["steps"] == 1000 and "1000 steps of batch 8" in result.output
+    assert train_calls[4]["steps"] == 1000 and "1000 steps of batch 8" in result.output
 
 
 def test_spots_preset_keeps_its_ema_warm_up_for_the_user(toy_npz, tmp_path, train_calls):
@@ -113,7 +121,7 @@ def test_flags_given_override_the_preset(toy_npz, tmp_path, train_calls):
                  "--lr", "0.01", "--out", tmp_path / "m.pt")
     assert result.exit_code == 0, result.output
     kw = train_calls[0]
-    assert (kw["steps"], kw["lr"], kw["batch_size"]) == (7, 0.01, 8)
+    assert (kw["steps"], kw["lr"], kw["batch_size"]) == (7, 0.01, 16)  # x5, small data
 
 
 def test_spots_preset_follows_the_factor(toy_npz, tmp_path, train_calls):
