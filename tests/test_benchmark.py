@@ -5,7 +5,6 @@ Runtime: about 15 s on 2 idle cores (the HER2ST test adds about 10 s when ../sha
 
 from __future__ import annotations
 
-import dataclasses
 import importlib.util
 import json
 import math
@@ -644,7 +643,7 @@ def test_regression_baseline_lowers_its_loss():
 
 def test_regression_adds_the_consistency_loss_as_diffst_does():
     plain, weighted = _regression(steps=1), _regression(steps=1)
-    weighted.tc = dataclasses.replace(weighted.tc, consistency_weight=1.0)
+    weighted.tc = replace(weighted.tc, consistency_weight=1.0)
     batch = plain.draw_batch()
     with torch.no_grad():
         a = float(plain.loss(plain.model, batch, 1.0))
