@@ -357,7 +357,7 @@ def factor_changes(model: dict, by_factor: dict, factor: int, large_data: dict |
     changes = dict(by_factor.get(factor, by_factor.get(str(factor), {})))
     if "model" in changes:
         changes["model"] = {**model, **changes["model"]}
-    for key, preset_level in zip(DATA_SIZE_KEYS, (small_data, large_data), strict=True):
+    for key, preset_level in (("small_data", small_data), ("large_data", large_data)):
         if key in changes:
             changes[key] = {**(preset_level or {}), **changes[key]}
     return changes
@@ -558,18 +558,23 @@ def small_data_note(preset: Preset, samples: list[STSample], factor: int) -> str
     usual = patch_cells(preset, cell_um, factor)
     if patch_cells(preset, cell_um, factor, tissue) == usual:
         return ""
-    return f"the training tissue ({tissue} cells of {cell_um:g} µm) {data_size_words(True)}"
+    return _training_tissue_words(tissue, cell_um, small=True)
 
 
 def data_size_note(preset: Preset, samples: list[STSample]) -> tuple[dict, str]:
     """The data-size settings of ``preset`` that apply to ``samples`` (its ``small_data`` or
     ``large_data``) and why, in words (``({}, "")`` where none apply)."""
     cell_um, tissue = samples[0].cell_um, tissue_cells(samples)
-    if for_data_size(preset, cell_um, tissue) is preset:
-        return {}, ""
     small = small_data(tissue, cell_um)
-    return (preset.small_data if small else preset.large_data,
-            f"the training tissue ({tissue} cells of {cell_um:g} µm) {data_size_words(small)}")
+    settings = preset.small_data if small else preset.large_data
+    if not settings:
+        return {}, ""
+    return settings, _training_tissue_words(tissue, cell_um, small)
+
+
+def _training_tissue_words(tissue: int, cell_um: float, small: bool) -> str:
+    """The training set's size against the data-size threshold, in words."""
+    return f"the training tissue ({tissue} cells of {cell_um:g} µm) {data_size_words(small)}"
 
 
 def tissue_cells(samples: list[STSample]) -> int:
