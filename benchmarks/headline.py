@@ -176,6 +176,12 @@ WORDS = {
 """How a setting that differs from today's preset is named in the headline."""
 
 
+TRAINING_KEYS = ("steps", "log1p", "disentangle_weight", "consistency_weight", "lr_schedule",
+                 "batch_size", "ema_warmup", "t_focus", "grid_shifts", "thin_inputs")
+"""The settings :func:`run_settings` reads from a run's recorded training config (its first
+factor's where no factor is given)."""
+
+
 def settings(summary: dict, seed: bool = True, factor: int | None = None) -> str:
     """Preset, test depth (when thinned), every Diff-ST setting that differs from today's
     preset of that name (older runs: what they used then; at ``factor``: both with the
@@ -190,6 +196,9 @@ def settings(summary: dict, seed: bool = True, factor: int | None = None) -> str
         now = {key: preset_value(key, registered) for key in WORDS}
         now["paper_variants"] = architecture_free(registered.paper_variants)
         now["patch_um"] = todays_patch_um(summary, registered, factor)
+        if factor is None and summary.get("factors"):  # the run's training config: its first
+            first = registered.at(summary["factors"][0])
+            now.update({key: preset_value(key, first) for key in TRAINING_KEYS})
         now.update(todays_data_size_settings(summary, registered, factor))
         values = run_settings(summary, factor)
         values["model"] = changed_model(

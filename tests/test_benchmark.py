@@ -444,8 +444,8 @@ def test_the_default_cells_preset_trains_longer_on_large_training_data():
     assert overridden(given) == {"steps": 300}
 
 
-def test_the_cells_presets_train_on_larger_batches_for_small_data_at_x5():
-    from diffst.benchmark.presets import SMALL_DATA_BATCH_X5, train_config
+def test_the_cells_presets_train_on_larger_batches_at_x5():
+    from diffst.benchmark.presets import BATCH_X5, train_config
     from diffst.benchmark.report import overridden
 
     small = [make_sample(size=60)]
@@ -454,11 +454,11 @@ def test_the_cells_presets_train_on_larger_batches_for_small_data_at_x5():
         cells = get_preset(name, "cells")
         batches = [train_config(cells.at(f), data, f, seed=0).batch_size
                    for f in (5, 10) for data in (small, large)]
-        assert batches == [SMALL_DATA_BATCH_X5, 8, 8, 8]  # x10 and large data keep 8
+        assert batches == [BATCH_X5, BATCH_X5, 8, 8]  # any data at x5; x10 keeps 8
     given = get_preset("default", "cells", {"batch_size": 8})  # an explicit batch holds
     assert train_config(given.at(5), small, 5, seed=0).batch_size == 8
     assert overridden(given) == {"batch_size": 8}  # and is recorded with the run
-    assert get_preset("paper", "cells").at(5).small_data == {}
+    assert get_preset("paper", "cells").at(5).batch_size == 8
 
 
 def test_a_factors_large_data_settings_add_to_the_presets():
@@ -993,8 +993,7 @@ def test_cells_presets_take_the_papers_gene_graph_at_x5_only():
     sentence = _factor_sentence(json.loads(json.dumps(asdict(get_preset("short", "cells")))),
                                 [5, 10])
     assert "at x5: Diff-ST's map mixed with the slide's own iStar-like map, weight 0.5, " \
-           "the paper's graph, where the training tissue covers less than 4 patches of 320 " \
-           "µm, training batches of 16;" in sentence
+           "the paper's graph, training batches of 16;" in sentence
 
 
 def test_spots_presets_take_the_papers_gene_graph_at_x3_only():

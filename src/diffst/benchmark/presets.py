@@ -80,19 +80,19 @@ sets it improved every metric at x10 (Xenium strip 0.1313 / 0.1937 / 0.3749 to 0
 cost PCC on the Xenium strip at x5 (0.5667 to 0.5642)
 (``benchmarks/results/validation/levers13/``). The threshold is the small-data rule's, not
 tuned for this setting."""
-SMALL_DATA_BATCH_X5 = 16
-"""Training batch of the ``cells`` presets at x5 where the training data is small
-(:func:`small_data`); 8 otherwise. With the ``default`` preset at seeds 0 and 1, 16 instead of
-8 improved Diff-ST + C's RMSE / SSIM / PCC on the Xenium validation strip (as cut for x5 runs:
-0.1112 / 0.3616 / 0.5697 to 0.1096 / 0.3774 / 0.5845) and on a 560 µm simulated validation
-tissue (0.0862 / 0.5473 / 0.5563 to 0.0861 / 0.5503 / 0.5561, PCC 0.0002 lower); on the Xenium
-strip as cut for runs of x5 and x10 it was level (0.1129 / 0.3266 / 0.5667 to 0.1129 / 0.3259 /
-0.5672). A batch of 32 was worse than 16 (Xenium SSIM, simulated PCC); at x10 the Xenium strip
-gained and the 560 µm simulated tissue lost every metric, so x10 keeps 8; large training sets
-were not checked (``benchmarks/results/validation/levers14/``). The threshold is the
-small-data rule's, not tuned for this setting."""
-CELLS_BY_FACTOR = {5: {"istar_mix": 0.5, "model": GRAPH_CELLS_X5,
-                       "small_data": {"batch_size": SMALL_DATA_BATCH_X5}},
+BATCH_X5 = 16
+"""Training batch of the ``cells`` presets at x5 (8 at x10). With the ``default`` preset at
+seeds 0 and 1, 16 instead of 8 improved Diff-ST + C's RMSE / SSIM / PCC on the two small
+validation sets: the Xenium validation strip (as cut for x5 runs: 0.1112 / 0.3616 / 0.5697 to
+0.1096 / 0.3774 / 0.5845) and a 560 µm simulated validation tissue (0.0862 / 0.5473 / 0.5563 to
+0.0861 / 0.5503 / 0.5561, PCC 0.0002 lower), and on a large one, a 1200 µm simulated
+validation tissue with the preset's 1000 steps for large data (0.0524 / 0.7103 / 0.6569 to
+0.0522 / 0.7127 / 0.6601, every metric at both seeds). On the Xenium strip as cut for runs of
+x5 and x10 it was level (0.1129 / 0.3266 / 0.5667 to 0.1129 / 0.3259 / 0.5672). A batch of 32
+was worse than 16 on the small sets (Xenium SSIM, simulated PCC); at x10 the Xenium strip
+gained and the 560 µm simulated tissue lost every metric, so x10 keeps 8
+(``benchmarks/results/validation/levers14/``)."""
+CELLS_BY_FACTOR = {5: {"istar_mix": 0.5, "model": GRAPH_CELLS_X5, "batch_size": BATCH_X5},
                    10: {"grid_shifts": GRID_SHIFTS_X10,
                         "large_data": {"t_focus": LARGE_DATA_T_FOCUS_X10}}}
 """The ``cells`` presets' settings by factor. At x5 Diff-ST's maps are mixed half and half with
@@ -101,10 +101,10 @@ validation sets (the Xenium validation strip and the simulated validation tissue
 disagree, so there is no mix: every weight helped on the Xenium strip and cost SSIM on the
 simulated tissue, with one grid and again with the 5 x 5 grids,
 ``benchmarks/results/validation/blend_*/x10_gs5``), and the gene graph takes the paper's edges
-(:data:`GRAPH_CELLS_X5`), and small training sets train on batches of 16
-(:data:`SMALL_DATA_BATCH_X5`). At x10 the training pairs are pooled on 5 x 5 grids
-(:data:`GRID_SHIFTS_X10`), and training sets that are not small (:func:`small_data`) put half
-the examples at the last noise step (:data:`LARGE_DATA_T_FOCUS_X10`)."""
+(:data:`GRAPH_CELLS_X5`), and training runs on batches of 16 (:data:`BATCH_X5`). At x10 the
+training pairs are pooled on 5 x 5 grids (:data:`GRID_SHIFTS_X10`), and training sets that
+are not small (:func:`small_data`) put half the examples at the last noise step
+(:data:`LARGE_DATA_T_FOCUS_X10`)."""
 DEFAULT_CELLS_BY_FACTOR = {**CELLS_BY_FACTOR,
                            10: {**CELLS_BY_FACTOR[10], "steps": LARGE_DATA_STEPS}}
 """The ``cells`` preset ``default``'s settings by factor: :data:`CELLS_BY_FACTOR`, and at x10
@@ -180,12 +180,11 @@ LONGER_TRAINING_CELLS = (
     "x5 and x10), the Xenium validation strip and a 560 µm simulated validation tissue (x10; "
     "at x5 the Xenium strip lost PCC) (README 'Longer training for large training data')"
 )
-SMALL_BATCH_CELLS = (
-    f"; at x5, where the training sections' tissue covers fewer than {SMALL_DATA_PATCHES:g} "
-    f"patches of {CELLS_PATCH_UM:g} µm, training batches of {SMALL_DATA_BATCH_X5} instead of 8, "
-    "chosen on the Xenium validation strip and a 560 µm simulated validation tissue at seeds 0 "
-    "and 1 with the `default` preset (README 'Larger batches for small training data at x5'; "
-    "at x10 the two disagreed, so x10 keeps 8)"
+BATCH_CELLS = (
+    f"; at x5 training batches of {BATCH_X5} instead of 8, chosen with the `default` preset at "
+    "seeds 0 and 1 on the Xenium validation strip and a 560 µm simulated validation tissue "
+    "(small training data) and a 1200 µm simulated validation tissue (large) (README 'Larger "
+    "batches at x5'; at x10 the two small sets disagreed, so x10 keeps 8)"
 )
 LARGE_DATA_CELLS = (
     f"; at x10, where the training sections' tissue covers at least {SMALL_DATA_PATCHES:g} "
@@ -228,7 +227,7 @@ MIX_SPOTS = (
 )
 
 CELLS_PROVENANCE = (PROVENANCE_V01 + MIX_CELLS + GRID_CELLS + GRAPH_CELLS + SMALL_DATA_CELLS
-                    + SMALL_BATCH_CELLS + LARGE_DATA_CELLS)
+                    + BATCH_CELLS + LARGE_DATA_CELLS)
 """Where the ``cells`` presets' settings come from (their provenance, before any note of the
 preset's own)."""
 SPOTS_PROVENANCE = (PROVENANCE_V01 + SELF_TUNE_SPOTS + BASE_MAP_SPOTS + MIX_SPOTS + GRID_SPOTS
