@@ -176,12 +176,6 @@ WORDS = {
 """How a setting that differs from today's preset is named in the headline."""
 
 
-TRAINING_KEYS = ("steps", "log1p", "disentangle_weight", "consistency_weight", "lr_schedule",
-                 "batch_size", "ema_warmup", "t_focus", "grid_shifts", "thin_inputs")
-"""The settings :func:`run_settings` reads from a run's recorded training config (its first
-factor's where no factor is given)."""
-
-
 def settings(summary: dict, seed: bool = True, factor: int | None = None) -> str:
     """Preset, test depth (when thinned), every Diff-ST setting that differs from today's
     preset of that name (older runs: what they used then; at ``factor``: both with the
@@ -196,9 +190,6 @@ def settings(summary: dict, seed: bool = True, factor: int | None = None) -> str
         now = {key: preset_value(key, registered) for key in WORDS}
         now["paper_variants"] = architecture_free(registered.paper_variants)
         now["patch_um"] = todays_patch_um(summary, registered, factor)
-        if factor is None and summary.get("factors"):  # the run's training config: its first
-            first = registered.at(summary["factors"][0])
-            now.update({key: preset_value(key, first) for key in TRAINING_KEYS})
         now.update(todays_data_size_settings(summary, registered, factor))
         values = run_settings(summary, factor)
         values["model"] = changed_model(
@@ -258,6 +249,13 @@ def rows_for(summary: dict, against: str | None = None) -> tuple[list[str], list
     return rows, verdicts
 
 
+def run_label(summary: dict) -> str:
+    """The preset and the settings that every row of a run names (those that differ from
+    today's preset at each of its factors), in words; :func:`factor_notes` adds the rest."""
+    labels = [settings(summary, False, f).split(", ") for f in summary["factors"]]
+    return ", ".join(w for w in labels[0] if all(w in other for other in labels[1:]))
+
+
 def factor_notes(summary: dict, run: str) -> str:
     """What a run of several factors did differently from today's preset at one factor only
     (e.g. ``"; at x10: 2 x 2 pooling grids"``): the labels of its rows that ``run``, the
@@ -313,8 +311,7 @@ def headline(folders: list[Path | tuple[Path, list[int] | None]],
         lost = [v for v in verdicts if not v.endswith("won")]
         what = ("has the best mean of the methods + C" if against is None
                 else f"beats {other} on the mean")
-        factors = summary["factors"]
-        run = settings(summary, False, factors[0] if len(factors) == 1 else None)
+        run = run_label(summary)
         run += factor_notes(summary, run)
         words.append(f"- {summary['dataset']['name']} (preset {run}, seeds "
                      f"{', '.join(map(str, summary['seeds']))}): Diff-ST + C {what} "

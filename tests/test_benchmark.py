@@ -885,12 +885,20 @@ def test_headline_run_line_names_what_one_factor_did_differently():
                                      "train_config": tcs, "istar_settings": istar_settings(),
                                      "factors": [5, 10],
                                      "dataset": _dataset_record([make_sample()])}))
-    run = headline.settings(summary, False)
+    run = headline.run_label(summary)
     assert run == "`short`"
     assert headline.factor_notes(summary, run) == "; at x10: 2 x 2 pooling grids"
+    summary["train_config"]["5"]["batch_size"] = 8  # x5 before its batches of 16
+    assert headline.run_label(summary) == "`short`"  # named at x5 only, not for the run
+    assert headline.factor_notes(summary, run) == (
+        "; at x5: batch 8; at x10: 2 x 2 pooling grids")
+    for f in ("5", "10"):  # a setting of both factors is the run's
+        summary["train_config"][f]["steps"] = 100
+    assert headline.run_label(summary) == "`short`, 100 steps"
     summary["preset"] = json.loads(json.dumps(asdict(get_preset("short", "cells"))))
-    summary["train_config"]["10"]["grid_shifts"] = 5  # today's preset: nothing to add
-    assert headline.factor_notes(summary, headline.settings(summary, False)) == ""
+    summary["train_config"]["5"].update(batch_size=16, steps=100)
+    summary["train_config"]["10"]["grid_shifts"] = 5  # today's preset but the length
+    assert headline.factor_notes(summary, headline.run_label(summary)) == ""
 
 
 def test_spots_presets_mix_in_the_slides_own_fit_by_factor(monkeypatch):
