@@ -100,7 +100,7 @@ def test_default_cells_preset_trains_longer_on_large_data_and_says_why(tmp_path,
     assert train_calls[2]["steps"] == 500 and train_calls[2]["batch_size"] == 16
     assert "500 steps of batch 16 at" in result.output
     result = run("train", paths[0], "--factor", "5", "--preset", "default", "--batch-size", "8",
-                 "--out", tmp_path / "m.pt")  # a batch given holds, without the note
+                 "--out", tmp_path / "m.pt")  # a batch given holds
     assert train_calls[3]["batch_size"] == 8 and "500 steps of batch 8 at" in result.output
     result = run("train", *paths, "--factor", "10", "--preset", "default", "--out",
                  tmp_path / "m.pt")  # x10 trains 1000 steps whatever the data size: no note
