@@ -260,8 +260,12 @@ class Preset:
             reads, e.g. ``steps``, ``t_focus``) used instead where the training data is not
             small (:func:`small_data`); a ``large_data`` entry of ``by_factor`` adds to them at
             that factor.
-        small_data: likewise, used instead where the training data is small (e.g.
-            ``batch_size``); a ``small_data`` entry of ``by_factor`` adds to them.
+        small_data: likewise, used instead where the training data is small; a
+            ``small_data`` entry of ``by_factor`` adds to them. No registered preset sets it
+            today (x5's batch of 16 was one until it held for any data, :data:`BATCH_X5`);
+            runs recorded with it (e.g. ``xenium_batch``) are read back and re-rendered
+            through it (``benchmarks/headline.py``,
+            :func:`diffst.benchmark.report.refresh_outputs`).
         work_um_per_px: image resolution of the model [:func:`default_work_um_per_px`].
         sample_steps, n_samples: sampler steps and samples per tile averaged into the mean map.
         turns: Diff-ST's sample ``k`` sees each tile turned by dihedral transform ``k mod 8``
