@@ -444,19 +444,22 @@ def test_the_default_cells_preset_trains_longer_on_large_training_data():
     assert overridden(given) == {"steps": 300}
 
 
-def test_the_cells_presets_train_on_larger_batches_at_x5():
-    from diffst.benchmark.presets import BATCH_X5, train_config
+def test_the_cells_presets_train_on_larger_batches_at_x5_and_on_large_data_at_x10():
+    from diffst.benchmark.presets import BATCH_X5, LARGE_DATA_BATCH_X10, train_config
     from diffst.benchmark.report import overridden
 
-    small = [make_sample(size=60)]
+    small = [make_sample(size=60)]  # 57 x 60 tissue cells: fewer than 4 patches of 40 x 40
     large = [small[0], make_sample(seed=1, size=60)]
     for name in ("short", "default", "full"):
         cells = get_preset(name, "cells")
         batches = [train_config(cells.at(f), data, f, seed=0).batch_size
                    for f in (5, 10) for data in (small, large)]
-        assert batches == [BATCH_X5, BATCH_X5, 8, 8]  # any data at x5; x10 keeps 8
+        assert batches == [BATCH_X5, BATCH_X5, 8, LARGE_DATA_BATCH_X10]  # small x10 keeps 8
+    both = train_config(get_preset("default", "cells").at(10), large, 10, seed=0)
+    assert (both.batch_size, both.t_focus, both.steps) == (16, 0.5, 1000)  # x10 large-data rule
     given = get_preset("default", "cells", {"batch_size": 8})  # an explicit batch holds
     assert train_config(given.at(5), small, 5, seed=0).batch_size == 8
+    assert train_config(given.at(10), large, 10, seed=0).batch_size == 8
     assert overridden(given) == {"batch_size": 8}  # and is recorded with the run
     assert get_preset("paper", "cells").at(5).batch_size == 8
 

@@ -77,8 +77,9 @@ def test_cells_preset_focuses_on_the_last_noise_step_for_large_data_at_x10(tmp_p
                  tmp_path / "m.pt")
     assert result.exit_code == 0, result.output
     assert train_calls[0]["t_focus"] == 0.5 and train_calls[0]["patch"] == 40
-    assert "50% of examples at the last noise step (the training tissue (6840 cells of 8 µm) " \
-           "covers at least 4 patches of 320 µm)" in result.output
+    assert "batch 16 (the training tissue (6840 cells of 8 µm) covers at least 4 patches of " \
+           "320 µm)" in result.output  # batches of 16 for large data at x10 too
+    assert "50% of examples at the last noise step (the same data-size rule)" in result.output
     result = run("train", paths[0], "--factor", "10", "--preset", "short", "--out",
                  tmp_path / "m.pt")
     assert train_calls[1]["t_focus"] == 0.0 and "noise step" not in result.output
@@ -102,9 +103,15 @@ def test_default_cells_preset_trains_longer_on_large_data_and_says_why(tmp_path,
     result = run("train", paths[0], "--factor", "5", "--preset", "default", "--batch-size", "8",
                  "--out", tmp_path / "m.pt")  # a batch given holds
     assert train_calls[3]["batch_size"] == 8 and "500 steps of batch 8 at" in result.output
-    result = run("train", *paths, "--factor", "10", "--preset", "default", "--out",
+    result = run("train", paths[0], "--factor", "10", "--preset", "default", "--out",
                  tmp_path / "m.pt")  # x10 trains 1000 steps whatever the data size: no note
     assert train_calls[4]["steps"] == 1000 and "1000 steps of batch 8" in result.output
+    result = run("train", *paths, "--factor", "10", "--preset", "default", "--out",
+                 tmp_path / "m.pt")  # large data at x10: batches of 16, and says why
+    assert train_calls[5]["batch_size"] == 16, result.output
+    assert "1000 steps of batch 16 (the training tissue (6840 cells of 8 µm) covers at least 4 " \
+           "patches of 320 µm) at" in result.output  # the reason once, in full
+    assert "50% of examples at the last noise step (the same data-size rule)" in result.output
 
 
 def test_spots_preset_keeps_its_ema_warm_up_for_the_user(toy_npz, tmp_path, train_calls):

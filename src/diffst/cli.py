@@ -349,11 +349,16 @@ def _with_preset(name: str, samples: list, factor: int, spots_only: bool, settin
     model = {**preset.model, **model_settings}
     note = small_data_note(preset, samples, factor) if out["patch"] == chosen["patch"] else ""
     sized, size_note = data_size_note(preset, samples)
+    noted: list[str] = []
 
     def why(key: str) -> str:
-        """The data-size note where the preset's small- or large-data rule changed ``key``."""
+        """The data-size note where the preset's small- or large-data rule changed ``key``
+        (in full the first time, then by reference)."""
         changed = key in sized and sized[key] != getattr(preset, key)
-        return f" ({size_note})" if changed and not _given(key) else ""
+        if not changed or _given(key):
+            return ""
+        noted.append(key)
+        return f" ({size_note})" if len(noted) == 1 else " (the same data-size rule)"
 
     click.echo(f"preset {name} ({preset.profile} data, x{factor}): {out['steps']} steps"
                f"{why('steps')} of "
