@@ -88,7 +88,7 @@ SSIM / PCC on the two small validation sets: the Xenium validation strip (as cut
 (0.0862 / 0.5473 / 0.5563 to 0.0861 / 0.5503 / 0.5561, PCC 0.0002 lower), and on a large one, a
 1200 µm simulated validation tissue with the preset's 1000 steps for large data (0.0524 /
 0.7103 / 0.6569 to 0.0522 / 0.7127 / 0.6601, every metric at both seeds). On the Xenium strip
-as cut for runs of x5 and x10 it was level (0.1129 / 0.3266 / 0.5667 to 0.1129 / 0.3259 /
+as cut for runs of x5 and x10 it was level (0.1129 / 0.3266 / 0.5667 to 0.1128 / 0.3259 /
 0.5672). A batch of 32 was worse than 16 on the small sets (Xenium SSIM, simulated PCC); at x10
 the Xenium strip gained and the 560 µm simulated tissue lost every metric, so x10 keeps 8 for
 small training data (``benchmarks/results/validation/levers14/``)."""
