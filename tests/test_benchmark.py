@@ -910,9 +910,9 @@ def test_spots_presets_mix_in_the_slides_own_fit_by_factor(monkeypatch):
     short = get_preset("short", "spots")
     assert short.at(2).istar_mix == 0.5 and short.at(3).istar_mix == "depth"
     assert get_preset("paper", "spots").at(3).istar_mix == 0.0
-    for name in ("short", "default", "full"):  # cells: half and half at x5, no mix at x10
+    for name in ("short", "default", "full"):  # cells: a quarter at x5, no mix at x10
         cells = get_preset(name, "cells")
-        assert cells.at(5).istar_mix == 0.5 and cells.at(10).istar_mix == cells.istar_mix == 0
+        assert cells.at(5).istar_mix == 0.25 and cells.at(10).istar_mix == cells.istar_mix == 0
     assert get_preset("paper", "cells").at(5).istar_mix == 0.0
     # given on the command line it holds at every factor and is recorded in the command
     seen = _preset_overrides(monkeypatch, ["--preset", "short", "--istar-mix", "0"])
@@ -937,7 +937,7 @@ def test_cells_presets_pool_x10_pairs_on_more_grids():
         assert cells.at(7).grid_shifts == 2  # other factors keep the preset's 2 x 2
     two = get_preset("short", "cells", {"grid_shifts": 2})  # given: holds at every factor
     assert two.at(5).grid_shifts == two.at(10).grid_shifts == 2
-    assert two.at(5).istar_mix == 0.5  # the rest of the x5 settings stay
+    assert two.at(5).istar_mix == 0.25  # the rest of the x5 settings stay
     assert overridden(two) == {"grid_shifts": 2}
     sentence = _factor_sentence(json.loads(json.dumps(asdict(get_preset("short", "cells")))),
                                 [5, 10])
@@ -1000,10 +1000,10 @@ def test_cells_presets_take_the_papers_gene_graph_at_x5_only():
         assert (net[5]["graph_edges"], net[10]["graph_edges"]) == ("paper", "cosine")
     assert "graph_edges" not in get_preset("short", "spots").at(2).model
     given = get_preset("short", "cells", {"model": {"graph_edges": "cosine"}})  # every factor
-    assert given.at(5).model["graph_edges"] == "cosine" and given.at(5).istar_mix == 0.5
+    assert given.at(5).model["graph_edges"] == "cosine" and given.at(5).istar_mix == 0.25
     sentence = _factor_sentence(json.loads(json.dumps(asdict(get_preset("short", "cells")))),
                                 [5, 10])
-    assert "at x5: Diff-ST's map mixed with the slide's own iStar-like map, weight 0.5, " \
+    assert "at x5: Diff-ST's map mixed with the slide's own iStar-like map, weight 0.25, " \
            "the paper's graph, training batches of 16;" in sentence
 
 
@@ -1034,7 +1034,7 @@ def test_headline_names_the_gene_graph_the_same_way_whether_variant_or_preset():
                                      "train_config": tcs, "istar_settings": istar_settings(),
                                      "dataset": _dataset_record([make_sample()])}))
     assert headline.settings(summary, factor=5) == "`short`"
-    before = dict(today, by_factor={"5": {"istar_mix": 0.5}, "10": {"grid_shifts": 5}})
+    before = dict(today, by_factor={"5": {"istar_mix": 0.25}, "10": {"grid_shifts": 5}})
     assert headline.settings(dict(summary, preset=before), factor=5) == "`short`, diffst's graph"
     variant = dict(before, paper_variants=["graph"])  # --paper-variant graph, as run before
     assert headline.settings(dict(summary, preset=variant), factor=5) == "`short`"

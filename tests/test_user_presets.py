@@ -54,10 +54,10 @@ def test_cells_preset_sets_training_and_keeps_its_sampling(toy_npz, tmp_path, tr
     assert kw["model_config"].graph_edges == "paper"  # the paper's gene graph at x5
     expected = predict_settings(get_preset("short", "cells").at(5))
     assert kw["predict_settings"] == expected
-    assert expected["istar_mix"] == 0.5 and expected["sampler"] == "mean" and expected["turns"]
+    assert expected["istar_mix"] == 0.25 and expected["sampler"] == "mean" and expected["turns"]
     assert "preset short (cells data, x5): 200 steps" in result.output
     assert "graph_edges=paper" in result.output
-    assert "--sampler mean --samples 8" in result.output and "--istar-mix 0.5" in result.output
+    assert "--sampler mean --samples 8" in result.output and "--istar-mix 0.25" in result.output
 
 
 def test_cells_preset_pools_more_grids_at_x10(toy_npz, tmp_path, train_calls):
