@@ -55,7 +55,8 @@ def test_the_combined_table_says_the_presets_weight_against_no_mix(tmp_path):
 
 def test_runs_on_cells_data_are_compared_with_the_cells_presets_weight(tmp_path):
     script = _script()
-    x5 = _runs(5, 1.0, {"0": 0.12, "0.5": 0.11, "1": 0.13}, 0.0).assign(profile="cells")
+    x5 = _runs(5, 1.0, {"0": 0.12, "0.25": 0.11, "0.5": 0.115, "1": 0.13}, 0.0).assign(
+        profile="cells")
     x10 = _runs(10, 1.0, {"0": 0.12, "0.5": 0.125, "1": 0.13}, 0.0).assign(profile="cells")
     for name, df in (("c", x5), ("d", x10)):
         (tmp_path / name).mkdir()
@@ -63,6 +64,6 @@ def test_runs_on_cells_data_are_compared_with_the_cells_presets_weight(tmp_path)
     assert script.main(["--combine", str(tmp_path / "c"), str(tmp_path / "d"), "--out",
                         str(tmp_path / "out")]) == 0
     text = (tmp_path / "out" / "table.md").read_text()
-    # the cells presets mix half and half at x5 and not at x10, where only the best is said
-    assert "- x5: the preset's w = 0.5 against w = 0: RMSE better (0.1150 vs 0.1250" in text
+    # the cells presets mix a quarter at x5 and not at x10, where only the best is said
+    assert "- x5: the preset's w = 0.25 against w = 0: RMSE better (0.1150 vs 0.1250" in text
     assert "- x10: best fixed weight: RMSE w = 0," in text
