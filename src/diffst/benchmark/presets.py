@@ -218,7 +218,7 @@ LARGE_DATA_CELLS = (
     "cost SSIM at x10 (README 'The last noise step for large training data at x10')"
 )
 MIX_CELLS = (
-    "; at x5 Diff-ST's map is mixed with the slide's own iStar-like map, weight 0.25 "
+    f"; at x5 Diff-ST's map is mixed with the slide's own iStar-like map, weight {MIX_X5:g} "
     "(`--istar-mix`), chosen on the Xenium validation strip, the simulated validation tissue "
     "and a 560 µm simulated validation tissue at seeds 0 and 1 (README 'Mixing in the slide's "
     "own fit' and 'The x5 mix weight with batches of 16'; at x10 the sets disagreed, so x10 "
