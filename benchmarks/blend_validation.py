@@ -8,10 +8,13 @@ step, may beat both.
 This script trains Diff-ST once per validation fold (the preset's settings at the factor, as
 ``diffst benchmark --stage validation`` trains it) and scores every weight ``w`` of
 ``--weights`` on the fold's held-out section: ``w = 0`` is Diff-ST + C, ``w = 1`` is the
-base map (iStar-like + C of the iStar-like fit with seed 0). Validation sections only; the
-truth is used for scoring only. Output: ``per_run.csv`` and ``table.md`` (mean ± sd over
-section x seed; generated sentences: the preset's weight against ``w = 0`` in sections won,
-and the best fixed weight). ``--combine`` writes one such table for several output folders.
+base map (iStar-like + C of the iStar-like fit with seed 0). ``--test-strip F`` gives the
+methods and scores only the right ``F`` of each held-out section's width (cut at a multiple of
+the factor): with ``--split seeds`` a slide of another tissue as large as a ``holdout`` strip.
+Validation sections only; the truth is used for scoring only. Output: ``per_run.csv`` and
+``table.md`` (mean ± sd over section x seed; generated sentences: the preset's weight against
+``w = 0`` in sections won, and the best fixed weight). ``--combine`` writes one such table for
+several output folders.
 
     python benchmarks/blend_validation.py --data-root ../shared/data/her2st --factor 2 \\
         --out benchmarks/results/validation/blend/x2
@@ -34,6 +37,7 @@ from diffst.benchmark.presets import Preset, get_preset
 from diffst.benchmark.report import HEADLINE, MAIN_METRICS, mean_sd, paired_words
 from diffst.benchmark.run import depth_shifted
 from diffst.config import DEPTH_MIX
+from diffst.demo import split_holdout
 from diffst.infer import istar_mix_weight
 from diffst.io.atomic import atomic_path
 from diffst.metrics import HIGHER_IS_BETTER, evaluate
@@ -62,6 +66,13 @@ def fold_rows(fold: Fold, factor: int, preset: Preset, seed: int, thin: float,
                          "section": truth0.name, "weight": label, "w": w,
                          **{m: float(table[m].mean()) for m in METRICS}})
     return rows
+
+
+def with_test_strips(fold: Fold, fraction: float, factor: int) -> Fold:
+    """``fold`` whose held-out sections are cut to their right ``fraction`` of the width."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"--test-strip must be between 0 and 1, got {fraction}")
+    return replace(fold, test=[split_holdout(s, fraction, factor)[1] for s in fold.test])
 
 
 def case_label(df: pd.DataFrame) -> str:
@@ -159,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="Diff-ST samples with the input scaled to the training depth")
     parser.add_argument("--size-um", type=float, default=None,
                         help="side (µm) of the simulated tissue (default: the preset's)")
+    parser.add_argument("--test-strip", type=float, default=None,
+                        help="score only this right fraction of each held-out section's width")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--combine", type=Path, nargs="+", default=None,
@@ -188,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
                                            [args.factor], seed, args.data_root,
                                            overrides or None)
         for fold in tqdm(data.folds, desc=f"folds seed {seed}"):
+            if args.test_strip:
+                fold = with_test_strips(fold, args.test_strip, args.factor)
             unmixed = replace(preset.at(args.factor), istar_mix=0.0)  # mixed here, per weight
             rows += [{**row, "dataset": data.name, "profile": preset.profile} for row in
                      fold_rows(fold, args.factor, unmixed, seed, args.thin, weights)]
@@ -199,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
                f"{args.dataset} --split {args.split} --factor {args.factor} --thin "
                f"{args.thin:g} --preset {args.preset} --seeds {args.seeds} --weights "
                f"{args.weights}" + (" --match-depth" if args.match_depth else "")
-               + (f" --size-um {args.size_um:g}" if args.size_um else ""))
+               + (f" --size-um {args.size_um:g}" if args.size_um else "")
+               + (f" --test-strip {args.test_strip:g}" if args.test_strip else ""))
     write_table(df, args.out, command, adopted_weights(args.preset, df))
     print((args.out / "table.md").read_text())
     return 0

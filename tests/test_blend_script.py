@@ -67,3 +67,20 @@ def test_runs_on_cells_data_are_compared_with_the_cells_presets_weight(tmp_path)
     # the cells presets mix a quarter at x5 and not at x10, where only the best is said
     assert "- x5: the preset's w = 0.25 against w = 0: RMSE better (0.1150 vs 0.1250" in text
     assert "- x10: best fixed weight: RMSE w = 0," in text
+
+
+def test_test_strips_keep_the_right_part_of_each_held_out_section_at_factor_multiples():
+    import pytest
+
+    from diffst.benchmark.data import make_fold
+    from diffst.data.simulate import simulate_tissue
+
+    train, test = (simulate_tissue(seed=s, size_um=240.0, n_genes=4) for s in (1, 2))
+    fold = make_fold("a->b", [train], [test], 4)
+    cut = _script().with_test_strips(fold, 0.3, 5)
+    (whole,), (strip,) = fold.test, cut.test
+    assert strip.shape[0] == whole.shape[0] and strip.shape[1] < whole.shape[1]
+    assert (whole.shape[1] - strip.shape[1]) % 5 == 0 and cut.train == fold.train
+    assert (strip.expr == whole.expr[:, :, -strip.shape[1]:]).all()
+    with pytest.raises(ValueError, match="--test-strip"):
+        _script().with_test_strips(fold, 1.0, 5)
