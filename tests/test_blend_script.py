@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "blend_validation.py"
 
@@ -70,8 +71,6 @@ def test_runs_on_cells_data_are_compared_with_the_cells_presets_weight(tmp_path)
 
 
 def test_test_strips_keep_the_right_part_of_each_held_out_section_at_factor_multiples():
-    import pytest
-
     from diffst.benchmark.data import make_fold
     from diffst.data.simulate import simulate_tissue
 
